@@ -1,0 +1,137 @@
+//! The configuration file (SPEC section 2): YAML text in, a typed [`Config`] out.
+//!
+//! Parsing goes YAML → serde structs that reject unknown keys → typed values that cannot hold
+//! invalid states (addresses parsed, ranges expanded, weights bounded). Checks that span several
+//! values (duplicate services, duplicate reals) run after deserialisation. This module binds no
+//! socket and never touches the running service table.
+
+mod duration;
+mod error;
+pub mod nodeset;
+mod types;
+
+use std::{collections::HashSet, path::Path};
+
+pub use duration::{format as format_duration, parse as parse_duration};
+pub use error::ConfigError;
+pub use types::*;
+
+/// Reads and validates the config file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let source = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    parse(&source, &path.display().to_string())
+}
+
+/// Parses and validates config text. `origin` names the text in errors (usually the file path).
+pub fn parse(source: &str, origin: &str) -> Result<Config, ConfigError> {
+    let config: Config = serde_yaml::from_str(source).map_err(|error| yaml_error(&error, origin))?;
+    validate(&config).map_err(|problem| problem.into_error(source, origin))?;
+    Ok(config)
+}
+
+/// Parses a `services:` list on its own (the format of `lbadm save`).
+pub fn parse_services(source: &str, origin: &str) -> Result<Vec<ServiceConfig>, ConfigError> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct ServicesOnly {
+        #[serde(default)]
+        services: Vec<ServiceConfig>,
+    }
+    let parsed: ServicesOnly = serde_yaml::from_str(source).map_err(|error| yaml_error(&error, origin))?;
+    let config = Config { services: parsed.services, ..Config::default() };
+    validate(&config).map_err(|problem| problem.into_error(source, origin))?;
+    Ok(config.services)
+}
+
+fn yaml_error(error: &serde_yaml::Error, origin: &str) -> ConfigError {
+    let location = error.location();
+    let mut message = error.to_string();
+    // serde_yaml appends " at line L column C"; we print the position as a prefix instead.
+    if let Some(cut) = message.find(" at line ") {
+        message.truncate(cut);
+    }
+    ConfigError::Invalid {
+        origin: origin.to_owned(),
+        line: location.as_ref().map(serde_yaml::Location::line),
+        column: location.as_ref().map(serde_yaml::Location::column),
+        message,
+    }
+}
+
+/// A problem found after deserialisation, with the text to look for to locate it.
+struct Problem {
+    message: String,
+    /// Text whose `occurrence`-th appearance in the source marks the problem.
+    needle: String,
+    occurrence: usize,
+}
+
+impl Problem {
+    fn into_error(self, source: &str, origin: &str) -> ConfigError {
+        let position = locate(source, &self.needle, self.occurrence);
+        ConfigError::Invalid {
+            origin: origin.to_owned(),
+            line: position.map(|(line, _)| line),
+            column: position.map(|(_, column)| column),
+            message: self.message,
+        }
+    }
+}
+
+/// 1-based line and column of the `occurrence`-th (0-based) appearance of `needle`.
+fn locate(source: &str, needle: &str, occurrence: usize) -> Option<(usize, usize)> {
+    if needle.is_empty() {
+        return None;
+    }
+    let (offset, _) = source.match_indices(needle).nth(occurrence)?;
+    let before = &source[..offset];
+    let line = before.matches('\n').count() + 1;
+    let column = offset - before.rfind('\n').map_or(0, |newline| newline + 1) + 1;
+    Some((line, column))
+}
+
+fn validate(config: &Config) -> Result<(), Problem> {
+    let mut keys = HashSet::new();
+    let mut names = HashSet::new();
+    let mut listen_seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for service in &config.services {
+        let listen_text = service.listen_text.clone();
+        let occurrence = *listen_seen.entry(listen_text.clone()).and_modify(|n| *n += 1).or_insert(0);
+        if !keys.insert(service.key()) {
+            return Err(Problem {
+                message: format!(
+                    "services: duplicate service {} {} (protocol and listen address must be unique)",
+                    service.protocol, service.listen
+                ),
+                needle: listen_text,
+                occurrence,
+            });
+        }
+        if !names.insert(service.name.as_str()) {
+            return Err(Problem {
+                message: format!("services: duplicate service name `{}`", service.name),
+                needle: service.name.clone(),
+                occurrence: 1,
+            });
+        }
+    }
+    if let Some(admin) = &config.admin {
+        if let AdminListen::Tcp(addr) = admin.listen
+            && !addr.ip().is_loopback()
+            && admin.token_file.is_none()
+        {
+            return Err(Problem {
+                message: format!(
+                    "admin.listen: {addr} is not a loopback address, so admin.token_file is required \
+                     (or listen on 127.0.0.1 or a unix: socket)"
+                ),
+                needle: "admin:".to_owned(),
+                occurrence: 0,
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

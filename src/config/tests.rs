@@ -1,0 +1,197 @@
+use std::time::Duration;
+
+use super::*;
+
+const MINIMAL: &str = "\
+services:
+  - protocol: tcp
+    listen: 127.0.0.1:8080
+    reals:
+      - address: 127.0.0.1:[9001-9003]
+";
+
+fn error_of(source: &str) -> String {
+    parse(source, "lbd.yaml").unwrap_err().to_string()
+}
+
+#[test]
+fn minimal_config_gets_spec_defaults() {
+    let config = parse(MINIMAL, "lbd.yaml").unwrap();
+    assert_eq!(config.drain_timeout, Duration::from_secs(30));
+    assert_eq!(config.timeouts, Timeouts::default());
+    assert_eq!(config.timeouts.tcp, Duration::from_secs(900));
+    assert_eq!(config.workers, 0);
+    assert!(config.admin.is_none() && config.metrics.is_none());
+    let service = &config.services[0];
+    assert_eq!(service.name, "tcp:127.0.0.1:8080");
+    assert_eq!(service.scheduler, SchedulerKind::Wlc);
+    assert_eq!(service.forward, ForwardMethod::Proxy);
+    assert_eq!(service.reals.len(), 3);
+    assert_eq!(service.reals[2].address.to_string(), "127.0.0.1:9003");
+    assert_eq!(service.reals[0].weight, 1);
+}
+
+#[test]
+fn full_spec_example_parses() {
+    let source = "\
+admin:
+  listen: 127.0.0.1:9900
+metrics:
+  listen: 127.0.0.1:9901
+drain_timeout: 10s
+timeouts: { tcp: 900s, tcp_fin: 2m, udp: 300s, connect: 500ms }
+workers: 2
+services:
+  - name: web
+    protocol: tcp
+    listen: 192.168.77.100:80
+    scheduler: sh
+    scheduler_flags: [sh-port, sh-fallback]
+    persistence: { timeout: 360s, netmask: 255.255.255.0 }
+    sorry_server: 10.0.0.99:80
+    health_check:
+      type: http
+      path: /healthz
+      expect_status: \"200,204-299\"
+      interval: 1s
+    reals:
+      - address: 10.0.0.[1-4]:8080
+        weight: 3
+        max_conns: 100
+        min_conns: 50
+      - address: 10.0.1.1
+  - protocol: udp
+    listen: 192.168.77.100:53
+    one_packet: true
+    reals: [{ address: '10.0.0.1:53' }]
+";
+    let config = parse(source, "lbd.yaml").unwrap();
+    assert_eq!(config.timeouts.tcp_fin, Duration::from_secs(120));
+    assert_eq!(config.timeouts.connect, Duration::from_millis(500));
+    let web = &config.services[0];
+    assert_eq!(web.persistence.unwrap().netmask.prefix, Some(24));
+    assert_eq!(web.reals.len(), 5);
+    assert_eq!(web.reals[4].address.to_string(), "10.0.1.1:80", "port defaults to the service's");
+    let Some(HealthCheckConfig { kind: HealthCheckKind::Http { expect_status, .. }, .. }) = &web.health_check else {
+        panic!("http check expected");
+    };
+    assert_eq!(expect_status, &[(200, 200), (204, 299)]);
+    assert_eq!(config.services[1].name, "udp:192.168.77.100:53");
+}
+
+#[test]
+fn unknown_key_names_key_line_and_column() {
+    let message = error_of("services:\n  - protocol: tcp\n    listen: 127.0.0.1:80\n    wieght: 3\n");
+    assert!(message.starts_with("lbd.yaml:4:5: "), "{message}");
+    assert!(message.contains("unknown field `wieght`"), "{message}");
+}
+
+#[test]
+fn unknown_top_level_key() {
+    let message = error_of("servics: []\n");
+    assert!(message.starts_with("lbd.yaml:1:1: "), "{message}");
+    assert!(message.contains("servics"), "{message}");
+}
+
+#[test]
+fn bad_values_are_named_with_position() {
+    let cases = [
+        ("    listen: 127.0.0.1\n", "invalid address `127.0.0.1`"),
+        ("    listen: 300.0.0.1:80\n", "invalid address `300.0.0.1:80`"),
+        ("    listen: 127.0.0.1:0\n", "port 0"),
+        ("    scheduler: fastest\n", "unknown variant `fastest`"),
+        ("    scheduler_flags: [sh-port]\n", "`sh-port` applies only to scheduler `sh`"),
+        ("    scheduler_flags: [turbo]\n", "unknown variant `turbo`"),
+        ("    forward: bridge\n", "unknown variant `bridge`"),
+        ("    one_packet: true\n", "one_packet: only valid for udp"),
+        ("    persistence: { netmask: 255.0.255.0 }\n", "not contiguous"),
+        ("    health_check: { type: smtp }\n", "unknown health check type `smtp`"),
+        ("    health_check: { type: tcp, path: /x }\n", "`path` does not apply"),
+        ("    health_check: { type: exec }\n", "needs `command`"),
+        ("    health_check: { type: tcp, interval: 2 }\n", "invalid duration `2`"),
+        ("    health_check: { type: http, expect_status: 700 }\n", "expect_status: `700`"),
+    ];
+    for (line, needle) in cases {
+        let source = format!("services:\n  - protocol: tcp\n    listen: 127.0.0.1:80\n{line}    reals: []\n")
+            .replacen("    listen: 127.0.0.1:80\n    listen", "    listen", 1);
+        let message = error_of(&source);
+        assert!(message.contains(needle), "{line:?} → {message}");
+        assert!(message.starts_with("lbd.yaml:"), "{message}");
+    }
+}
+
+#[test]
+fn weight_out_of_range() {
+    let message = error_of(&MINIMAL.replace("9003]\n", "9003]\n        weight: 70000\n"));
+    assert!(message.contains("weight 70000 is out of range 0..65535"), "{message}");
+    assert!(message.starts_with("lbd.yaml:5:9: services[0].reals[0]: "), "{message}");
+    let message = error_of(&MINIMAL.replace("9003]\n", "9003]\n        weight: -1\n"));
+    assert!(message.contains("weight -1 is out of range"), "{message}");
+}
+
+#[test]
+fn malformed_and_oversized_ranges() {
+    let message = error_of(&MINIMAL.replace("[9001-9003]", "[9001-]"));
+    assert!(message.contains("malformed range in `127.0.0.1:[9001-]`"), "{message}");
+    let message = error_of(&MINIMAL.replace("127.0.0.1:[9001-9003]", "10.[0-255].[0-255].[0-1]:80"));
+    assert!(message.contains("more than the limit of 65536"), "{message}");
+    let message = error_of(&MINIMAL.replace("127.0.0.1:[9001-9003]", "10.0.0.[1-300]:80"));
+    assert!(message.contains("invalid real address `10.0.0.256:80`"), "{message}");
+}
+
+#[test]
+fn duplicate_real_within_a_service() {
+    let message = error_of(&MINIMAL.replace("      - address: 127.0.0.1:[9001-9003]\n", "      - address: 127.0.0.1:[9001-9003]\n      - address: 127.0.0.1:9002\n"));
+    assert!(message.contains("duplicate real 127.0.0.1:9002 in service `tcp:127.0.0.1:8080`"), "{message}");
+}
+
+#[test]
+fn duplicate_service_is_located_at_the_second_listen() {
+    let source = "\
+services:
+  - protocol: tcp
+    listen: 127.0.0.1:8080
+  - protocol: udp
+    listen: 127.0.0.1:8080
+  - protocol: tcp
+    listen: 127.0.0.1:8080
+";
+    let message = error_of(source);
+    assert!(message.starts_with("lbd.yaml:7:13: "), "{message}");
+    assert!(message.contains("duplicate service tcp 127.0.0.1:8080"), "{message}");
+}
+
+#[test]
+fn duplicate_service_name() {
+    let source = "\
+services:
+  - { name: web, protocol: tcp, listen: 127.0.0.1:8080 }
+  - { name: web, protocol: tcp, listen: 127.0.0.1:8081 }
+";
+    let message = error_of(source);
+    assert!(message.contains("duplicate service name `web`"), "{message}");
+    assert!(message.starts_with("lbd.yaml:3:"), "{message}");
+}
+
+#[test]
+fn non_loopback_admin_needs_a_token() {
+    let message = error_of("admin: { listen: 0.0.0.0:9900 }\n");
+    assert!(message.contains("admin.token_file is required"), "{message}");
+    assert!(parse("admin: { listen: 0.0.0.0:9900, token_file: /etc/lbd/admin.token }\n", "x").is_ok());
+    assert!(parse("admin: { listen: 'unix:/run/lbd/admin.sock' }\n", "x").is_ok());
+}
+
+#[test]
+fn syntax_error_and_empty_file() {
+    let message = error_of("services: [\n");
+    assert!(message.starts_with("lbd.yaml:"), "{message}");
+    // Every key has a default, so an empty file is an empty table (services come via lbadm).
+    assert!(parse("", "lbd.yaml").unwrap().services.is_empty());
+}
+
+#[test]
+fn services_only_document() {
+    let services = parse_services("services:\n  - { protocol: udp, listen: '127.0.0.1:53' }\n", "<input>").unwrap();
+    assert_eq!(services.len(), 1);
+    assert!(parse_services("workers: 1\n", "<input>").is_err());
+}

@@ -1,0 +1,5 @@
+//! ulvs: a user-space, LVS-style Layer-4 load balancer.
+//!
+//! # Layout
+//! - [`config`]: the YAML config file → a typed, validated [`config::Config`]; nodeset ranges.
+pub mod config;
