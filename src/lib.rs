@@ -3,3 +3,6 @@
 //! # Layout
 //! - [`config`]: the YAML config file → a typed, validated [`config::Config`]; nodeset ranges.
 pub mod config;
+pub mod clock;
+pub mod sched;
+pub mod table;

@@ -25,7 +25,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 /// Parses and validates config text. `origin` names the text in errors (usually the file path).
 pub fn parse(source: &str, origin: &str) -> Result<Config, ConfigError> {
     let config: Config = serde_yaml::from_str(source).map_err(|error| yaml_error(&error, origin))?;
-    validate(&config).map_err(|problem| problem.into_error(source, origin))?;
+    validate(&config).and_then(|()| supported(&config)).map_err(|problem| problem.into_error(source, origin))?;
     Ok(config)
 }
 
@@ -39,7 +39,7 @@ pub fn parse_services(source: &str, origin: &str) -> Result<Vec<ServiceConfig>, 
     }
     let parsed: ServicesOnly = serde_yaml::from_str(source).map_err(|error| yaml_error(&error, origin))?;
     let config = Config { services: parsed.services, ..Config::default() };
-    validate(&config).map_err(|problem| problem.into_error(source, origin))?;
+    validate(&config).and_then(|()| supported(&config)).map_err(|problem| problem.into_error(source, origin))?;
     Ok(config.services)
 }
 
@@ -128,6 +128,50 @@ fn validate(config: &Config) -> Result<(), Problem> {
                 needle: "admin:".to_owned(),
                 occurrence: 0,
             });
+        }
+    }
+    Ok(())
+}
+
+/// Rejects settings that this build parses and validates but does not implement yet, so that
+/// nothing in a config file is silently ignored.
+fn supported(config: &Config) -> Result<(), Problem> {
+    let not_yet = |what: &str, needle: &str, occurrence: usize| Problem {
+        message: format!("{what} is not supported yet"),
+        needle: needle.to_owned(),
+        occurrence,
+    };
+    let sections = [
+        ("admin", config.admin.is_some()),
+        ("metrics", config.metrics.is_some()),
+        ("state_file", config.state_file.is_some()),
+        ("dataplane", config.dataplane.is_some()),
+    ];
+    if let Some((key, _)) = sections.iter().find(|(_, present)| *present) {
+        return Err(not_yet(&format!("`{key}`"), &format!("{key}:"), 0));
+    }
+    let mut listen_seen = std::collections::HashMap::new();
+    for service in &config.services {
+        let occurrence = *listen_seen.entry(&service.listen_text).and_modify(|n| *n += 1).or_insert(0usize);
+        let at = |what: String| not_yet(&format!("service `{}`: {what}", service.name), &service.listen_text, occurrence);
+        if !crate::sched::is_implemented(service.scheduler) {
+            return Err(at(format!("scheduler `{}` (implemented: rr, wrr, lc, wlc)", service.scheduler)));
+        }
+        let forwards = std::iter::once(service.forward).chain(service.reals.iter().map(|real| real.forward_in(service)));
+        if let Some(forward) = forwards.into_iter().find(|forward| *forward != ForwardMethod::Proxy) {
+            return Err(at(format!("forward `{forward:?}` (implemented: proxy)").to_lowercase()));
+        }
+        let unsupported = [
+            ("persistence", service.persistence.is_some()),
+            ("proxy_protocol", service.proxy_protocol != ProxyProtocol::None),
+            ("sorry_server", service.sorry_server.is_some()),
+            (
+                "health_check",
+                service.health_check.as_ref().is_some_and(|check| check.kind != HealthCheckKind::None),
+            ),
+        ];
+        if let Some((key, _)) = unsupported.iter().find(|(_, present)| *present) {
+            return Err(at(format!("`{key}`")));
         }
     }
     Ok(())

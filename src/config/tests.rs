@@ -32,6 +32,39 @@ fn minimal_config_gets_spec_defaults() {
 }
 
 #[test]
+fn later_features_are_rejected_as_not_supported_yet() {
+    let cases = [
+        ("admin: { listen: 127.0.0.1:9900 }\n", "lbd.yaml:1:1: `admin` is not supported yet"),
+        ("metrics: { listen: 127.0.0.1:9901 }\n", "`metrics` is not supported yet"),
+        ("state_file: /tmp/x\n", "`state_file` is not supported yet"),
+        ("dataplane: { tun: lbtun0 }\n", "`dataplane` is not supported yet"),
+    ];
+    for (source, needle) in cases {
+        let message = error_of(source);
+        assert!(message.contains(needle), "{message}");
+    }
+    let service_cases = [
+        ("scheduler: mh", "scheduler `mh`"),
+        ("forward: nat", "forward `nat`"),
+        ("persistence: {}", "`persistence`"),
+        ("proxy_protocol: v2", "`proxy_protocol`"),
+        ("sorry_server: 127.0.0.1:9", "`sorry_server`"),
+        ("health_check: { type: tcp }", "`health_check`"),
+    ];
+    for (line, needle) in service_cases {
+        let message = error_of(&format!("services:\n  - protocol: tcp\n    listen: 127.0.0.1:80\n    {line}\n"));
+        assert!(message.starts_with("lbd.yaml:3:13: service `tcp:127.0.0.1:80`: "), "{message}");
+        assert!(message.contains(needle) && message.ends_with("is not supported yet"), "{message}");
+    }
+    // `type: none` is the same as no health check at all.
+    assert!(parse("services:\n  - { protocol: tcp, listen: '127.0.0.1:80', health_check: { type: none } }\n", "x").is_ok());
+}
+
+fn parse_unchecked(source: &str) -> Config {
+    serde_yaml::from_str(source).unwrap()
+}
+
+#[test]
 fn full_spec_example_parses() {
     let source = "\
 admin:
@@ -65,7 +98,8 @@ services:
     one_packet: true
     reals: [{ address: '10.0.0.1:53' }]
 ";
-    let config = parse(source, "lbd.yaml").unwrap();
+    let config = parse_unchecked(source);
+    assert!(validate(&config).is_ok());
     assert_eq!(config.timeouts.tcp_fin, Duration::from_secs(120));
     assert_eq!(config.timeouts.connect, Duration::from_millis(500));
     let web = &config.services[0];
@@ -177,8 +211,10 @@ services:
 fn non_loopback_admin_needs_a_token() {
     let message = error_of("admin: { listen: 0.0.0.0:9900 }\n");
     assert!(message.contains("admin.token_file is required"), "{message}");
-    assert!(parse("admin: { listen: 0.0.0.0:9900, token_file: /etc/lbd/admin.token }\n", "x").is_ok());
-    assert!(parse("admin: { listen: 'unix:/run/lbd/admin.sock' }\n", "x").is_ok());
+    let config = parse_unchecked("admin: { listen: 0.0.0.0:9900, token_file: /etc/lbd/admin.token }\n");
+    assert!(validate(&config).is_ok());
+    let config = parse_unchecked("admin: { listen: 'unix:/run/lbd/admin.sock' }\n");
+    assert_eq!(config.admin.unwrap().listen, AdminListen::Unix("/run/lbd/admin.sock".into()));
 }
 
 #[test]

@@ -1,0 +1,112 @@
+//! Schedulers: given the reals of a service (in IPVS's list order) and a new flow, pick the
+//! real that gets it, with the kernel's exact rules (see `reference/ipvs-reference.md` §1).
+//!
+//! A scheduler is built from one snapshot of the reals and is replaced with it. Picks are pure:
+//! no I/O, no clock reads (`now` comes in the [`Flow`]), no allocation, no lock; schedulers
+//! with a cursor keep it in one atomic updated by compare-and-swap.
+//!
+//! Every scheduler treats a real that is not [`Real::usable`] (down, overloaded, in passive
+//! back-off) as IPVS treats a real with the OVERLOAD flag.
+
+mod lc;
+mod rr;
+mod wlc;
+mod wrr;
+
+use std::{fmt, net::SocketAddr};
+
+use crate::{
+    clock::Millis,
+    config::{SchedulerFlag, SchedulerKind},
+    table::Real,
+};
+
+/// What a scheduler knows of a new flow.
+#[derive(Debug, Clone, Copy)]
+pub struct Flow {
+    /// The client's address and port.
+    pub client: SocketAddr,
+    /// Where the client sent it: the VIP in proxy mode, the packet's destination otherwise.
+    pub destination: SocketAddr,
+    /// The time of the decision.
+    pub now: Millis,
+}
+
+/// A scheduling algorithm bound to one snapshot of a service's reals.
+pub trait Scheduler: Send + Sync + fmt::Debug {
+    /// The index in `reals` of the real that gets `flow`, or `None` when no real is available.
+    /// `reals` is the slice the scheduler was built for.
+    fn pick(&self, reals: &[Real], flow: &Flow) -> Option<usize>;
+}
+
+/// Whether `kind` is implemented in this build.
+pub fn is_implemented(kind: SchedulerKind) -> bool {
+    matches!(kind, SchedulerKind::Rr | SchedulerKind::Wrr | SchedulerKind::Lc | SchedulerKind::Wlc)
+}
+
+/// Builds the scheduler `kind` for `reals`. Kinds that are not implemented yet (see
+/// [`is_implemented`]; config validation rejects them) refuse every flow.
+pub fn build(kind: SchedulerKind, _flags: &[SchedulerFlag], reals: &[Real]) -> Box<dyn Scheduler> {
+    match kind {
+        SchedulerKind::Rr => Box::new(rr::RoundRobin::new()),
+        SchedulerKind::Wrr => Box::new(wrr::WeightedRoundRobin::new(reals)),
+        SchedulerKind::Lc => Box::new(lc::LeastConnection),
+        SchedulerKind::Wlc => Box::new(wlc::WeightedLeastConnection),
+        _ => Box::new(Unimplemented),
+    }
+}
+
+#[derive(Debug)]
+struct Unimplemented;
+
+impl Scheduler for Unimplemented {
+    fn pick(&self, _reals: &[Real], _flow: &Flow) -> Option<usize> {
+        None
+    }
+}
+
+/// Helpers for scheduler unit tests and benchmarks.
+#[doc(hidden)]
+pub mod testing {
+    use std::sync::Arc;
+
+    use super::Flow;
+    use crate::{clock::Millis, table::{Real, RealState}};
+
+    /// Reals `10.0.0.1`, `10.0.0.2`, … with these weights, in list order.
+    pub fn reals(weights: &[u32]) -> Vec<Real> {
+        weights
+            .iter()
+            .enumerate()
+            .map(|(i, &weight)| {
+                let address = std::net::SocketAddr::from(([10, 0, (i >> 8) as u8, (i & 0xff) as u8 + 1], 80));
+                Real::new(address, weight, Arc::new(RealState::new(0, 0)))
+            })
+            .collect()
+    }
+
+    /// Sets a real's ActiveConn and InActConn by binding flows; keep the bindings alive.
+    pub fn load(real: &Real, active: u32, inactive: u32) -> Vec<crate::table::FlowBinding> {
+        (0..active + inactive)
+            .map(|i| {
+                let mut flow = real.state.bind();
+                flow.set_active(i < active);
+                flow
+            })
+            .collect()
+    }
+
+    /// A flow from 192.0.2.1 at time 0.
+    pub fn flow() -> Flow {
+        Flow {
+            client: ([192, 0, 2, 1], 40_000).into(),
+            destination: ([198, 51, 100, 1], 80).into(),
+            now: Millis(0),
+        }
+    }
+
+    /// `n` picks in a row.
+    pub fn picks(scheduler: &dyn super::Scheduler, reals: &[Real], n: usize) -> Vec<Option<usize>> {
+        (0..n).map(|_| scheduler.pick(reals, &flow())).collect()
+    }
+}

@@ -1,0 +1,231 @@
+//! The service table: one immutable snapshot of every virtual service and its real servers,
+//! published with a single atomic swap ([`TableHandle`]). The data planes `load()` it per flow
+//! and never lock; the control plane builds a new snapshot ([`ServiceTable::build`]) and stores
+//! it. Live per-real state ([`RealState`]) is shared between successive snapshots, keyed by
+//! (service, real) identity, so counters and open flows carry across reloads.
+//!
+//! This module does no I/O.
+
+mod state;
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+};
+
+use arc_swap::ArcSwap;
+
+pub use self::state::{FlowBinding, RealState};
+use crate::{
+    clock::Millis,
+    config::{Config, ForwardMethod, ServiceConfig, ServiceKey, Timeouts},
+    sched::{self, Scheduler},
+};
+
+/// The shared, lock-free view of the service table.
+#[derive(Debug)]
+pub struct TableHandle(ArcSwap<ServiceTable>);
+
+impl TableHandle {
+    /// A handle publishing `table`.
+    pub fn new(table: ServiceTable) -> Self {
+        Self(ArcSwap::from_pointee(table))
+    }
+
+    /// The current snapshot. Cheap; do not hold it across an `.await`.
+    pub fn load(&self) -> arc_swap::Guard<Arc<ServiceTable>> {
+        self.0.load()
+    }
+
+    /// The current snapshot as an owned `Arc`.
+    pub fn snapshot(&self) -> Arc<ServiceTable> {
+        self.0.load_full()
+    }
+
+    /// Publishes a new snapshot.
+    pub fn store(&self, table: ServiceTable) {
+        self.0.store(Arc::new(table));
+    }
+}
+
+/// One snapshot of the whole table.
+#[derive(Debug, Default)]
+pub struct ServiceTable {
+    services: Vec<Arc<Service>>,
+    index: HashMap<ServiceKey, usize>,
+    /// Idle and connect timeouts in force.
+    pub timeouts: Timeouts,
+}
+
+impl ServiceTable {
+    /// Builds a snapshot from `config`, reusing the live state of services and reals that
+    /// exist in `previous` (same protocol, VIP:port and real address).
+    pub fn build(config: &Config, previous: Option<&Self>) -> Self {
+        let services: Vec<Arc<Service>> = config
+            .services
+            .iter()
+            .map(|service| {
+                let old = previous.and_then(|table| table.service(&service.key()));
+                Arc::new(Service::build(service, old.map(Arc::as_ref)))
+            })
+            .collect();
+        let index = services.iter().enumerate().map(|(i, service)| (service.key, i)).collect();
+        Self { services, index, timeouts: config.timeouts }
+    }
+
+    /// The service with this identity.
+    pub fn service(&self, key: &ServiceKey) -> Option<&Arc<Service>> {
+        self.index.get(key).map(|&i| &self.services[i])
+    }
+
+    /// Every service, in config order.
+    pub fn services(&self) -> &[Arc<Service>] {
+        &self.services
+    }
+}
+
+/// Totals of one virtual service.
+#[derive(Debug, Default)]
+pub struct ServiceStats {
+    /// Flows accepted by the service.
+    pub conns: AtomicU64,
+    /// Flows refused because no real server was available.
+    pub unavailable: AtomicU64,
+}
+
+/// One virtual service in a snapshot.
+#[derive(Debug)]
+pub struct Service {
+    /// Protocol and VIP:port.
+    pub key: ServiceKey,
+    /// The configuration it was built from.
+    pub config: ServiceConfig,
+    /// The real servers, in IPVS's order: most recently added first.
+    pub reals: Vec<Real>,
+    /// Picks a real for a new flow.
+    pub scheduler: Box<dyn Scheduler>,
+    /// Totals, shared across snapshots.
+    pub stats: Arc<ServiceStats>,
+}
+
+impl Service {
+    fn build(config: &ServiceConfig, previous: Option<&Self>) -> Self {
+        static NEXT_SEQUENCE: AtomicU64 = AtomicU64::new(1);
+        let mut reals: Vec<Real> = config
+            .reals
+            .iter()
+            .map(|real| {
+                let old = previous.and_then(|service| service.real(real.address));
+                let state = match old {
+                    Some(old) => {
+                        old.state.set_thresholds(real.max_conns, real.min_conns);
+                        Arc::clone(&old.state)
+                    }
+                    None => Arc::new(RealState::new(real.max_conns, real.min_conns)),
+                };
+                Real {
+                    address: real.address,
+                    weight: real.weight,
+                    forward: real.forward_in(config),
+                    up: true,
+                    state,
+                    added: old.map_or_else(|| NEXT_SEQUENCE.fetch_add(1, Relaxed), |old| old.added),
+                }
+            })
+            .collect();
+        reals.sort_by_key(|real| std::cmp::Reverse(real.added));
+        let scheduler = sched::build(config.scheduler, &config.scheduler_flags, &reals);
+        Self {
+            key: config.key(),
+            config: config.clone(),
+            reals,
+            scheduler,
+            stats: previous.map_or_else(Arc::default, |service| Arc::clone(&service.stats)),
+        }
+    }
+
+    /// The service's name.
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// The real with this address.
+    pub fn real(&self, address: SocketAddr) -> Option<&Real> {
+        self.reals.iter().find(|real| real.address == address)
+    }
+}
+
+/// One real server of a service in a snapshot.
+#[derive(Debug, Clone)]
+pub struct Real {
+    /// Where flows go.
+    pub address: SocketAddr,
+    /// Scheduling weight; 0 = quiescent.
+    pub weight: u32,
+    /// How flows reach it.
+    pub forward: ForwardMethod,
+    /// Health verdict: a real that is not up gets no new flows.
+    pub up: bool,
+    /// Live counters and connection accounting.
+    pub state: Arc<RealState>,
+    /// When it was added (larger = more recent); orders the list as IPVS does.
+    added: u64,
+}
+
+impl Real {
+    /// A real for tests and benchmarks of schedulers.
+    pub fn new(address: SocketAddr, weight: u32, state: Arc<RealState>) -> Self {
+        Self { address, weight, forward: ForwardMethod::Proxy, up: true, state, added: 0 }
+    }
+
+    /// Whether the real may take a new flow at `now`, weight aside: it is up, not overloaded
+    /// and not in passive back-off. Schedulers treat a real that is not usable exactly as IPVS
+    /// treats one with the OVERLOAD flag.
+    pub fn usable(&self, now: Millis) -> bool {
+        self.up && !self.state.is_overloaded() && !self.state.in_backoff(now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config;
+
+    fn table(source: &str, previous: Option<&ServiceTable>) -> ServiceTable {
+        ServiceTable::build(&config::parse(source, "t").unwrap(), previous)
+    }
+
+    const TWO: &str = "services:\n  - protocol: tcp\n    listen: 127.0.0.1:80\n    reals: [{address: '10.0.0.1:80'}, {address: '10.0.0.2:80'}]\n";
+
+    #[test]
+    fn reals_are_ordered_most_recently_added_first() {
+        let first = table(TWO, None);
+        let service = &first.services()[0];
+        let order: Vec<String> = service.reals.iter().map(|r| r.address.to_string()).collect();
+        assert_eq!(order, ["10.0.0.2:80", "10.0.0.1:80"]);
+
+        let with_third = TWO.replace("]\n", ", {address: '10.0.0.3:80'}]\n");
+        let second = table(&with_third, Some(&first));
+        let order: Vec<String> = second.services()[0].reals.iter().map(|r| r.address.to_string()).collect();
+        assert_eq!(order, ["10.0.0.3:80", "10.0.0.2:80", "10.0.0.1:80"]);
+    }
+
+    #[test]
+    fn live_state_carries_across_rebuilds() {
+        let first = table(TWO, None);
+        let real = &first.services()[0].reals[0];
+        let _flow = real.state.bind();
+        let reweighted = TWO.replace("'10.0.0.1:80'}", "'10.0.0.1:80', weight: 5}");
+        let second = table(&reweighted, Some(&first));
+        let same = second.services()[0].real(real.address).unwrap();
+        assert!(Arc::ptr_eq(&same.state, &real.state));
+        assert_eq!(same.state.inactive(), 1);
+        assert!(Arc::ptr_eq(&second.services()[0].stats, &first.services()[0].stats));
+        let other_vip = table(&TWO.replace(":80\n", ":81\n"), Some(&first));
+        assert!(!Arc::ptr_eq(&other_vip.services()[0].stats, &first.services()[0].stats));
+    }
+}

@@ -1,0 +1,243 @@
+//! Live per-real state shared by every snapshot that contains the real: counters, connection
+//! counts with IPVS's overload hysteresis, and passive failure back-off. All atomics, so the
+//! data plane updates them without locks.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed},
+};
+
+use crate::clock::Millis;
+
+/// First passive back-off after a failed connect; it doubles per consecutive failure.
+const BACKOFF_BASE_MS: u64 = 1_000;
+/// Longest passive back-off.
+const BACKOFF_MAX_MS: u64 = 30_000;
+
+/// Counters and connection accounting of one real server of one service.
+#[derive(Debug, Default)]
+pub struct RealState {
+    /// Flows scheduled to this real (ipvsadm `Conns`).
+    pub conns: AtomicU64,
+    /// Bytes client → real.
+    pub bytes_in: AtomicU64,
+    /// Bytes real → client.
+    pub bytes_out: AtomicU64,
+    /// Packets (proxy: UDP datagrams) client → real.
+    pub packets_in: AtomicU64,
+    /// Packets (proxy: UDP datagrams) real → client.
+    pub packets_out: AtomicU64,
+    active: AtomicU32,
+    inactive: AtomicU32,
+    max_conns: AtomicU32,
+    min_conns: AtomicU32,
+    overloaded: AtomicBool,
+    failures: AtomicU32,
+    backoff_until: AtomicU64,
+}
+
+impl RealState {
+    /// A new state with the given thresholds (ipvsadm `-x`, `-y`; 0 = none).
+    pub fn new(max_conns: u32, min_conns: u32) -> Self {
+        let state = Self::default();
+        state.set_thresholds(max_conns, min_conns);
+        state
+    }
+
+    /// Updates the thresholds. As in IPVS, raising or removing the upper threshold clears
+    /// the overload flag.
+    pub fn set_thresholds(&self, max_conns: u32, min_conns: u32) {
+        let old = self.max_conns.swap(max_conns, Relaxed);
+        self.min_conns.store(min_conns, Relaxed);
+        if max_conns == 0 || max_conns > old {
+            self.overloaded.store(false, Relaxed);
+        }
+    }
+
+    /// ActiveConn: flows established in both directions.
+    pub fn active(&self) -> u32 {
+        self.active.load(Relaxed)
+    }
+
+    /// InActConn: flows connecting, half-closed, and every UDP flow.
+    pub fn inactive(&self) -> u32 {
+        self.inactive.load(Relaxed)
+    }
+
+    /// IPVS's connection overhead: one active flow weighs as much as 256 inactive ones.
+    pub fn overhead(&self) -> u64 {
+        (u64::from(self.active()) << 8) + u64::from(self.inactive())
+    }
+
+    /// Whether the upper threshold was reached and the lower one not yet passed.
+    pub fn is_overloaded(&self) -> bool {
+        self.overloaded.load(Relaxed)
+    }
+
+    /// Whether a recent connect failure keeps this real out of new flows at `now`.
+    pub fn in_backoff(&self, now: Millis) -> bool {
+        self.backoff_until.load(Relaxed) > now.0
+    }
+
+    /// Records a failed connect: the real gets no new flows for a back-off that doubles with
+    /// each consecutive failure (1 s up to 30 s), like nginx's `max_fails`/`fail_timeout`.
+    /// Returns the number of consecutive failures.
+    pub fn record_failure(&self, now: Millis) -> u32 {
+        let failures = self.failures.fetch_add(1, Relaxed).saturating_add(1);
+        let backoff = BACKOFF_BASE_MS.saturating_mul(1 << failures.min(16).saturating_sub(1)).min(BACKOFF_MAX_MS);
+        self.backoff_until.store(now.plus(backoff).0, Relaxed);
+        failures
+    }
+
+    /// Records a successful connect, ending any back-off.
+    pub fn record_success(&self) {
+        if self.failures.load(Relaxed) != 0 {
+            self.failures.store(0, Relaxed);
+            self.backoff_until.store(0, Relaxed);
+        }
+    }
+
+    /// Binds a new flow to this real: it counts in `Conns` and starts inactive, as in IPVS.
+    pub fn bind(self: &Arc<Self>) -> FlowBinding {
+        self.conns.fetch_add(1, Relaxed);
+        self.inactive.fetch_add(1, Relaxed);
+        let max = self.max_conns.load(Relaxed);
+        if max != 0 && self.active() + self.inactive() >= max {
+            self.overloaded.store(true, Relaxed);
+        }
+        FlowBinding { real: Arc::clone(self), active: false }
+    }
+
+    fn unbind(&self, active: bool) {
+        if active {
+            self.active.fetch_sub(1, Relaxed);
+        } else {
+            self.inactive.fetch_sub(1, Relaxed);
+        }
+        let total = self.active() + self.inactive();
+        let (max, min) = (self.max_conns.load(Relaxed), self.min_conns.load(Relaxed));
+        let clear = if min != 0 {
+            total < min
+        } else if max != 0 {
+            u64::from(total) * 4 < u64::from(max) * 3
+        } else {
+            true
+        };
+        if clear && self.is_overloaded() {
+            self.overloaded.store(false, Relaxed);
+        }
+    }
+
+    /// Zeroes the traffic counters (ipvsadm `-Z`); connection counts are live and stay.
+    pub fn zero(&self) {
+        for counter in [&self.conns, &self.bytes_in, &self.bytes_out, &self.packets_in, &self.packets_out] {
+            counter.store(0, Relaxed);
+        }
+    }
+}
+
+/// One flow's hold on a real: while it lives the flow counts in ActiveConn or InActConn.
+/// Dropping it unbinds the flow.
+#[derive(Debug)]
+pub struct FlowBinding {
+    real: Arc<RealState>,
+    active: bool,
+}
+
+impl FlowBinding {
+    /// The real this flow is bound to.
+    pub fn real(&self) -> &Arc<RealState> {
+        &self.real
+    }
+
+    /// Moves the flow between ActiveConn (established both ways) and InActConn.
+    pub fn set_active(&mut self, active: bool) {
+        if self.active == active {
+            return;
+        }
+        let (from, to) = if active {
+            (&self.real.inactive, &self.real.active)
+        } else {
+            (&self.real.active, &self.real.inactive)
+        };
+        to.fetch_add(1, Relaxed);
+        from.fetch_sub(1, Relaxed);
+        self.active = active;
+    }
+}
+
+impl Drop for FlowBinding {
+    fn drop(&mut self) {
+        self.real.unbind(self.active);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flows_start_inactive_and_move() {
+        let real = Arc::new(RealState::new(0, 0));
+        let mut flow = real.bind();
+        assert_eq!((real.active(), real.inactive()), (0, 1));
+        flow.set_active(true);
+        assert_eq!((real.active(), real.inactive()), (1, 0));
+        assert_eq!(real.overhead(), 256);
+        flow.set_active(false);
+        assert_eq!((real.active(), real.inactive()), (0, 1));
+        drop(flow);
+        assert_eq!((real.active(), real.inactive()), (0, 0));
+        assert_eq!(real.conns.load(Relaxed), 1);
+    }
+
+    #[test]
+    fn overload_hysteresis_defaults_to_three_quarters() {
+        let real = Arc::new(RealState::new(4, 0));
+        let mut flows: Vec<_> = (0..3).map(|_| real.bind()).collect();
+        assert!(!real.is_overloaded());
+        flows.push(real.bind());
+        assert!(real.is_overloaded(), "total 4 >= max_conns 4");
+        flows.pop();
+        assert!(real.is_overloaded(), "3*4 = 12 is not < 4*3 = 12");
+        flows.pop();
+        assert!(!real.is_overloaded(), "2*4 < 12");
+    }
+
+    #[test]
+    fn overload_leaves_below_min_conns() {
+        let real = Arc::new(RealState::new(4, 2));
+        let mut flows: Vec<_> = (0..4).map(|_| real.bind()).collect();
+        assert!(real.is_overloaded());
+        flows.truncate(2);
+        assert!(real.is_overloaded(), "2 is not < min_conns 2");
+        flows.truncate(1);
+        assert!(!real.is_overloaded());
+    }
+
+    #[test]
+    fn raising_the_threshold_clears_overload() {
+        let real = Arc::new(RealState::new(1, 0));
+        let _flow = real.bind();
+        assert!(real.is_overloaded());
+        real.set_thresholds(10, 0);
+        assert!(!real.is_overloaded());
+    }
+
+    #[test]
+    fn backoff_doubles_and_success_clears_it() {
+        let real = RealState::new(0, 0);
+        let now = Millis(10_000);
+        real.record_failure(now);
+        assert!(real.in_backoff(now.plus(999)));
+        assert!(!real.in_backoff(now.plus(1_000)));
+        real.record_failure(now);
+        assert!(real.in_backoff(now.plus(1_999)));
+        for _ in 0..20 {
+            real.record_failure(now);
+        }
+        assert!(!real.in_backoff(now.plus(30_000)), "capped at 30 s");
+        real.record_success();
+        assert!(!real.in_backoff(now));
+    }
+}
