@@ -6,3 +6,5 @@ pub mod config;
 pub mod clock;
 pub mod sched;
 pub mod table;
+pub mod proxy;
+pub mod daemon;

@@ -1,1 +1,79 @@
-fn main(){}
+//! `lbd`, the ulvs director. Parses the command line, loads the config without binding
+//! anything, then hands over to [`ulvs::daemon`].
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+use ulvs::daemon::{self, ConfigSource};
+
+/// ulvs director: a user-space, LVS-style Layer-4 load balancer.
+#[derive(Debug, Parser)]
+#[command(name = "lbd", version, args_conflicts_with_subcommands = true)]
+struct Args {
+    /// The config file.
+    #[arg(long, short = 'c', value_name = "FILE", default_value = "/etc/lbd/lbd.yaml")]
+    config: PathBuf,
+    /// Validate the config file and exit: 0 if valid, 1 if not.
+    #[arg(long)]
+    check: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a self-contained demo: three HTTP backends behind a wrr service.
+    Demo {
+        /// Where the demo service listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+    /// Real-server helper for tun mode on kernels without an ipip device.
+    IpipDecap {
+        /// The VIP carried by the real server.
+        #[arg(long)]
+        vip: std::net::IpAddr,
+        /// The TUN device to create.
+        #[arg(long, default_value = "ipipdecap0")]
+        dev: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("lbd: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| format!("cannot start the control-plane runtime: {error}"))?;
+    match args.command {
+        Some(Command::Demo { listen }) => runtime.block_on(daemon::demo::run(listen)).map_err(|e| e.to_string()),
+        Some(Command::IpipDecap { .. }) => Err("ipip-decap is not supported yet (planned with the tun forwarding mode)".to_owned()),
+        None => {
+            let source = ConfigSource::File(args.config.clone());
+            let config = source.load().map_err(|error| error.to_string())?;
+            if args.check {
+                let reals: usize = config.services.iter().map(|service| service.reals.len()).sum();
+                println!("{}: OK ({} services, {reals} reals)", args.config.display(), config.services.len());
+                return Ok(());
+            }
+            runtime.block_on(daemon::serve(source, config)).map_err(|error| error.to_string())
+        }
+    }
+}

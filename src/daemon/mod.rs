@@ -1,0 +1,256 @@
+//! The director's lifecycle: start (workers, sockets, first table), reload (parse → validate →
+//! bind new sockets → swap the table → close removed services), and drain on shutdown.
+//!
+//! A reload is all or nothing: if the new file is invalid or a new service address cannot be
+//! bound, the running table and sockets stay exactly as they were.
+
+pub mod demo;
+
+use std::{
+    collections::BTreeSet,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use thiserror::Error;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    config::{self, Config, ConfigError, ServiceKey},
+    proxy::{
+        FlowTracker, Shared,
+        socket::{self, BindError, Listeners},
+        worker::{Command, Worker, WorkerSocket},
+    },
+    table::{ServiceTable, TableHandle},
+};
+
+/// Where the configuration comes from.
+#[derive(Debug, Clone)]
+pub enum ConfigSource {
+    /// A file, re-read at every reload.
+    File(PathBuf),
+    /// Text held in memory (the demo), re-parsed at every reload.
+    Text {
+        /// Name used in error messages.
+        origin: String,
+        /// The YAML.
+        text: String,
+    },
+}
+
+impl ConfigSource {
+    /// Reads and validates the configuration.
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        match self {
+            Self::File(path) => config::load(path),
+            Self::Text { origin, text } => config::parse(text, origin),
+        }
+    }
+}
+
+/// The director could not start.
+#[derive(Debug, Error)]
+pub enum StartError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A service address could not be bound.
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    /// A worker thread or runtime could not be created.
+    #[error("cannot start the data-plane workers: {0}")]
+    Workers(std::io::Error),
+}
+
+/// A reload was refused; the running configuration is untouched.
+#[derive(Debug, Error)]
+pub enum ReloadError {
+    /// The new configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A new service address could not be bound.
+    #[error(transparent)]
+    Bind(#[from] BindError),
+}
+
+/// What a reload changed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ReloadSummary {
+    /// Services that are new.
+    pub added: usize,
+    /// Services that are gone.
+    pub removed: usize,
+    /// Services still there whose settings or reals changed.
+    pub changed: usize,
+}
+
+/// A running director.
+#[derive(Debug)]
+pub struct Director {
+    source: ConfigSource,
+    config: Config,
+    shared: Shared,
+    workers: Vec<Worker>,
+}
+
+impl Director {
+    /// Starts the workers, binds every service and publishes the first table.
+    pub fn start(source: ConfigSource, config: Config) -> Result<Self, StartError> {
+        let shared = Shared {
+            table: Arc::new(TableHandle::new(ServiceTable::build(&config, None))),
+            flows: FlowTracker::default(),
+        };
+        let count = config.worker_count();
+        let bound: Vec<_> = config
+            .services
+            .iter()
+            .map(|service| socket::bind(service.key(), count).map(|listeners| (service.key(), listeners)))
+            .collect::<Result<_, _>>()?;
+        let workers = (0..count)
+            .map(|index| Worker::spawn(index, shared.clone()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(StartError::Workers)?;
+        let director = Self { source, config, shared, workers };
+        for (key, listeners) in bound {
+            director.hand_out(key, listeners);
+        }
+        director.log_started();
+        Ok(director)
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The shared service table.
+    pub fn table(&self) -> &Arc<TableHandle> {
+        &self.shared.table
+    }
+
+    /// Flows in progress.
+    pub fn flows(&self) -> &FlowTracker {
+        &self.shared.flows
+    }
+
+    /// Re-reads the configuration and applies it without touching flows in progress.
+    pub fn reload(&mut self) -> Result<ReloadSummary, ReloadError> {
+        let config = self.source.load()?;
+        if config.worker_count() != self.workers.len() {
+            tracing::warn!(
+                running = self.workers.len(),
+                configured = config.worker_count(),
+                "a change of `workers` takes effect at the next start"
+            );
+        }
+        let old: BTreeSet<ServiceKey> = self.config.services.iter().map(config::ServiceConfig::key).collect();
+        let new: BTreeSet<ServiceKey> = config.services.iter().map(config::ServiceConfig::key).collect();
+        // Bind every new address before changing anything, so a failure leaves all as it was.
+        let bound: Vec<_> = new
+            .difference(&old)
+            .map(|&key| socket::bind(key, self.workers.len()).map(|listeners| (key, listeners)))
+            .collect::<Result<_, _>>()?;
+        let changed = config
+            .services
+            .iter()
+            .filter(|service| {
+                self.config.services.iter().any(|before| before.key() == service.key() && *before != **service)
+            })
+            .count();
+        let previous = self.shared.table.snapshot();
+        self.shared.table.store(ServiceTable::build(&config, Some(&previous)));
+        let summary = ReloadSummary { added: bound.len(), removed: old.difference(&new).count(), changed };
+        for (key, listeners) in bound {
+            self.hand_out(key, listeners);
+        }
+        for &key in old.difference(&new) {
+            for worker in &self.workers {
+                worker.send(Command::Close(key));
+            }
+        }
+        self.config = config;
+        Ok(summary)
+    }
+
+    /// Stops taking new flows; flows in progress go on.
+    pub fn drain(&self) {
+        for worker in &self.workers {
+            worker.send(Command::Drain);
+        }
+    }
+
+    fn hand_out(&self, key: ServiceKey, listeners: Listeners) {
+        let sockets: Vec<WorkerSocket> = match listeners {
+            Listeners::Tcp(listeners) => listeners.into_iter().map(WorkerSocket::Tcp).collect(),
+            Listeners::Udp(sockets) => sockets.into_iter().map(WorkerSocket::Udp).collect(),
+        };
+        for (worker, socket) in self.workers.iter().zip(sockets) {
+            worker.send(Command::Listen(key, socket));
+        }
+    }
+
+    fn log_started(&self) {
+        tracing::info!(version = env!("CARGO_PKG_VERSION"), workers = self.workers.len(), "lbd started");
+        for service in &self.config.services {
+            tracing::info!(
+                "service {}: {} {} scheduler {}, {} real(s), forward {:?}",
+                service.name,
+                service.protocol,
+                service.listen,
+                service.scheduler,
+                service.reals.len(),
+                service.forward
+            );
+        }
+        if self.config.admin.is_none() {
+            tracing::info!("no `admin` section: the admin API is not served");
+        }
+        if self.config.metrics.is_none() {
+            tracing::info!("no `metrics` section: /metrics is not served");
+        }
+    }
+}
+
+/// Starts a director and serves until SIGTERM or SIGINT, reloading on SIGHUP; then drains for
+/// up to `drain_timeout`. Must run inside a tokio runtime (the control plane's).
+pub async fn serve(source: ConfigSource, config: Config) -> Result<(), StartError> {
+    // Install the handlers before binding, so a signal that arrives early is not fatal.
+    let signal_error = |error| StartError::Workers(error);
+    let mut hangup = signal(SignalKind::hangup()).map_err(signal_error)?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(signal_error)?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_error)?;
+    let mut director = Director::start(source, config)?;
+    loop {
+        tokio::select! {
+            _ = hangup.recv() => match director.reload() {
+                Ok(summary) => tracing::info!(
+                    added = summary.added, removed = summary.removed, changed = summary.changed,
+                    "configuration reloaded"
+                ),
+                Err(error) => tracing::error!("reload refused, running configuration kept: {error}"),
+            },
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+        }
+    }
+    drain(&director).await;
+    Ok(())
+}
+
+/// Stops accepting and waits for flows in progress, at most `drain_timeout`.
+async fn drain(director: &Director) {
+    let timeout = director.config().drain_timeout;
+    let flows = director.flows();
+    tracing::info!(flows = flows.count(), "stopping: no new flows; waiting up to {timeout:?} for flows in progress");
+    director.drain();
+    let started = Instant::now();
+    while flows.count() > 0 && started.elapsed() < timeout {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    match flows.count() {
+        0 => tracing::info!("all flows finished; exiting"),
+        left => tracing::warn!(flows = left, "drain timeout reached; closing the flows left"),
+    }
+}

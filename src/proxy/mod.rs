@@ -1,0 +1,79 @@
+//! The proxy data plane: TCP and UDP flows terminated by lbd and re-originated to the real
+//! server the scheduler picks.
+//!
+//! Each worker thread runs its own single-threaded runtime with its own `SO_REUSEPORT` socket
+//! per service ([`worker`]), so a flow lives on one thread from accept to close. Per flow, the
+//! data plane reads the current [`ServiceTable`](crate::table::ServiceTable) snapshot once, and
+//! updates per-real counters with atomic adds; it takes no lock shared between workers. It does
+//! not parse config or decide health.
+
+mod pool;
+mod relay;
+pub mod socket;
+mod tcp;
+mod udp;
+pub mod worker;
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering::Relaxed},
+    },
+};
+
+use crate::{
+    sched::Flow,
+    table::{FlowBinding, Service, TableHandle},
+};
+
+/// What every worker shares.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    /// The service table.
+    pub table: Arc<TableHandle>,
+    /// Flows in progress, for draining.
+    pub flows: FlowTracker,
+}
+
+/// Counts flows in progress, so that shutdown can wait for them.
+#[derive(Debug, Clone, Default)]
+pub struct FlowTracker(Arc<AtomicUsize>);
+
+impl FlowTracker {
+    /// Flows in progress now.
+    pub fn count(&self) -> usize {
+        self.0.load(Relaxed)
+    }
+
+    fn enter(&self) -> FlowGuard {
+        self.0.fetch_add(1, Relaxed);
+        FlowGuard(self.clone())
+    }
+}
+
+/// Held by a flow for its whole life.
+#[derive(Debug)]
+struct FlowGuard(FlowTracker);
+
+impl Drop for FlowGuard {
+    fn drop(&mut self) {
+        (self.0).0.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Schedules `flow` in `service`: the chosen real's address and the flow's binding to it, or
+/// `None` (counted as unavailable) when no real can take it.
+fn schedule(service: &Service, flow: &Flow) -> Option<(SocketAddr, FlowBinding)> {
+    match service.scheduler.pick(&service.reals, flow) {
+        Some(index) => {
+            let real = &service.reals[index];
+            Some((real.address, real.state.bind()))
+        }
+        None => {
+            service.stats.unavailable.fetch_add(1, Relaxed);
+            tracing::debug!(service = service.name(), client = %flow.client, "no real server available");
+            None
+        }
+    }
+}

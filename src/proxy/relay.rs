@@ -1,0 +1,178 @@
+//! The TCP relay: bytes both ways between the client and the real server, with half-close
+//! (a FIN one way is passed on and the other way stays open), reset propagation (an error on
+//! either side resets both), per-real byte counters and the idle timeouts of IPVS's
+//! ESTABLISHED (`timeouts.tcp`) and FIN_WAIT (`timeouts.tcp_fin`) states.
+//!
+//! It is readiness-driven: it waits for a socket to become readable before it takes a buffer
+//! from the worker's pool, and gives the buffer back as soon as it has been written out.
+
+use std::{
+    future::poll_fn,
+    io,
+    net::Shutdown,
+    pin::pin,
+    sync::atomic::{AtomicU64, Ordering::Relaxed},
+    task::{Context, Poll, ready},
+    time::Duration,
+};
+
+use socket2::SockRef;
+use tokio::{net::TcpStream, time::Instant};
+
+use super::pool;
+use crate::table::FlowBinding;
+
+/// How a relay ended.
+#[derive(Debug)]
+pub(crate) enum RelayEnd {
+    /// Both sides closed cleanly.
+    Closed,
+    /// No bytes moved for the idle timeout.
+    IdleTimeout,
+    /// A side failed or was reset; both were reset.
+    Error(io::Error),
+}
+
+/// Idle timeouts of a relayed connection.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct IdleTimeouts {
+    /// While both directions are open.
+    pub(crate) established: Duration,
+    /// After one direction has closed.
+    pub(crate) half_closed: Duration,
+}
+
+/// Relays until both directions have closed, an error, or the idle timeout. `binding` is moved
+/// to InActConn when the first direction closes.
+pub(crate) async fn relay(
+    client: &TcpStream,
+    server: &TcpStream,
+    binding: &mut FlowBinding,
+    timeouts: IdleTimeouts,
+) -> RelayEnd {
+    let real = binding.real().clone();
+    let mut upstream = Direction::default();
+    let mut downstream = Direction::default();
+    let mut last_activity = Instant::now();
+    let mut idle = pin!(tokio::time::sleep(timeouts.established));
+    let end = poll_fn(|cx| {
+        let mut moved = false;
+        for (direction, from, to, counter) in [
+            (&mut upstream, client, server, &real.bytes_in),
+            (&mut downstream, server, client, &real.bytes_out),
+        ] {
+            if direction.finished {
+                continue;
+            }
+            match direction.poll(cx, from, to, counter, &mut moved) {
+                Poll::Ready(Ok(())) => direction.finished = true,
+                Poll::Ready(Err(error)) => return Poll::Ready(RelayEnd::Error(error)),
+                Poll::Pending => {}
+            }
+        }
+        let timeout = match (upstream.finished, downstream.finished) {
+            (true, true) => return Poll::Ready(RelayEnd::Closed),
+            (false, false) => timeouts.established,
+            _ => {
+                binding.set_active(false);
+                timeouts.half_closed
+            }
+        };
+        if moved {
+            last_activity = Instant::now();
+        }
+        let deadline = last_activity + timeout;
+        if idle.deadline() != deadline {
+            idle.as_mut().reset(deadline);
+        }
+        match idle.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(RelayEnd::IdleTimeout),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await;
+    for mut direction in [upstream, downstream] {
+        direction.release();
+    }
+    if let RelayEnd::Error(_) = end {
+        for stream in [client, server] {
+            // Closing with a zero linger sends RST, passing the reset on.
+            let _ = stream.set_zero_linger();
+        }
+    }
+    end
+}
+
+/// One direction of the relay.
+#[derive(Default)]
+struct Direction {
+    /// Bytes read and not yet written: `buffer[start..end]`.
+    buffer: Option<Box<[u8]>>,
+    start: usize,
+    end: usize,
+    /// The source sent FIN.
+    eof: bool,
+    /// EOF was passed on; this direction is done.
+    finished: bool,
+}
+
+impl Direction {
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        from: &TcpStream,
+        to: &TcpStream,
+        counter: &AtomicU64,
+        moved: &mut bool,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            if let Some(buffer) = &self.buffer {
+                match to.try_write(&buffer[self.start..self.end]) {
+                    Ok(n) => {
+                        self.start += n;
+                        if self.start == self.end {
+                            self.release();
+                        }
+                    }
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                        ready!(to.poll_write_ready(cx))?;
+                    }
+                    Err(error) => return Poll::Ready(Err(error)),
+                }
+                continue;
+            }
+            if self.eof {
+                // Pass the FIN on; the other direction stays open.
+                return Poll::Ready(match SockRef::from(to).shutdown(Shutdown::Write) {
+                    Err(error) if error.kind() != io::ErrorKind::NotConnected => Err(error),
+                    _ => Ok(()),
+                });
+            }
+            ready!(from.poll_read_ready(cx))?;
+            let mut buffer = pool::take();
+            match from.try_read(&mut buffer) {
+                Ok(0) => {
+                    pool::give(buffer);
+                    self.eof = true;
+                }
+                Ok(n) => {
+                    counter.fetch_add(n as u64, Relaxed);
+                    *moved = true;
+                    (self.start, self.end) = (0, n);
+                    self.buffer = Some(buffer);
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => pool::give(buffer),
+                Err(error) => {
+                    pool::give(buffer);
+                    return Poll::Ready(Err(error));
+                }
+            }
+        }
+    }
+
+    fn release(&mut self) {
+        if let Some(buffer) = self.buffer.take() {
+            pool::give(buffer);
+        }
+    }
+}

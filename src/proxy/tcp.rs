@@ -1,0 +1,98 @@
+//! TCP proxy: accept, schedule, connect (retrying other reals), relay.
+
+use std::{
+    io,
+    net::SocketAddr,
+    sync::atomic::Ordering::Relaxed,
+    time::Duration,
+};
+
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    Shared, relay,
+    relay::{IdleTimeouts, RelayEnd},
+    schedule,
+};
+use crate::{clock::Millis, config::ServiceKey, sched::Flow, table::FlowBinding};
+
+/// Reals tried for one client connection: the first choice and up to two more.
+const CONNECT_ATTEMPTS: usize = 3;
+
+/// Accepts connections for `key` until `stop` is cancelled; each connection runs as a task
+/// on this worker.
+pub(super) async fn accept_loop(listener: TcpListener, key: ServiceKey, shared: Shared, stop: CancellationToken) {
+    let mut error_pause = Duration::from_millis(5);
+    loop {
+        let accepted = tokio::select! {
+            () = stop.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((client, peer)) => {
+                error_pause = Duration::from_millis(5);
+                tokio::task::spawn_local(handle(client, peer, key, shared.clone()));
+            }
+            Err(error) => {
+                // EMFILE/ENFILE/ENOBUFS: pause rather than spin, as mini-redis does.
+                tracing::warn!(service = %key, %error, "accept failed; pausing {error_pause:?}");
+                tokio::time::sleep(error_pause).await;
+                error_pause = (error_pause * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+async fn handle(client: TcpStream, peer: SocketAddr, key: ServiceKey, shared: Shared) {
+    let _flow = shared.flows.enter();
+    let Some((server, mut binding, timeouts)) = connect(peer, key, &shared).await else {
+        // Refuse with a reset, as a closed port would.
+        let _ = client.set_zero_linger();
+        return;
+    };
+    binding.set_active(true);
+    let end = relay::relay(&client, &server, &mut binding, timeouts).await;
+    match end {
+        RelayEnd::Closed => {}
+        RelayEnd::IdleTimeout => tracing::debug!(service = %key, client = %peer, "idle timeout"),
+        RelayEnd::Error(error) => tracing::debug!(service = %key, client = %peer, %error, "connection reset"),
+    }
+}
+
+/// Schedules the flow and connects to the chosen real, trying the scheduler's next choice when
+/// a connect fails. A failed real enters passive back-off, so later flows skip it too.
+async fn connect(peer: SocketAddr, key: ServiceKey, shared: &Shared) -> Option<(TcpStream, FlowBinding, IdleTimeouts)> {
+    for attempt in 0..CONNECT_ATTEMPTS {
+        let now = Millis::now();
+        let (address, binding, timeouts) = {
+            let table = shared.table.load();
+            let service = table.service(&key)?;
+            if attempt == 0 {
+                service.stats.conns.fetch_add(1, Relaxed);
+            }
+            let flow = Flow { client: peer, destination: key.listen, now };
+            let (address, binding) = schedule(service, &flow)?;
+            let timeouts = IdleTimeouts { established: table.timeouts.tcp, half_closed: table.timeouts.tcp_fin };
+            (address, binding, (timeouts, table.timeouts.connect))
+        };
+        let (idle, connect_timeout) = timeouts;
+        let error = match tokio::time::timeout(connect_timeout, connect_to(address)).await {
+            Ok(Ok(server)) => {
+                binding.real().record_success();
+                return Some((server, binding, idle));
+            }
+            Ok(Err(error)) => error,
+            Err(_) => io::Error::new(io::ErrorKind::TimedOut, format!("no answer within {connect_timeout:?}")),
+        };
+        let failures = binding.real().record_failure(now);
+        tracing::info!(service = %key, real = %address, %error, failures, "connect to real server failed; trying another");
+    }
+    None
+}
+
+async fn connect_to(address: SocketAddr) -> io::Result<TcpStream> {
+    let socket = if address.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_nodelay(true)?;
+    socket.connect(address).await
+}
