@@ -60,7 +60,7 @@ pub(super) async fn serve(socket: UdpSocket, key: ServiceKey, shared: Shared, st
                 break;
             };
             let stats = session.binding.real();
-            match session.upstream.try_send(datagram) {
+            match session.upstream.send(datagram).await {
                 Ok(_) => {
                     stats.packets_in.fetch_add(1, Relaxed);
                     stats.bytes_in.fetch_add(len as u64, Relaxed);

@@ -1,0 +1,224 @@
+//! Test support: run the real `lbd` binary with a config, and small real backends.
+
+use std::{
+    collections::HashMap,
+    io::{BufRead, BufReader, Read, Write},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex},
+    thread,
+    time::{Duration, Instant},
+};
+
+/// The `lbd` binary under test.
+pub fn lbd_binary() -> &'static str {
+    env!("CARGO_BIN_EXE_lbd")
+}
+
+/// A free loopback port (bound and released; good enough on a test machine).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A free loopback UDP port.
+pub fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A running `lbd`, killed when dropped.
+pub struct Lbd {
+    child: Option<Child>,
+    log: Arc<Mutex<Vec<String>>>,
+    _dir: tempfile::TempDir,
+    config_path: PathBuf,
+}
+
+impl Lbd {
+    /// Writes `config` to a temporary file and starts `lbd --config` on it, waiting until it
+    /// logs that it started.
+    pub fn start(config: &str) -> Self {
+        let mut lbd = Self::spawn(config);
+        lbd.wait_for_log("lbd started", 1);
+        lbd
+    }
+
+    /// Starts `lbd` without waiting.
+    pub fn spawn(config: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("lbd.yaml");
+        std::fs::write(&config_path, config).unwrap();
+        let mut child = Command::new(lbd_binary())
+            .arg("--config")
+            .arg(&config_path)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = Arc::clone(&log);
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[lbd] {line}");
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Self { child: Some(child), log, _dir: dir, config_path }
+    }
+
+    /// Path of the config file, to rewrite before a reload.
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// Waits until `needle` has appeared in at least `count` log lines.
+    pub fn wait_for_log(&mut self, needle: &str, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let seen = self.log.lock().unwrap().iter().filter(|line| line.contains(needle)).count();
+            if seen >= count {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("lbd exited ({status}) before logging {needle:?}:\n{}", self.log_text());
+            }
+            assert!(Instant::now() < deadline, "lbd did not log {needle:?} within 10 s:\n{}", self.log_text());
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Everything logged so far.
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// Sends a signal (`"HUP"`, `"TERM"`, …).
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.as_ref().unwrap().id().to_string();
+        let status = Command::new("kill").args([&format!("-{name}"), &pid]).status().unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for lbd to exit, at most `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                // Let the log reader catch the last lines.
+                thread::sleep(Duration::from_millis(50));
+                return status;
+            }
+            assert!(Instant::now() < deadline, "lbd did not exit within {limit:?}:\n{}", self.log_text());
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Lbd {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs `lbd` with `args` to completion: (exit code, stdout, stderr).
+pub fn run_lbd(args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(lbd_binary()).args(args).output().unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// A TCP backend that sends its name and a newline on accept, then echoes what it receives.
+pub struct TcpBackend {
+    /// Its address.
+    pub address: SocketAddr,
+    pub name: String,
+}
+
+impl TcpBackend {
+    pub fn start(name: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let greeting = format!("{name}\n");
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let greeting = greeting.clone();
+                thread::spawn(move || {
+                    if stream.write_all(greeting.as_bytes()).is_err() {
+                        return;
+                    }
+                    let mut buffer = [0u8; 16 * 1024];
+                    while let Ok(n) = stream.read(&mut buffer) {
+                        if n == 0 || stream.write_all(&buffer[..n]).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        Self { address, name: name.to_owned() }
+    }
+}
+
+/// Connects to `service` and returns the greeting line of the backend reached, with the open
+/// stream.
+pub fn connect_and_greet(service: SocketAddr) -> (String, TcpStream) {
+    let stream = TcpStream::connect_timeout(&service, Duration::from_secs(5)).expect("connect to lbd");
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("greeting from backend");
+    assert!(line.ends_with('\n'), "no greeting through lbd (got {line:?})");
+    (line.trim_end().to_owned(), stream)
+}
+
+/// Opens `n` connections one after another and counts which backend answered each.
+pub fn distribution(service: SocketAddr, n: usize) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for _ in 0..n {
+        let (name, stream) = connect_and_greet(service);
+        stream.shutdown(Shutdown::Both).ok();
+        *counts.entry(name).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// A UDP backend that answers each datagram with its name.
+pub struct UdpBackend {
+    pub address: SocketAddr,
+}
+
+impl UdpBackend {
+    pub fn start(name: &str) -> Self {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let address = socket.local_addr().unwrap();
+        let name = name.to_owned();
+        thread::spawn(move || {
+            let mut buffer = [0u8; 2048];
+            while let Ok((_, peer)) = socket.recv_from(&mut buffer) {
+                let _ = socket.send_to(name.as_bytes(), peer);
+            }
+        });
+        Self { address }
+    }
+}
+
+/// A config with one service and the given reals (`address`, `weight`).
+pub fn one_service(protocol: &str, listen: SocketAddr, scheduler: &str, reals: &[(SocketAddr, u32)], extra: &str) -> String {
+    let reals: String = reals
+        .iter()
+        .map(|(address, weight)| format!("      - address: {address}\n        weight: {weight}\n"))
+        .collect();
+    format!(
+        "workers: 2\ndrain_timeout: 10s\n{extra}services:\n  - name: svc\n    protocol: {protocol}\n    listen: {listen}\n    scheduler: {scheduler}\n    reals:\n{reals}"
+    )
+}
