@@ -27,7 +27,10 @@ fn check_reports_file_line_column_and_exits_1() {
     std::fs::write(&path, "services:\n  - protocol: tcp\n    listen: 127.0.0.1:80\n    reals:\n      - address: 10.0.0.1:80\n        weight: 70000\n").unwrap();
     let (code, _, stderr) = run_lbd(&["--check", "--config", path.to_str().unwrap()]);
     assert_eq!(code, 1);
-    let expected = format!("lbd: {}:5:9: services[0].reals[0]: weight 70000 is out of range 0..65535", path.display());
+    let expected = format!(
+        "lbd: {}:5:9: services[0].reals[0]: weight 70000 is out of range 0..65535",
+        path.display()
+    );
     assert!(stderr.contains(&expected), "{stderr}");
 }
 
@@ -35,7 +38,10 @@ fn check_reports_file_line_column_and_exits_1() {
 fn a_missing_file_is_named() {
     let (code, _, stderr) = run_lbd(&["--check", "--config", "/nonexistent/lbd.yaml"]);
     assert_eq!(code, 1);
-    assert!(stderr.contains("/nonexistent/lbd.yaml: cannot read the config file"), "{stderr}");
+    assert!(
+        stderr.contains("/nonexistent/lbd.yaml: cannot read the config file"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -45,5 +51,8 @@ fn a_bad_start_config_exits_non_zero() {
     std::fs::write(&path, "services:\n  - protocol: sctp\n    listen: 127.0.0.1:80\n").unwrap();
     let (code, _, stderr) = run_lbd(&["--config", path.to_str().unwrap()]);
     assert_eq!(code, 1);
-    assert!(stderr.contains(":2:15: services[0].protocol: unknown variant `sctp`"), "{stderr}");
+    assert!(
+        stderr.contains(":2:15: services[0].protocol: unknown variant `sctp`"),
+        "{stderr}"
+    );
 }

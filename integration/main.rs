@@ -1,6 +1,9 @@
 //! Integration tests: the real `lbd` binary, driven as a user would, with real backends on
 //! loopback.
 
+// A test crate: `pub` only shares helpers between its modules.
+#![allow(unreachable_pub, missing_docs)]
+
 mod config_files;
 mod proxy_tcp;
 mod proxy_udp;

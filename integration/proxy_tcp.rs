@@ -28,7 +28,11 @@ fn rr_spreads_300_connections_exactly_evenly() {
 fn wrr_3_2_1_exactly_over_600() {
     let backends: Vec<_> = (1..=3).map(|i| TcpBackend::start(&format!("w{i}"))).collect();
     let listen = service_addr();
-    let reals = [(backends[0].address, 3), (backends[1].address, 2), (backends[2].address, 1)];
+    let reals = [
+        (backends[0].address, 3),
+        (backends[1].address, 2),
+        (backends[2].address, 1),
+    ];
     let _lbd = Lbd::start(&one_service("tcp", listen, "wrr", &reals, ""));
     let counts = distribution(listen, 600);
     assert_eq!(counts.get("w1"), Some(&300), "{counts:?}");
@@ -47,7 +51,10 @@ fn a_dead_real_costs_clients_no_failed_connection() {
     assert_eq!(counts.values().sum::<usize>(), 100);
     assert!(counts.keys().all(|name| name.starts_with("live")), "{counts:?}");
     assert!(counts.len() == 2, "both live reals serve: {counts:?}");
-    assert!(lbd.log_text().contains("connect to real server failed"), "the failure is logged");
+    assert!(
+        lbd.log_text().contains("connect to real server failed"),
+        "the failure is logged"
+    );
 }
 
 #[test]
@@ -86,13 +93,21 @@ fn half_close_with_a_200_kb_payload() {
 fn sighup_reweights_while_a_connection_stays_open() {
     let backends: Vec<_> = (1..=3).map(|i| TcpBackend::start(&format!("h{i}"))).collect();
     let listen = service_addr();
-    let before = [(backends[0].address, 1), (backends[1].address, 1), (backends[2].address, 1)];
+    let before = [
+        (backends[0].address, 1),
+        (backends[1].address, 1),
+        (backends[2].address, 1),
+    ];
     let mut lbd = Lbd::start(&one_service("tcp", listen, "wrr", &before, ""));
     let (_, mut held) = connect_and_greet(listen);
 
-    let after = [(backends[0].address, 2), (backends[1].address, 0), (backends[2].address, 1)];
+    let after = [
+        (backends[0].address, 2),
+        (backends[1].address, 0),
+        (backends[2].address, 1),
+    ];
     std::fs::write(lbd.config_path(), one_service("tcp", listen, "wrr", &after, "")).unwrap();
-    lbd.signal("HUP");
+    lbd.signal(Signal::SIGHUP);
     lbd.wait_for_log("configuration reloaded", 1);
 
     let counts = distribution(listen, 30);
@@ -111,10 +126,18 @@ fn an_invalid_reload_keeps_the_running_config() {
     let backend = TcpBackend::start("keep");
     let listen = service_addr();
     let mut lbd = Lbd::start(&one_service("tcp", listen, "rr", &[(backend.address, 1)], ""));
-    std::fs::write(lbd.config_path(), "services:\n  - protocol: tcp\n    listen: nowhere\n").unwrap();
-    lbd.signal("HUP");
+    std::fs::write(
+        lbd.config_path(),
+        "services:\n  - protocol: tcp\n    listen: nowhere\n",
+    )
+    .unwrap();
+    lbd.signal(Signal::SIGHUP);
     lbd.wait_for_log("reload refused", 1);
-    assert!(lbd.log_text().contains("invalid address `nowhere`"), "{}", lbd.log_text());
+    assert!(
+        lbd.log_text().contains("invalid address `nowhere`"),
+        "{}",
+        lbd.log_text()
+    );
     assert_eq!(connect_and_greet(listen).0, "keep");
 }
 
@@ -123,8 +146,12 @@ fn reload_adds_and_removes_services() {
     let backend = TcpBackend::start("moved");
     let (first, second) = (service_addr(), service_addr());
     let mut lbd = Lbd::start(&one_service("tcp", first, "rr", &[(backend.address, 1)], ""));
-    std::fs::write(lbd.config_path(), one_service("tcp", second, "rr", &[(backend.address, 1)], "")).unwrap();
-    lbd.signal("HUP");
+    std::fs::write(
+        lbd.config_path(),
+        one_service("tcp", second, "rr", &[(backend.address, 1)], ""),
+    )
+    .unwrap();
+    lbd.signal(Signal::SIGHUP);
     lbd.wait_for_log("configuration reloaded", 1);
     assert_eq!(connect_and_greet(second).0, "moved");
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -140,7 +167,7 @@ fn sigterm_drains_then_exits_zero() {
     let listen = service_addr();
     let mut lbd = Lbd::start(&one_service("tcp", listen, "rr", &[(backend.address, 1)], ""));
     let (_, mut held) = connect_and_greet(listen);
-    lbd.signal("TERM");
+    lbd.signal(Signal::SIGTERM);
     lbd.wait_for_log("stopping", 1);
     // New connections are refused once the listeners are closed...
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -166,14 +193,18 @@ fn sigterm_drains_then_exits_zero() {
 fn drain_timeout_bounds_the_wait() {
     let backend = TcpBackend::start("slow");
     let listen = service_addr();
-    let config = one_service("tcp", listen, "rr", &[(backend.address, 1)], "").replace("drain_timeout: 10s", "drain_timeout: 500ms");
+    let config = one_service("tcp", listen, "rr", &[(backend.address, 1)], "")
+        .replace("drain_timeout: 10s", "drain_timeout: 500ms");
     let mut lbd = Lbd::start(&config);
     let (_, _held) = connect_and_greet(listen);
     let started = Instant::now();
-    lbd.signal("TERM");
+    lbd.signal(Signal::SIGTERM);
     let status = lbd.wait_exit(Duration::from_secs(5));
     assert!(status.success(), "{status}");
-    assert!(started.elapsed() >= Duration::from_millis(450), "waited for the open flow");
+    assert!(
+        started.elapsed() >= Duration::from_millis(450),
+        "waited for the open flow"
+    );
     assert!(lbd.log_text().contains("drain timeout reached"));
 }
 
@@ -186,7 +217,10 @@ fn listen_address_in_use_is_a_clear_error() {
     let status = lbd.wait_exit(Duration::from_secs(5));
     assert_eq!(status.code(), Some(1));
     let log = lbd.log_text();
-    assert!(log.contains(&format!("cannot listen on tcp:{listen}: address already in use")), "{log}");
+    assert!(
+        log.contains(&format!("cannot listen on tcp:{listen}: address already in use")),
+        "{log}"
+    );
 }
 
 #[test]
@@ -199,7 +233,8 @@ fn no_available_real_resets_the_client() {
     let mut buffer = [0u8; 16];
     let result = stream.read(&mut buffer);
     assert!(
-        matches!(&result, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset) || matches!(result, Ok(0)),
+        matches!(&result, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+            || matches!(result, Ok(0)),
         "{result:?}"
     );
 }

@@ -24,7 +24,9 @@ fn client() -> UdpSocket {
 
 #[test]
 fn udp_rr_over_30_clients() {
-    let backends: Vec<_> = (1..=3).map(|i| (format!("u{i}"), UdpBackend::start(&format!("u{i}")))).collect();
+    let backends: Vec<_> = (1..=3)
+        .map(|i| (format!("u{i}"), UdpBackend::start(&format!("u{i}"))))
+        .collect();
     let listen = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
     let reals: Vec<_> = backends.iter().map(|(_, b)| (b.address, 1)).collect();
     let _lbd = Lbd::start(&one_service("udp", listen, "rr", &reals, ""));
@@ -50,7 +52,8 @@ fn one_packet_schedules_every_datagram() {
     let backends: Vec<_> = (1..=2).map(|i| UdpBackend::start(&format!("o{i}"))).collect();
     let listen = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
     let reals: Vec<_> = backends.iter().map(|b| (b.address, 1)).collect();
-    let config = one_service("udp", listen, "rr", &reals, "").replace("    scheduler: rr\n", "    scheduler: rr\n    one_packet: true\n");
+    let config = one_service("udp", listen, "rr", &reals, "")
+        .replace("    scheduler: rr\n", "    scheduler: rr\n    one_packet: true\n");
     let _lbd = Lbd::start(&config);
     let client = client();
     let answers: Vec<String> = (0..6).map(|_| ask(&client, listen)).collect();
@@ -69,5 +72,9 @@ fn udp_session_idles_out_and_is_rescheduled() {
     let first = ask(&client, listen);
     assert_eq!(ask(&client, listen), first, "same session within the timeout");
     std::thread::sleep(Duration::from_millis(700));
-    assert_ne!(ask(&client, listen), first, "a new session after the idle timeout goes to the next real");
+    assert_ne!(
+        ask(&client, listen),
+        first,
+        "a new session after the idle timeout goes to the next real"
+    );
 }

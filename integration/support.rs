@@ -11,6 +11,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
 /// The `lbd` binary under test.
 pub fn lbd_binary() -> &'static str {
     env!("CARGO_BIN_EXE_lbd")
@@ -18,12 +21,20 @@ pub fn lbd_binary() -> &'static str {
 
 /// A free loopback port (bound and released; good enough on a test machine).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A free loopback UDP port.
 pub fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A running `lbd`, killed when dropped.
@@ -66,7 +77,12 @@ impl Lbd {
                 sink.lock().unwrap().push(line);
             }
         });
-        Self { child: Some(child), log, _dir: dir, config_path }
+        Self {
+            child: Some(child),
+            log,
+            _dir: dir,
+            config_path,
+        }
     }
 
     /// Path of the config file, to rewrite before a reload.
@@ -78,14 +94,27 @@ impl Lbd {
     pub fn wait_for_log(&mut self, needle: &str, count: usize) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let seen = self.log.lock().unwrap().iter().filter(|line| line.contains(needle)).count();
+            let seen = self
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|line| line.contains(needle))
+                .count();
             if seen >= count {
                 return;
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("lbd exited ({status}) before logging {needle:?}:\n{}", self.log_text());
+                panic!(
+                    "lbd exited ({status}) before logging {needle:?}:\n{}",
+                    self.log_text()
+                );
             }
-            assert!(Instant::now() < deadline, "lbd did not log {needle:?} within 10 s:\n{}", self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "lbd did not log {needle:?} within 10 s:\n{}",
+                self.log_text()
+            );
             thread::sleep(Duration::from_millis(10));
         }
     }
@@ -95,11 +124,10 @@ impl Lbd {
         self.log.lock().unwrap().join("\n")
     }
 
-    /// Sends a signal (`"HUP"`, `"TERM"`, …).
-    pub fn signal(&self, name: &str) {
-        let pid = self.child.as_ref().unwrap().id().to_string();
-        let status = Command::new("kill").args([&format!("-{name}"), &pid]).status().unwrap();
-        assert!(status.success());
+    /// Sends a signal.
+    pub fn signal(&self, signal: Signal) {
+        let pid = Pid::from_raw(i32::try_from(self.child.as_ref().unwrap().id()).unwrap());
+        nix::sys::signal::kill(pid, signal).unwrap();
     }
 
     /// Waits for lbd to exit, at most `limit`.
@@ -111,7 +139,11 @@ impl Lbd {
                 thread::sleep(Duration::from_millis(50));
                 return status;
             }
-            assert!(Instant::now() < deadline, "lbd did not exit within {limit:?}:\n{}", self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "lbd did not exit within {limit:?}:\n{}",
+                self.log_text()
+            );
             thread::sleep(Duration::from_millis(10));
         }
     }
@@ -165,7 +197,10 @@ impl TcpBackend {
                 });
             }
         });
-        Self { address, name: name.to_owned() }
+        Self {
+            address,
+            name: name.to_owned(),
+        }
     }
 }
 
@@ -213,7 +248,13 @@ impl UdpBackend {
 }
 
 /// A config with one service and the given reals (`address`, `weight`).
-pub fn one_service(protocol: &str, listen: SocketAddr, scheduler: &str, reals: &[(SocketAddr, u32)], extra: &str) -> String {
+pub fn one_service(
+    protocol: &str,
+    listen: SocketAddr,
+    scheduler: &str,
+    reals: &[(SocketAddr, u32)],
+    extra: &str,
+) -> String {
     let reals: String = reals
         .iter()
         .map(|(address, weight)| format!("      - address: {address}\n        weight: {weight}\n"))

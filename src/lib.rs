@@ -2,9 +2,9 @@
 //!
 //! # Layout
 //! - [`config`]: the YAML config file → a typed, validated [`config::Config`]; nodeset ranges.
-pub mod config;
 pub mod clock;
+pub mod config;
+pub mod daemon;
+pub mod proxy;
 pub mod sched;
 pub mod table;
-pub mod proxy;
-pub mod daemon;

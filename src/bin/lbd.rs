@@ -63,17 +63,27 @@ fn run(args: Args) -> Result<(), String> {
         .build()
         .map_err(|error| format!("cannot start the control-plane runtime: {error}"))?;
     match args.command {
-        Some(Command::Demo { listen }) => runtime.block_on(daemon::demo::run(listen)).map_err(|e| e.to_string()),
-        Some(Command::IpipDecap { .. }) => Err("ipip-decap is not supported yet (planned with the tun forwarding mode)".to_owned()),
+        Some(Command::Demo { listen }) => runtime
+            .block_on(daemon::demo::run(listen))
+            .map_err(|e| e.to_string()),
+        Some(Command::IpipDecap { .. }) => {
+            Err("ipip-decap is not supported yet (planned with the tun forwarding mode)".to_owned())
+        }
         None => {
             let source = ConfigSource::File(args.config.clone());
             let config = source.load().map_err(|error| error.to_string())?;
             if args.check {
                 let reals: usize = config.services.iter().map(|service| service.reals.len()).sum();
-                println!("{}: OK ({} services, {reals} reals)", args.config.display(), config.services.len());
+                println!(
+                    "{}: OK ({} services, {reals} reals)",
+                    args.config.display(),
+                    config.services.len()
+                );
                 return Ok(());
             }
-            runtime.block_on(daemon::serve(source, config)).map_err(|error| error.to_string())
+            runtime
+                .block_on(daemon::serve(source, config))
+                .map_err(|error| error.to_string())
         }
     }
 }

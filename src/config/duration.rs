@@ -5,7 +5,9 @@ use std::time::Duration;
 
 /// Parses a duration string; the error explains the accepted form.
 pub fn parse(text: &str) -> Result<Duration, String> {
-    let bad = || format!("invalid duration `{text}`: expected a number with a unit, like 500ms, 2s, 5m, 1h or 1m30s");
+    let bad = || {
+        format!("invalid duration `{text}`: expected a number with a unit, like 500ms, 2s, 5m, 1h or 1m30s")
+    };
     let mut rest = text.trim();
     if rest.is_empty() {
         return Err(bad());
@@ -75,7 +77,17 @@ mod tests {
 
     #[test]
     fn rejects_bad_forms() {
-        for text in ["", "5", "s", "2 s", "1.5s", "-1s", "2sec", "1m30", "99999999999999s"] {
+        for text in [
+            "",
+            "5",
+            "s",
+            "2 s",
+            "1.5s",
+            "-1s",
+            "2sec",
+            "1m30",
+            "99999999999999s",
+        ] {
             let message = parse(text).unwrap_err();
             assert!(message.contains(&format!("`{text}`")), "{message}");
         }

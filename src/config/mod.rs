@@ -18,14 +18,19 @@ pub use types::*;
 
 /// Reads and validates the config file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let source = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    let source = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
     parse(&source, &path.display().to_string())
 }
 
 /// Parses and validates config text. `origin` names the text in errors (usually the file path).
 pub fn parse(source: &str, origin: &str) -> Result<Config, ConfigError> {
     let config: Config = serde_yaml::from_str(source).map_err(|error| yaml_error(&error, origin))?;
-    validate(&config).and_then(|()| supported(&config)).map_err(|problem| problem.into_error(source, origin))?;
+    validate(&config)
+        .and_then(|()| supported(&config))
+        .map_err(|problem| problem.into_error(source, origin))?;
     Ok(config)
 }
 
@@ -38,8 +43,13 @@ pub fn parse_services(source: &str, origin: &str) -> Result<Vec<ServiceConfig>, 
         services: Vec<ServiceConfig>,
     }
     let parsed: ServicesOnly = serde_yaml::from_str(source).map_err(|error| yaml_error(&error, origin))?;
-    let config = Config { services: parsed.services, ..Config::default() };
-    validate(&config).and_then(|()| supported(&config)).map_err(|problem| problem.into_error(source, origin))?;
+    let config = Config {
+        services: parsed.services,
+        ..Config::default()
+    };
+    validate(&config)
+        .and_then(|()| supported(&config))
+        .map_err(|problem| problem.into_error(source, origin))?;
     Ok(config.services)
 }
 
@@ -96,7 +106,10 @@ fn validate(config: &Config) -> Result<(), Problem> {
     let mut listen_seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for service in &config.services {
         let listen_text = service.listen_text.clone();
-        let occurrence = *listen_seen.entry(listen_text.clone()).and_modify(|n| *n += 1).or_insert(0);
+        let occurrence = *listen_seen
+            .entry(listen_text.clone())
+            .and_modify(|n| *n += 1)
+            .or_insert(0);
         if !keys.insert(service.key()) {
             return Err(Problem {
                 message: format!(
@@ -115,20 +128,19 @@ fn validate(config: &Config) -> Result<(), Problem> {
             });
         }
     }
-    if let Some(admin) = &config.admin {
-        if let AdminListen::Tcp(addr) = admin.listen
-            && !addr.ip().is_loopback()
-            && admin.token_file.is_none()
-        {
-            return Err(Problem {
-                message: format!(
-                    "admin.listen: {addr} is not a loopback address, so admin.token_file is required \
-                     (or listen on 127.0.0.1 or a unix: socket)"
-                ),
-                needle: "admin:".to_owned(),
-                occurrence: 0,
-            });
-        }
+    if let Some(admin) = &config.admin
+        && let AdminListen::Tcp(addr) = admin.listen
+        && !addr.ip().is_loopback()
+        && admin.token_file.is_none()
+    {
+        return Err(Problem {
+            message: format!(
+                "admin.listen: {addr} is not a loopback address, so admin.token_file is required \
+                 (or listen on 127.0.0.1 or a unix: socket)"
+            ),
+            needle: "admin:".to_owned(),
+            occurrence: 0,
+        });
     }
     Ok(())
 }
@@ -152,14 +164,32 @@ fn supported(config: &Config) -> Result<(), Problem> {
     }
     let mut listen_seen = std::collections::HashMap::new();
     for service in &config.services {
-        let occurrence = *listen_seen.entry(&service.listen_text).and_modify(|n| *n += 1).or_insert(0usize);
-        let at = |what: String| not_yet(&format!("service `{}`: {what}", service.name), &service.listen_text, occurrence);
+        let occurrence = *listen_seen
+            .entry(&service.listen_text)
+            .and_modify(|n| *n += 1)
+            .or_insert(0usize);
+        let at = |what: String| {
+            not_yet(
+                &format!("service `{}`: {what}", service.name),
+                &service.listen_text,
+                occurrence,
+            )
+        };
         if !crate::sched::is_implemented(service.scheduler) {
-            return Err(at(format!("scheduler `{}` (implemented: rr, wrr, lc, wlc)", service.scheduler)));
+            return Err(at(format!(
+                "scheduler `{}` (implemented: rr, wrr, lc, wlc)",
+                service.scheduler
+            )));
         }
-        let forwards = std::iter::once(service.forward).chain(service.reals.iter().map(|real| real.forward_in(service)));
-        if let Some(forward) = forwards.into_iter().find(|forward| *forward != ForwardMethod::Proxy) {
-            return Err(at(format!("forward `{forward:?}` (implemented: proxy)").to_lowercase()));
+        let forwards =
+            std::iter::once(service.forward).chain(service.reals.iter().map(|real| real.forward_in(service)));
+        if let Some(forward) = forwards
+            .into_iter()
+            .find(|forward| *forward != ForwardMethod::Proxy)
+        {
+            return Err(at(
+                format!("forward `{forward:?}` (implemented: proxy)").to_lowercase()
+            ));
         }
         let unsupported = [
             ("persistence", service.persistence.is_some()),
@@ -167,7 +197,10 @@ fn supported(config: &Config) -> Result<(), Problem> {
             ("sorry_server", service.sorry_server.is_some()),
             (
                 "health_check",
-                service.health_check.as_ref().is_some_and(|check| check.kind != HealthCheckKind::None),
+                service
+                    .health_check
+                    .as_ref()
+                    .is_some_and(|check| check.kind != HealthCheckKind::None),
             ),
         ];
         if let Some((key, _)) = unsupported.iter().find(|(_, present)| *present) {

@@ -63,7 +63,10 @@ pub fn expand(pattern: &str) -> Result<Vec<String>, NodesetError> {
         }
     }
     if count > MAX_EXPANSION as u128 {
-        return Err(NodesetError::TooLarge { pattern: pattern.to_owned(), count });
+        return Err(NodesetError::TooLarge {
+            pattern: pattern.to_owned(),
+            count,
+        });
     }
     let mut out = vec![String::new()];
     for part in &parts {
@@ -96,15 +99,21 @@ fn split(pattern: &str) -> Result<Vec<Part>, NodesetError> {
             break;
         };
         if rest.as_bytes()[open] == b']' {
-            return Err(NodesetError::Unopened { pattern: pattern.to_owned() });
+            return Err(NodesetError::Unopened {
+                pattern: pattern.to_owned(),
+            });
         }
         let Some(len) = rest[open..].find(']') else {
-            return Err(NodesetError::Unclosed { pattern: pattern.to_owned() });
+            return Err(NodesetError::Unclosed {
+                pattern: pattern.to_owned(),
+            });
         };
         let close = open + len;
         let inner = &rest[open + 1..close];
         if inner.contains('[') {
-            return Err(NodesetError::Unclosed { pattern: pattern.to_owned() });
+            return Err(NodesetError::Unclosed {
+                pattern: pattern.to_owned(),
+            });
         }
         if inner.contains(':') {
             // An IPv6 literal such as `[::1]`: keep it, brackets included.
@@ -137,7 +146,10 @@ fn range_values(pattern: &str, inner: &str) -> Result<Vec<String>, NodesetError>
         }
         let (first, last): (u64, u64) = (low.parse().map_err(|_| bad())?, high.parse().map_err(|_| bad())?);
         if last < first {
-            return Err(NodesetError::Reversed { pattern: pattern.to_owned(), element: element.to_owned() });
+            return Err(NodesetError::Reversed {
+                pattern: pattern.to_owned(),
+                element: element.to_owned(),
+            });
         }
         if last - first >= MAX_EXPANSION as u64 {
             return Err(NodesetError::TooLarge {
@@ -146,7 +158,11 @@ fn range_values(pattern: &str, inner: &str) -> Result<Vec<String>, NodesetError>
             });
         }
         // ClusterShell keeps zero padding when both ends are padded to the same width.
-        let width = if low.len() == high.len() && low.starts_with('0') && low.len() > 1 { low.len() } else { 0 };
+        let width = if low.len() == high.len() && low.starts_with('0') && low.len() > 1 {
+            low.len()
+        } else {
+            0
+        };
         values.extend((first..=last).map(|n| format!("{n:0width$}")));
     }
     Ok(values)
@@ -167,31 +183,49 @@ mod tests {
 
     #[test]
     fn simple_range() {
-        assert_eq!(ok("10.0.0.[1-4]:80"), ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80", "10.0.0.4:80"]);
+        assert_eq!(
+            ok("10.0.0.[1-4]:80"),
+            ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80", "10.0.0.4:80"]
+        );
     }
 
     #[test]
     fn list_and_ranges_keep_order() {
         assert_eq!(
             ok("10.0.0.[1,3,7-9]:80"),
-            ["10.0.0.1:80", "10.0.0.3:80", "10.0.0.7:80", "10.0.0.8:80", "10.0.0.9:80"]
+            [
+                "10.0.0.1:80",
+                "10.0.0.3:80",
+                "10.0.0.7:80",
+                "10.0.0.8:80",
+                "10.0.0.9:80"
+            ]
         );
     }
 
     #[test]
     fn port_range() {
-        assert_eq!(ok("127.0.0.1:[9001-9003]"), ["127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9003"]);
+        assert_eq!(
+            ok("127.0.0.1:[9001-9003]"),
+            ["127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9003"]
+        );
     }
 
     #[test]
     fn cartesian_product_leftmost_slowest() {
-        assert_eq!(ok("10.0.[1-2].[1-2]:80"), ["10.0.1.1:80", "10.0.1.2:80", "10.0.2.1:80", "10.0.2.2:80"]);
+        assert_eq!(
+            ok("10.0.[1-2].[1-2]:80"),
+            ["10.0.1.1:80", "10.0.1.2:80", "10.0.2.1:80", "10.0.2.2:80"]
+        );
     }
 
     #[test]
     fn ipv6_literal_is_not_a_range() {
         assert_eq!(ok("[::1]:80"), ["[::1]:80"]);
-        assert_eq!(ok("[2001:db8::1]:[80-81]"), ["[2001:db8::1]:80", "[2001:db8::1]:81"]);
+        assert_eq!(
+            ok("[2001:db8::1]:[80-81]"),
+            ["[2001:db8::1]:80", "[2001:db8::1]:81"]
+        );
     }
 
     #[test]

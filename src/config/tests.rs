@@ -34,8 +34,14 @@ fn minimal_config_gets_spec_defaults() {
 #[test]
 fn later_features_are_rejected_as_not_supported_yet() {
     let cases = [
-        ("admin: { listen: 127.0.0.1:9900 }\n", "lbd.yaml:1:1: `admin` is not supported yet"),
-        ("metrics: { listen: 127.0.0.1:9901 }\n", "`metrics` is not supported yet"),
+        (
+            "admin: { listen: 127.0.0.1:9900 }\n",
+            "lbd.yaml:1:1: `admin` is not supported yet",
+        ),
+        (
+            "metrics: { listen: 127.0.0.1:9901 }\n",
+            "`metrics` is not supported yet",
+        ),
         ("state_file: /tmp/x\n", "`state_file` is not supported yet"),
         ("dataplane: { tun: lbtun0 }\n", "`dataplane` is not supported yet"),
     ];
@@ -52,12 +58,26 @@ fn later_features_are_rejected_as_not_supported_yet() {
         ("health_check: { type: tcp }", "`health_check`"),
     ];
     for (line, needle) in service_cases {
-        let message = error_of(&format!("services:\n  - protocol: tcp\n    listen: 127.0.0.1:80\n    {line}\n"));
-        assert!(message.starts_with("lbd.yaml:3:13: service `tcp:127.0.0.1:80`: "), "{message}");
-        assert!(message.contains(needle) && message.ends_with("is not supported yet"), "{message}");
+        let message = error_of(&format!(
+            "services:\n  - protocol: tcp\n    listen: 127.0.0.1:80\n    {line}\n"
+        ));
+        assert!(
+            message.starts_with("lbd.yaml:3:13: service `tcp:127.0.0.1:80`: "),
+            "{message}"
+        );
+        assert!(
+            message.contains(needle) && message.ends_with("is not supported yet"),
+            "{message}"
+        );
     }
     // `type: none` is the same as no health check at all.
-    assert!(parse("services:\n  - { protocol: tcp, listen: '127.0.0.1:80', health_check: { type: none } }\n", "x").is_ok());
+    assert!(
+        parse(
+            "services:\n  - { protocol: tcp, listen: '127.0.0.1:80', health_check: { type: none } }\n",
+            "x"
+        )
+        .is_ok()
+    );
 }
 
 fn parse_unchecked(source: &str) -> Config {
@@ -105,8 +125,16 @@ services:
     let web = &config.services[0];
     assert_eq!(web.persistence.unwrap().netmask.prefix, Some(24));
     assert_eq!(web.reals.len(), 5);
-    assert_eq!(web.reals[4].address.to_string(), "10.0.1.1:80", "port defaults to the service's");
-    let Some(HealthCheckConfig { kind: HealthCheckKind::Http { expect_status, .. }, .. }) = &web.health_check else {
+    assert_eq!(
+        web.reals[4].address.to_string(),
+        "10.0.1.1:80",
+        "port defaults to the service's"
+    );
+    let Some(HealthCheckConfig {
+        kind: HealthCheckKind::Http { expect_status, .. },
+        ..
+    }) = &web.health_check
+    else {
         panic!("http check expected");
     };
     assert_eq!(expect_status, &[(200, 200), (204, 299)]);
@@ -134,16 +162,31 @@ fn bad_values_are_named_with_position() {
         ("    listen: 300.0.0.1:80\n", "invalid address `300.0.0.1:80`"),
         ("    listen: 127.0.0.1:0\n", "port 0"),
         ("    scheduler: fastest\n", "unknown variant `fastest`"),
-        ("    scheduler_flags: [sh-port]\n", "`sh-port` applies only to scheduler `sh`"),
+        (
+            "    scheduler_flags: [sh-port]\n",
+            "`sh-port` applies only to scheduler `sh`",
+        ),
         ("    scheduler_flags: [turbo]\n", "unknown variant `turbo`"),
         ("    forward: bridge\n", "unknown variant `bridge`"),
         ("    one_packet: true\n", "one_packet: only valid for udp"),
         ("    persistence: { netmask: 255.0.255.0 }\n", "not contiguous"),
-        ("    health_check: { type: smtp }\n", "unknown health check type `smtp`"),
-        ("    health_check: { type: tcp, path: /x }\n", "`path` does not apply"),
+        (
+            "    health_check: { type: smtp }\n",
+            "unknown health check type `smtp`",
+        ),
+        (
+            "    health_check: { type: tcp, path: /x }\n",
+            "`path` does not apply",
+        ),
         ("    health_check: { type: exec }\n", "needs `command`"),
-        ("    health_check: { type: tcp, interval: 2 }\n", "invalid duration `2`"),
-        ("    health_check: { type: http, expect_status: 700 }\n", "expect_status: `700`"),
+        (
+            "    health_check: { type: tcp, interval: 2 }\n",
+            "invalid duration `2`",
+        ),
+        (
+            "    health_check: { type: http, expect_status: 700 }\n",
+            "expect_status: `700`",
+        ),
     ];
     for (line, needle) in cases {
         let source = format!("services:\n  - protocol: tcp\n    listen: 127.0.0.1:80\n{line}    reals: []\n")
@@ -157,8 +200,14 @@ fn bad_values_are_named_with_position() {
 #[test]
 fn weight_out_of_range() {
     let message = error_of(&MINIMAL.replace("9003]\n", "9003]\n        weight: 70000\n"));
-    assert!(message.contains("weight 70000 is out of range 0..65535"), "{message}");
-    assert!(message.starts_with("lbd.yaml:5:9: services[0].reals[0]: "), "{message}");
+    assert!(
+        message.contains("weight 70000 is out of range 0..65535"),
+        "{message}"
+    );
+    assert!(
+        message.starts_with("lbd.yaml:5:9: services[0].reals[0]: "),
+        "{message}"
+    );
     let message = error_of(&MINIMAL.replace("9003]\n", "9003]\n        weight: -1\n"));
     assert!(message.contains("weight -1 is out of range"), "{message}");
 }
@@ -166,17 +215,29 @@ fn weight_out_of_range() {
 #[test]
 fn malformed_and_oversized_ranges() {
     let message = error_of(&MINIMAL.replace("[9001-9003]", "[9001-]"));
-    assert!(message.contains("malformed range in `127.0.0.1:[9001-]`"), "{message}");
+    assert!(
+        message.contains("malformed range in `127.0.0.1:[9001-]`"),
+        "{message}"
+    );
     let message = error_of(&MINIMAL.replace("127.0.0.1:[9001-9003]", "10.[0-255].[0-255].[0-1]:80"));
     assert!(message.contains("more than the limit of 65536"), "{message}");
     let message = error_of(&MINIMAL.replace("127.0.0.1:[9001-9003]", "10.0.0.[1-300]:80"));
-    assert!(message.contains("invalid real address `10.0.0.256:80`"), "{message}");
+    assert!(
+        message.contains("invalid real address `10.0.0.256:80`"),
+        "{message}"
+    );
 }
 
 #[test]
 fn duplicate_real_within_a_service() {
-    let message = error_of(&MINIMAL.replace("      - address: 127.0.0.1:[9001-9003]\n", "      - address: 127.0.0.1:[9001-9003]\n      - address: 127.0.0.1:9002\n"));
-    assert!(message.contains("duplicate real 127.0.0.1:9002 in service `tcp:127.0.0.1:8080`"), "{message}");
+    let message = error_of(&MINIMAL.replace(
+        "      - address: 127.0.0.1:[9001-9003]\n",
+        "      - address: 127.0.0.1:[9001-9003]\n      - address: 127.0.0.1:9002\n",
+    ));
+    assert!(
+        message.contains("duplicate real 127.0.0.1:9002 in service `tcp:127.0.0.1:8080`"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -192,7 +253,10 @@ services:
 ";
     let message = error_of(source);
     assert!(message.starts_with("lbd.yaml:7:13: "), "{message}");
-    assert!(message.contains("duplicate service tcp 127.0.0.1:8080"), "{message}");
+    assert!(
+        message.contains("duplicate service tcp 127.0.0.1:8080"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -214,7 +278,10 @@ fn non_loopback_admin_needs_a_token() {
     let config = parse_unchecked("admin: { listen: 0.0.0.0:9900, token_file: /etc/lbd/admin.token }\n");
     assert!(validate(&config).is_ok());
     let config = parse_unchecked("admin: { listen: 'unix:/run/lbd/admin.sock' }\n");
-    assert_eq!(config.admin.unwrap().listen, AdminListen::Unix("/run/lbd/admin.sock".into()));
+    assert_eq!(
+        config.admin.unwrap().listen,
+        AdminListen::Unix("/run/lbd/admin.sock".into())
+    );
 }
 
 #[test]
@@ -227,7 +294,11 @@ fn syntax_error_and_empty_file() {
 
 #[test]
 fn services_only_document() {
-    let services = parse_services("services:\n  - { protocol: udp, listen: '127.0.0.1:53' }\n", "<input>").unwrap();
+    let services = parse_services(
+        "services:\n  - { protocol: udp, listen: '127.0.0.1:53' }\n",
+        "<input>",
+    )
+    .unwrap();
     assert_eq!(services.len(), 1);
     assert!(parse_services("workers: 1\n", "<input>").is_err());
 }

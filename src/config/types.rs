@@ -126,7 +126,9 @@ impl<'de> Deserialize<'de> for AdminListen {
         let text = String::deserialize(deserializer)?;
         if let Some(path) = text.strip_prefix("unix:") {
             if path.is_empty() {
-                return Err(de::Error::custom("invalid admin address `unix:`: a socket path must follow `unix:`"));
+                return Err(de::Error::custom(
+                    "invalid admin address `unix:`: a socket path must follow `unix:`",
+                ));
             }
             return Ok(Self::Unix(PathBuf::from(path)));
         }
@@ -291,7 +293,8 @@ impl FromStr for SchedulerKind {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, String> {
-        Self::deserialize(de::value::StrDeserializer::<de::value::Error>::new(text)).map_err(|error| error.to_string())
+        Self::deserialize(de::value::StrDeserializer::<de::value::Error>::new(text))
+            .map_err(|error| error.to_string())
     }
 }
 
@@ -387,16 +390,10 @@ fn default_persistence_timeout() -> Duration {
 
 /// A persistence netmask, kept as a prefix length. Written as `255.255.255.0` or as a prefix
 /// length such as `24` (the only form for IPv6).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Netmask {
     /// Prefix length; `None` = the full host mask of the client's family.
     pub prefix: Option<u8>,
-}
-
-impl Default for Netmask {
-    fn default() -> Self {
-        Self { prefix: None }
-    }
 }
 
 impl<'de> Deserialize<'de> for Netmask {
@@ -404,18 +401,26 @@ impl<'de> Deserialize<'de> for Netmask {
         let text = YamlScalar::deserialize(deserializer)?.0;
         if let Ok(prefix) = text.parse::<u8>() {
             if prefix > 128 {
-                return Err(de::Error::custom(format!("invalid netmask `{text}`: a prefix length is 0..128")));
+                return Err(de::Error::custom(format!(
+                    "invalid netmask `{text}`: a prefix length is 0..128"
+                )));
             }
             return Ok(Self { prefix: Some(prefix) });
         }
-        let mask: std::net::Ipv4Addr = text
-            .parse()
-            .map_err(|_| de::Error::custom(format!("invalid netmask `{text}`: expected a mask like 255.255.255.0 or a prefix length")))?;
+        let mask: std::net::Ipv4Addr = text.parse().map_err(|_| {
+            de::Error::custom(format!(
+                "invalid netmask `{text}`: expected a mask like 255.255.255.0 or a prefix length"
+            ))
+        })?;
         let bits = u32::from(mask);
         if bits.leading_ones() + bits.trailing_zeros() != 32 {
-            return Err(de::Error::custom(format!("invalid netmask `{text}`: the mask's ones are not contiguous")));
+            return Err(de::Error::custom(format!(
+                "invalid netmask `{text}`: the mask's ones are not contiguous"
+            )));
         }
-        Ok(Self { prefix: Some(bits.leading_ones() as u8) })
+        Ok(Self {
+            prefix: Some(bits.leading_ones() as u8),
+        })
     }
 }
 
@@ -471,7 +476,10 @@ pub struct ServiceConfig {
 impl ServiceConfig {
     /// The service's identity.
     pub fn key(&self) -> ServiceKey {
-        ServiceKey { protocol: self.protocol, listen: self.listen }
+        ServiceKey {
+            protocol: self.protocol,
+            listen: self.listen,
+        }
     }
 }
 
@@ -557,11 +565,16 @@ impl ServiceConfig {
     fn from_raw(raw: RawService) -> Result<Self, String> {
         let listen = parse_socket_addr(&raw.listen)?;
         if listen.port() == 0 {
-            return Err(format!("listen: `{}` has port 0; a virtual service needs a port", raw.listen));
+            return Err(format!(
+                "listen: `{}` has port 0; a virtual service needs a port",
+                raw.listen
+            ));
         }
         let name = raw.name.unwrap_or_else(|| format!("{}:{}", raw.protocol, listen));
         if name.is_empty() || name.chars().any(|c| c.is_control() || c == '"' || c == '\\') {
-            return Err(format!("name: `{name}` is not a usable service name (empty, or with quotes or control characters)"));
+            return Err(format!(
+                "name: `{name}` is not a usable service name (empty, or with quotes or control characters)"
+            ));
         }
         for flag in &raw.scheduler_flags {
             if flag.scheduler() != raw.scheduler {
@@ -761,11 +774,16 @@ impl HealthCheckConfig {
             "agent" => &["agent_port"],
             "tcp" | "none" => &[],
             other => {
-                return Err(format!("type: unknown health check type `{other}`, expected one of tcp, http, udp, exec, agent, none"));
+                return Err(format!(
+                    "type: unknown health check type `{other}`, expected one of tcp, http, udp, exec, agent, none"
+                ));
             }
         };
         if let Some((key, _)) = present.iter().find(|(key, set)| *set && !allowed.contains(key)) {
-            return Err(format!("`{key}` does not apply to a health check of type `{}`", raw.kind));
+            return Err(format!(
+                "`{key}` does not apply to a health check of type `{}`",
+                raw.kind
+            ));
         }
         let kind = match raw.kind.as_str() {
             "none" => HealthCheckKind::None,
@@ -773,7 +791,9 @@ impl HealthCheckConfig {
             "http" => HealthCheckKind::Http {
                 path: raw.path.unwrap_or_else(|| "/".to_owned()),
                 host: raw.host,
-                expect_status: parse_status_ranges(raw.expect_status.as_ref().map_or("200-399", |s| s.0.as_str()))?,
+                expect_status: parse_status_ranges(
+                    raw.expect_status.as_ref().map_or("200-399", |s| s.0.as_str()),
+                )?,
                 expect_body: raw.expect_body,
             },
             "udp" => HealthCheckKind::Udp {
@@ -787,7 +807,9 @@ impl HealthCheckConfig {
                 }
                 HealthCheckKind::Exec { command }
             }
-            _ => HealthCheckKind::Agent { agent_port: raw.agent_port.ok_or("an agent health check needs `agent_port`")? },
+            _ => HealthCheckKind::Agent {
+                agent_port: raw.agent_port.ok_or("an agent health check needs `agent_port`")?,
+            },
         };
         let check = Self {
             kind,
@@ -811,7 +833,8 @@ impl HealthCheckConfig {
 
 /// Parses `200`, `200-399` or `200,204,300-399`.
 fn parse_status_ranges(text: &str) -> Result<Vec<(u16, u16)>, String> {
-    let bad = || format!("expect_status: `{text}` is not a status code, a range like 200-399, or a list of them");
+    let bad =
+        || format!("expect_status: `{text}` is not a status code, a range like 200-399, or a list of them");
     text.split(',')
         .map(|part| {
             let part = part.trim();
@@ -828,9 +851,9 @@ fn parse_status_ranges(text: &str) -> Result<Vec<(u16, u16)>, String> {
 
 /// Parses `IP:PORT` with a message that says what is expected.
 pub fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
-    text.trim()
-        .parse()
-        .map_err(|_| format!("invalid address `{text}`: expected IP:PORT, like 192.168.77.100:80 or [2001:db8::1]:80"))
+    text.trim().parse().map_err(|_| {
+        format!("invalid address `{text}`: expected IP:PORT, like 192.168.77.100:80 or [2001:db8::1]:80")
+    })
 }
 
 /// Parses a real server address; the port defaults to the service's port, as in ipvsadm.
@@ -842,10 +865,15 @@ pub fn parse_real_addr(text: &str, default_port: u16) -> Result<SocketAddr, Stri
         }
         return Ok(addr);
     }
-    let bare = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')).unwrap_or(text);
+    let bare = text
+        .strip_prefix('[')
+        .and_then(|t| t.strip_suffix(']'))
+        .unwrap_or(text);
     match bare.parse::<IpAddr>() {
         Ok(ip) => Ok(SocketAddr::new(ip, default_port)),
-        Err(_) => Err(format!("invalid real address `{text}`: expected IP[:PORT], like 10.0.0.1:8080")),
+        Err(_) => Err(format!(
+            "invalid real address `{text}`: expected IP[:PORT], like 10.0.0.1:8080"
+        )),
     }
 }
 
@@ -871,7 +899,9 @@ fn weight<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
     let value = i64::deserialize(deserializer)?;
     match u32::try_from(value) {
         Ok(weight) if weight <= MAX_WEIGHT => Ok(weight),
-        _ => Err(de::Error::custom(format!("weight {value} is out of range 0..{MAX_WEIGHT}"))),
+        _ => Err(de::Error::custom(format!(
+            "weight {value} is out of range 0..{MAX_WEIGHT}"
+        ))),
     }
 }
 

@@ -17,7 +17,9 @@ const WEIGHTS: [u32; 3] = [3, 2, 1];
 pub async fn run(listen: SocketAddr) -> Result<(), StartError> {
     let mut backends = Vec::new();
     for (i, weight) in WEIGHTS.iter().enumerate() {
-        let listener = TcpListener::bind(("127.0.0.1", 0)).await.map_err(StartError::Workers)?;
+        let listener = TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .map_err(StartError::Workers)?;
         let address = listener.local_addr().map_err(StartError::Workers)?;
         let name = format!("backend-{}", i + 1);
         tokio::spawn(serve_http(listener, name.clone()));
@@ -30,7 +32,10 @@ pub async fn run(listen: SocketAddr) -> Result<(), StartError> {
     let text = format!(
         "workers: 1\ndrain_timeout: 2s\nservices:\n  - name: demo-web\n    protocol: tcp\n    listen: {listen}\n    scheduler: wrr\n    reals:\n{reals}"
     );
-    let config = ConfigSource::Text { origin: "<demo>".to_owned(), text: text.clone() };
+    let config = ConfigSource::Text {
+        origin: "<demo>".to_owned(),
+        text: text.clone(),
+    };
     let parsed = config.load()?;
     println!("ulvs demo: a wrr service on {listen} in front of three HTTP backends on loopback\n");
     for (name, address, weight) in &backends {

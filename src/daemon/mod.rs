@@ -112,7 +112,12 @@ impl Director {
             .map(|index| Worker::spawn(index, shared.clone()))
             .collect::<Result<Vec<_>, _>>()
             .map_err(StartError::Workers)?;
-        let director = Self { source, config, shared, workers };
+        let director = Self {
+            source,
+            config,
+            shared,
+            workers,
+        };
         for (key, listeners) in bound {
             director.hand_out(key, listeners);
         }
@@ -145,7 +150,12 @@ impl Director {
                 "a change of `workers` takes effect at the next start"
             );
         }
-        let old: BTreeSet<ServiceKey> = self.config.services.iter().map(config::ServiceConfig::key).collect();
+        let old: BTreeSet<ServiceKey> = self
+            .config
+            .services
+            .iter()
+            .map(config::ServiceConfig::key)
+            .collect();
         let new: BTreeSet<ServiceKey> = config.services.iter().map(config::ServiceConfig::key).collect();
         // Bind every new address before changing anything, so a failure leaves all as it was.
         let bound: Vec<_> = new
@@ -156,12 +166,21 @@ impl Director {
             .services
             .iter()
             .filter(|service| {
-                self.config.services.iter().any(|before| before.key() == service.key() && *before != **service)
+                self.config
+                    .services
+                    .iter()
+                    .any(|before| before.key() == service.key() && *before != **service)
             })
             .count();
         let previous = self.shared.table.snapshot();
-        self.shared.table.store(ServiceTable::build(&config, Some(&previous)));
-        let summary = ReloadSummary { added: bound.len(), removed: old.difference(&new).count(), changed };
+        self.shared
+            .table
+            .store(ServiceTable::build(&config, Some(&previous)));
+        let summary = ReloadSummary {
+            added: bound.len(),
+            removed: old.difference(&new).count(),
+            changed,
+        };
         for (key, listeners) in bound {
             self.hand_out(key, listeners);
         }
@@ -192,7 +211,11 @@ impl Director {
     }
 
     fn log_started(&self) {
-        tracing::info!(version = env!("CARGO_PKG_VERSION"), workers = self.workers.len(), "lbd started");
+        tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            workers = self.workers.len(),
+            "lbd started"
+        );
         for service in &self.config.services {
             tracing::info!(
                 "service {}: {} {} scheduler {}, {} real(s), forward {:?}",
@@ -243,7 +266,10 @@ pub async fn serve(source: ConfigSource, config: Config) -> Result<(), StartErro
 async fn drain(director: &Director) {
     let timeout = director.config().drain_timeout;
     let flows = director.flows();
-    tracing::info!(flows = flows.count(), "stopping: no new flows; waiting up to {timeout:?} for flows in progress");
+    tracing::info!(
+        flows = flows.count(),
+        "stopping: no new flows; waiting up to {timeout:?} for flows in progress"
+    );
     director.drain();
     let started = Instant::now();
     while flows.count() > 0 && started.elapsed() < timeout {

@@ -14,7 +14,8 @@ thread_local! {
 
 /// A buffer from this thread's pool, or a new one.
 pub(crate) fn take() -> Box<[u8]> {
-    POOL.with_borrow_mut(Vec::pop).unwrap_or_else(|| vec![0; BUFFER_SIZE].into_boxed_slice())
+    POOL.with_borrow_mut(Vec::pop)
+        .unwrap_or_else(|| vec![0; BUFFER_SIZE].into_boxed_slice())
 }
 
 /// Returns a buffer to this thread's pool.

@@ -37,9 +37,15 @@ pub enum Listeners {
 pub fn bind(key: ServiceKey, count: usize) -> Result<Listeners, BindError> {
     let fail = |error: io::Error| {
         let reason = match error.kind() {
-            io::ErrorKind::AddrInUse => "address already in use (another lbd, or another server, listens there)".to_owned(),
-            io::ErrorKind::AddrNotAvailable => "address not available (no local interface has this IP)".to_owned(),
-            io::ErrorKind::PermissionDenied => "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)".to_owned(),
+            io::ErrorKind::AddrInUse => {
+                "address already in use (another lbd, or another server, listens there)".to_owned()
+            }
+            io::ErrorKind::AddrNotAvailable => {
+                "address not available (no local interface has this IP)".to_owned()
+            }
+            io::ErrorKind::PermissionDenied => {
+                "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)".to_owned()
+            }
             _ => error.to_string(),
         };
         BindError { key, reason }

@@ -1,11 +1,6 @@
 //! TCP proxy: accept, schedule, connect (retrying other reals), relay.
 
-use std::{
-    io,
-    net::SocketAddr,
-    sync::atomic::Ordering::Relaxed,
-    time::Duration,
-};
+use std::{io, net::SocketAddr, sync::atomic::Ordering::Relaxed, time::Duration};
 
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -22,7 +17,12 @@ const CONNECT_ATTEMPTS: usize = 3;
 
 /// Accepts connections for `key` until `stop` is cancelled; each connection runs as a task
 /// on this worker.
-pub(super) async fn accept_loop(listener: TcpListener, key: ServiceKey, shared: Shared, stop: CancellationToken) {
+pub(super) async fn accept_loop(
+    listener: TcpListener,
+    key: ServiceKey,
+    shared: Shared,
+    stop: CancellationToken,
+) {
     let mut error_pause = Duration::from_millis(5);
     loop {
         let accepted = tokio::select! {
@@ -62,7 +62,11 @@ async fn handle(client: TcpStream, peer: SocketAddr, key: ServiceKey, shared: Sh
 
 /// Schedules the flow and connects to the chosen real, trying the scheduler's next choice when
 /// a connect fails. A failed real enters passive back-off, so later flows skip it too.
-async fn connect(peer: SocketAddr, key: ServiceKey, shared: &Shared) -> Option<(TcpStream, FlowBinding, IdleTimeouts)> {
+async fn connect(
+    peer: SocketAddr,
+    key: ServiceKey,
+    shared: &Shared,
+) -> Option<(TcpStream, FlowBinding, IdleTimeouts)> {
     for attempt in 0..CONNECT_ATTEMPTS {
         let now = Millis::now();
         let (address, binding, timeouts) = {
@@ -71,9 +75,16 @@ async fn connect(peer: SocketAddr, key: ServiceKey, shared: &Shared) -> Option<(
             if attempt == 0 {
                 service.stats.conns.fetch_add(1, Relaxed);
             }
-            let flow = Flow { client: peer, destination: key.listen, now };
+            let flow = Flow {
+                client: peer,
+                destination: key.listen,
+                now,
+            };
             let (address, binding) = schedule(service, &flow)?;
-            let timeouts = IdleTimeouts { established: table.timeouts.tcp, half_closed: table.timeouts.tcp_fin };
+            let timeouts = IdleTimeouts {
+                established: table.timeouts.tcp,
+                half_closed: table.timeouts.tcp_fin,
+            };
             (address, binding, (timeouts, table.timeouts.connect))
         };
         let (idle, connect_timeout) = timeouts;
@@ -83,7 +94,10 @@ async fn connect(peer: SocketAddr, key: ServiceKey, shared: &Shared) -> Option<(
                 return Some((server, binding, idle));
             }
             Ok(Err(error)) => error,
-            Err(_) => io::Error::new(io::ErrorKind::TimedOut, format!("no answer within {connect_timeout:?}")),
+            Err(_) => io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no answer within {connect_timeout:?}"),
+            ),
         };
         let failures = binding.real().record_failure(now);
         tracing::info!(service = %key, real = %address, %error, failures, "connect to real server failed; trying another");
@@ -92,7 +106,11 @@ async fn connect(peer: SocketAddr, key: ServiceKey, shared: &Shared) -> Option<(
 }
 
 async fn connect_to(address: SocketAddr) -> io::Result<TcpStream> {
-    let socket = if address.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    let socket = if address.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
     socket.set_nodelay(true)?;
     socket.connect(address).await
 }

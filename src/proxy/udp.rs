@@ -39,7 +39,13 @@ struct Session {
 
 /// Serves one service socket until `stop` is cancelled. Once `drain` is cancelled, datagrams
 /// of existing sessions still pass but no new session starts.
-pub(super) async fn serve(socket: UdpSocket, key: ServiceKey, shared: Shared, stop: CancellationToken, drain: CancellationToken) {
+pub(super) async fn serve(
+    socket: UdpSocket,
+    key: ServiceKey,
+    shared: Shared,
+    stop: CancellationToken,
+    drain: CancellationToken,
+) {
     let socket = Rc::new(socket);
     let sessions: Rc<Sessions> = Rc::default();
     let mut buffer = vec![0u8; 65_536];
@@ -56,7 +62,8 @@ pub(super) async fn serve(socket: UdpSocket, key: ServiceKey, shared: Shared, st
         };
         let datagram = &buffer[..len];
         for _retry in 0..2 {
-            let Some(session) = session_for(client, key, &shared, &socket, &sessions, drain.is_cancelled()) else {
+            let Some(session) = session_for(client, key, &shared, &socket, &sessions, drain.is_cancelled())
+            else {
                 break;
             };
             let stats = session.binding.real();
@@ -101,9 +108,16 @@ fn session_for(
     if draining {
         return None;
     }
-    let flow = Flow { client, destination: key.listen, now: Millis::now() };
+    let flow = Flow {
+        client,
+        destination: key.listen,
+        now: Millis::now(),
+    };
     let (address, binding) = schedule(service, &flow)?;
-    let session_key = SessionKey { client, real: one_packet.then_some(address) };
+    let session_key = SessionKey {
+        client,
+        real: one_packet.then_some(address),
+    };
     if let Some(session) = sessions.borrow().get(&session_key) {
         // one_packet: this client already has a session with the chosen real.
         service.stats.conns.fetch_add(1, Relaxed);
@@ -126,12 +140,22 @@ fn session_for(
     });
     sessions.borrow_mut().insert(session_key, Rc::clone(&session));
     let idle = table.timeouts.udp;
-    tokio::task::spawn_local(replies(Rc::clone(&session), Rc::clone(socket), Rc::clone(sessions), idle));
+    tokio::task::spawn_local(replies(
+        Rc::clone(&session),
+        Rc::clone(socket),
+        Rc::clone(sessions),
+        idle,
+    ));
     Some(session)
 }
 
 /// Passes the real's replies back to the client until the session idles out or fails.
-async fn replies(session: Rc<Session>, socket: Rc<UdpSocket>, sessions: Rc<Sessions>, idle: std::time::Duration) {
+async fn replies(
+    session: Rc<Session>,
+    socket: Rc<UdpSocket>,
+    sessions: Rc<Sessions>,
+    idle: std::time::Duration,
+) {
     let stats = session.binding.real();
     let client = session.key.client;
     loop {
@@ -177,7 +201,10 @@ async fn replies(session: Rc<Session>, socket: Rc<UdpSocket>, sessions: Rc<Sessi
 /// Forgets `session`, unless its key already belongs to a newer session.
 fn end_session(sessions: &Sessions, session: &Rc<Session>) {
     let mut sessions = sessions.borrow_mut();
-    if sessions.get(&session.key).is_some_and(|current| Rc::ptr_eq(current, session)) {
+    if sessions
+        .get(&session.key)
+        .is_some_and(|current| Rc::ptr_eq(current, session))
+    {
         sessions.remove(&session.key);
     }
 }

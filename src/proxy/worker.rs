@@ -42,7 +42,9 @@ pub struct Worker {
 impl Worker {
     /// Starts worker number `index`.
     pub fn spawn(index: usize, shared: Shared) -> io::Result<Self> {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         let (orders, inbox) = mpsc::unbounded_channel();
         thread::Builder::new()
             .name(format!("lbd-worker-{index}"))
@@ -64,10 +66,22 @@ async fn run(mut inbox: mpsc::UnboundedReceiver<Command>, shared: Shared) {
             Command::Listen(key, socket) => {
                 let stop = CancellationToken::new();
                 let started = match socket {
-                    WorkerSocket::Tcp(listener) => TcpListener::from_std(listener)
-                        .map(|listener| tokio::task::spawn_local(tcp::accept_loop(listener, key, shared.clone(), stop.clone()))),
+                    WorkerSocket::Tcp(listener) => TcpListener::from_std(listener).map(|listener| {
+                        tokio::task::spawn_local(tcp::accept_loop(
+                            listener,
+                            key,
+                            shared.clone(),
+                            stop.clone(),
+                        ))
+                    }),
                     WorkerSocket::Udp(socket) => UdpSocket::from_std(socket).map(|socket| {
-                        tokio::task::spawn_local(udp::serve(socket, key, shared.clone(), stop.clone(), drain.clone()))
+                        tokio::task::spawn_local(udp::serve(
+                            socket,
+                            key,
+                            shared.clone(),
+                            stop.clone(),
+                            drain.clone(),
+                        ))
                     }),
                 };
                 if let Err(error) = started {

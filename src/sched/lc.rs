@@ -27,24 +27,49 @@ impl Scheduler for LeastConnection {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sched::testing::{flow, load, reals};
+    use crate::sched::testing::{Case, check};
 
     #[test]
     fn table() {
-        // (weights, [(active, inactive)], expected)
-        let cases: &[(&[u32], &[(u32, u32)], Option<usize>)] = &[
-            (&[1, 1, 1], &[(0, 0), (0, 0), (0, 0)], Some(0)),
-            (&[1, 1, 1], &[(1, 0), (0, 5), (0, 3)], Some(2)),
-            (&[1, 1], &[(0, 256), (1, 0)], Some(0)),
-            (&[1, 1], &[(0, 257), (1, 0)], Some(1)),
-            (&[9, 1], &[(2, 0), (1, 0)], Some(1)),
-            (&[0, 1], &[(0, 0), (5, 0)], Some(1)),
-            (&[0, 0], &[(0, 0), (0, 0)], None),
-        ];
-        for (weights, counts, expected) in cases {
-            let reals = reals(weights);
-            let _held: Vec<_> = reals.iter().zip(*counts).flat_map(|(r, &(a, i))| load(r, a, i)).collect();
-            assert_eq!(LeastConnection.pick(&reals, &flow()), *expected, "{weights:?} {counts:?}");
-        }
+        check(
+            &LeastConnection,
+            &[
+                Case {
+                    weights: &[1, 1, 1],
+                    counts: &[(0, 0), (0, 0), (0, 0)],
+                    expect: Some(0),
+                },
+                Case {
+                    weights: &[1, 1, 1],
+                    counts: &[(1, 0), (0, 5), (0, 3)],
+                    expect: Some(2),
+                },
+                Case {
+                    weights: &[1, 1],
+                    counts: &[(0, 256), (1, 0)],
+                    expect: Some(0),
+                },
+                Case {
+                    weights: &[1, 1],
+                    counts: &[(0, 257), (1, 0)],
+                    expect: Some(1),
+                },
+                Case {
+                    weights: &[9, 1],
+                    counts: &[(2, 0), (1, 0)],
+                    expect: Some(1),
+                },
+                Case {
+                    weights: &[0, 1],
+                    counts: &[(0, 0), (5, 0)],
+                    expect: Some(1),
+                },
+                Case {
+                    weights: &[0, 0],
+                    counts: &[(0, 0), (0, 0)],
+                    expect: None,
+                },
+            ],
+        );
     }
 }

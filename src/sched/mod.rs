@@ -41,7 +41,10 @@ pub trait Scheduler: Send + Sync + fmt::Debug {
 
 /// Whether `kind` is implemented in this build.
 pub fn is_implemented(kind: SchedulerKind) -> bool {
-    matches!(kind, SchedulerKind::Rr | SchedulerKind::Wrr | SchedulerKind::Lc | SchedulerKind::Wlc)
+    matches!(
+        kind,
+        SchedulerKind::Rr | SchedulerKind::Wrr | SchedulerKind::Lc | SchedulerKind::Wlc
+    )
 }
 
 /// Builds the scheduler `kind` for `reals`. Kinds that are not implemented yet (see
@@ -71,7 +74,10 @@ pub mod testing {
     use std::sync::Arc;
 
     use super::Flow;
-    use crate::{clock::Millis, table::{Real, RealState}};
+    use crate::{
+        clock::Millis,
+        table::{Real, RealState},
+    };
 
     /// Reals `10.0.0.1`, `10.0.0.2`, … with these weights, in list order.
     pub fn reals(weights: &[u32]) -> Vec<Real> {
@@ -102,6 +108,31 @@ pub mod testing {
             client: ([192, 0, 2, 1], 40_000).into(),
             destination: ([198, 51, 100, 1], 80).into(),
             now: Millis(0),
+        }
+    }
+
+    /// One row of a table-driven scheduler test: weights and (ActiveConn, InActConn) per real
+    /// in list order, and the index the scheduler must pick.
+    #[derive(Debug)]
+    pub struct Case {
+        /// Weights, in list order.
+        pub weights: &'static [u32],
+        /// (ActiveConn, InActConn) of each real.
+        pub counts: &'static [(u32, u32)],
+        /// The expected pick.
+        pub expect: Option<usize>,
+    }
+
+    /// Asserts every case's pick.
+    pub fn check(scheduler: &dyn super::Scheduler, cases: &[Case]) {
+        for case in cases {
+            let reals = reals(case.weights);
+            let _held: Vec<_> = reals
+                .iter()
+                .zip(case.counts)
+                .flat_map(|(real, &(a, i))| load(real, a, i))
+                .collect();
+            assert_eq!(scheduler.pick(&reals, &flow()), case.expect, "{case:?}");
         }
     }
 

@@ -15,7 +15,9 @@ pub(super) struct RoundRobin {
 
 impl RoundRobin {
     pub(super) fn new() -> Self {
-        Self { cursor: AtomicUsize::new(0) }
+        Self {
+            cursor: AtomicUsize::new(0),
+        }
     }
 }
 
@@ -28,7 +30,10 @@ impl Scheduler for RoundRobin {
             let chosen = (start..reals.len())
                 .chain(0..start)
                 .find(|&i| reals[i].weight > 0 && reals[i].usable(flow.now))?;
-            match self.cursor.compare_exchange_weak(cursor, chosen + 1, Ordering::Relaxed, Ordering::Relaxed) {
+            match self
+                .cursor
+                .compare_exchange_weak(cursor, chosen + 1, Ordering::Relaxed, Ordering::Relaxed)
+            {
                 Ok(_) => return Some(chosen),
                 Err(actual) => cursor = actual,
             }

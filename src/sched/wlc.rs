@@ -11,7 +11,9 @@ pub(super) struct WeightedLeastConnection;
 
 impl Scheduler for WeightedLeastConnection {
     fn pick(&self, reals: &[Real], flow: &Flow) -> Option<usize> {
-        let first = reals.iter().position(|real| real.weight > 0 && real.usable(flow.now))?;
+        let first = reals
+            .iter()
+            .position(|real| real.weight > 0 && real.usable(flow.now))?;
         let (mut least, mut least_overhead) = (first, reals[first].state.overhead());
         for (i, real) in reals.iter().enumerate().skip(first + 1) {
             if !real.usable(flow.now) {
@@ -29,29 +31,55 @@ impl Scheduler for WeightedLeastConnection {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sched::testing::{flow, load, reals};
+    use crate::sched::testing::{Case, check, flow, load, reals};
 
     #[test]
     fn table() {
-        let cases: &[(&[u32], &[(u32, u32)], Option<usize>)] = &[
-            // Idle: the first one.
-            (&[1, 3], &[(0, 0), (0, 0)], Some(0)),
-            // 1 active on weight 1 (256) vs 2 active on weight 3 (512/3 ≈ 170.7).
-            (&[1, 3], &[(1, 0), (2, 0)], Some(1)),
-            // 1/1 vs 3/3: a tie keeps the earlier.
-            (&[1, 3], &[(1, 0), (3, 0)], Some(0)),
-            // Inactive flows weigh 1/256 of an active one.
-            (&[2, 2], &[(1, 10), (1, 9)], Some(1)),
-            // Weight 0 never wins, even idle.
-            (&[0, 1], &[(0, 0), (4, 0)], Some(1)),
-            (&[1, 0], &[(4, 0), (0, 0)], Some(0)),
-            (&[0, 0], &[(0, 0), (0, 0)], None),
-        ];
-        for (weights, counts, expected) in cases {
-            let reals = reals(weights);
-            let _held: Vec<_> = reals.iter().zip(*counts).flat_map(|(r, &(a, i))| load(r, a, i)).collect();
-            assert_eq!(WeightedLeastConnection.pick(&reals, &flow()), *expected, "{weights:?} {counts:?}");
-        }
+        check(
+            &WeightedLeastConnection,
+            &[
+                // Idle: the first one.
+                Case {
+                    weights: &[1, 3],
+                    counts: &[(0, 0), (0, 0)],
+                    expect: Some(0),
+                },
+                // 1 active on weight 1 (256) vs 2 active on weight 3 (512/3 ≈ 170.7).
+                Case {
+                    weights: &[1, 3],
+                    counts: &[(1, 0), (2, 0)],
+                    expect: Some(1),
+                },
+                // 1/1 vs 3/3: a tie keeps the earlier.
+                Case {
+                    weights: &[1, 3],
+                    counts: &[(1, 0), (3, 0)],
+                    expect: Some(0),
+                },
+                // Inactive flows weigh 1/256 of an active one.
+                Case {
+                    weights: &[2, 2],
+                    counts: &[(1, 10), (1, 9)],
+                    expect: Some(1),
+                },
+                // Weight 0 never wins, even idle.
+                Case {
+                    weights: &[0, 1],
+                    counts: &[(0, 0), (4, 0)],
+                    expect: Some(1),
+                },
+                Case {
+                    weights: &[1, 0],
+                    counts: &[(4, 0), (0, 0)],
+                    expect: Some(0),
+                },
+                Case {
+                    weights: &[0, 0],
+                    counts: &[(0, 0), (0, 0)],
+                    expect: None,
+                },
+            ],
+        );
     }
 
     #[test]

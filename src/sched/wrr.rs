@@ -21,10 +21,19 @@ pub(super) struct WeightedRoundRobin {
 
 impl WeightedRoundRobin {
     pub(super) fn new(reals: &[Real]) -> Self {
-        let weights = || reals.iter().filter(|real| real.up && real.weight > 0).map(|real| real.weight as i32);
+        let weights = || {
+            reals
+                .iter()
+                .filter(|real| real.up && real.weight > 0)
+                .map(|real| real.weight as i32)
+        };
         let di = weights().reduce(gcd).unwrap_or(1);
         let mw = weights().max().map_or(0, |max| max - (di - 1));
-        Self { state: AtomicU64::new(pack(0, mw)), mw, di }
+        Self {
+            state: AtomicU64::new(pack(0, mw)),
+            mw,
+            di,
+        }
     }
 
     /// One scheduling step from state `(cl, cw)`, exactly as `ip_vs_wrr_schedule`.
@@ -38,8 +47,8 @@ impl WeightedRoundRobin {
         let mut stop = None;
         let (mut last_pass, mut restarted) = (false, false);
         loop {
-            for i in from..reals.len() {
-                if reals[i].usable(flow.now) && reals[i].weight as i32 >= cw {
+            for (i, real) in reals.iter().enumerate().skip(from) {
+                if real.usable(flow.now) && real.weight as i32 >= cw {
                     return (Some(i), i + 1, cw);
                 }
                 if stop == Some(i + 1) {
@@ -69,7 +78,12 @@ impl Scheduler for WeightedRoundRobin {
         loop {
             let (cl, cw) = unpack(current);
             let (chosen, cl, cw) = self.step(reals, flow, cl, cw);
-            match self.state.compare_exchange_weak(current, pack(cl, cw), Ordering::Relaxed, Ordering::Relaxed) {
+            match self.state.compare_exchange_weak(
+                current,
+                pack(cl, cw),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
                 Ok(_) => return chosen,
                 Err(actual) => current = actual,
             }
@@ -104,7 +118,10 @@ mod tests {
     #[test]
     fn reference_example_4_3_2() {
         // ipvs-reference §1.2: A=4, B=3, C=2 gives A A B A B C A B C.
-        assert_eq!(sequence(&[4, 3, 2], 18), [0, 0, 1, 0, 1, 2, 0, 1, 2, 0, 0, 1, 0, 1, 2, 0, 1, 2].map(Some));
+        assert_eq!(
+            sequence(&[4, 3, 2], 18),
+            [0, 0, 1, 0, 1, 2, 0, 1, 2, 0, 0, 1, 0, 1, 2, 0, 1, 2].map(Some)
+        );
     }
 
     #[test]
@@ -128,7 +145,10 @@ mod tests {
         let _held = load(&reals[0], 0, 1);
         let wrr = WeightedRoundRobin::new(&reals);
         let got = picks(&wrr, &reals, 6);
-        assert!(got.iter().all(|pick| *pick == Some(1) || *pick == Some(2)), "{got:?}");
+        assert!(
+            got.iter().all(|pick| *pick == Some(1) || *pick == Some(2)),
+            "{got:?}"
+        );
         assert_eq!(got.iter().filter(|p| **p == Some(1)).count(), 4);
     }
 

@@ -73,8 +73,16 @@ impl ServiceTable {
                 Arc::new(Service::build(service, old.map(Arc::as_ref)))
             })
             .collect();
-        let index = services.iter().enumerate().map(|(i, service)| (service.key, i)).collect();
-        Self { services, index, timeouts: config.timeouts }
+        let index = services
+            .iter()
+            .enumerate()
+            .map(|(i, service)| (service.key, i))
+            .collect();
+        Self {
+            services,
+            index,
+            timeouts: config.timeouts,
+        }
     }
 
     /// The service with this identity.
@@ -179,7 +187,14 @@ pub struct Real {
 impl Real {
     /// A real for tests and benchmarks of schedulers.
     pub fn new(address: SocketAddr, weight: u32, state: Arc<RealState>) -> Self {
-        Self { address, weight, forward: ForwardMethod::Proxy, up: true, state, added: 0 }
+        Self {
+            address,
+            weight,
+            forward: ForwardMethod::Proxy,
+            up: true,
+            state,
+            added: 0,
+        }
     }
 
     /// Whether the real may take a new flow at `now`, weight aside: it is up, not overloaded
@@ -210,7 +225,11 @@ mod tests {
 
         let with_third = TWO.replace("]\n", ", {address: '10.0.0.3:80'}]\n");
         let second = table(&with_third, Some(&first));
-        let order: Vec<String> = second.services()[0].reals.iter().map(|r| r.address.to_string()).collect();
+        let order: Vec<String> = second.services()[0]
+            .reals
+            .iter()
+            .map(|r| r.address.to_string())
+            .collect();
         assert_eq!(order, ["10.0.0.3:80", "10.0.0.2:80", "10.0.0.1:80"]);
     }
 
@@ -224,8 +243,14 @@ mod tests {
         let same = second.services()[0].real(real.address).unwrap();
         assert!(Arc::ptr_eq(&same.state, &real.state));
         assert_eq!(same.state.inactive(), 1);
-        assert!(Arc::ptr_eq(&second.services()[0].stats, &first.services()[0].stats));
+        assert!(Arc::ptr_eq(
+            &second.services()[0].stats,
+            &first.services()[0].stats
+        ));
         let other_vip = table(&TWO.replace(":80\n", ":81\n"), Some(&first));
-        assert!(!Arc::ptr_eq(&other_vip.services()[0].stats, &first.services()[0].stats));
+        assert!(!Arc::ptr_eq(
+            &other_vip.services()[0].stats,
+            &first.services()[0].stats
+        ));
     }
 }

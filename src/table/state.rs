@@ -84,7 +84,9 @@ impl RealState {
     /// Returns the number of consecutive failures.
     pub fn record_failure(&self, now: Millis) -> u32 {
         let failures = self.failures.fetch_add(1, Relaxed).saturating_add(1);
-        let backoff = BACKOFF_BASE_MS.saturating_mul(1 << failures.min(16).saturating_sub(1)).min(BACKOFF_MAX_MS);
+        let backoff = BACKOFF_BASE_MS
+            .saturating_mul(1 << failures.min(16).saturating_sub(1))
+            .min(BACKOFF_MAX_MS);
         self.backoff_until.store(now.plus(backoff).0, Relaxed);
         failures
     }
@@ -105,7 +107,10 @@ impl RealState {
         if max != 0 && self.active() + self.inactive() >= max {
             self.overloaded.store(true, Relaxed);
         }
-        FlowBinding { real: Arc::clone(self), active: false }
+        FlowBinding {
+            real: Arc::clone(self),
+            active: false,
+        }
     }
 
     fn unbind(&self, active: bool) {
@@ -130,7 +135,13 @@ impl RealState {
 
     /// Zeroes the traffic counters (ipvsadm `-Z`); connection counts are live and stay.
     pub fn zero(&self) {
-        for counter in [&self.conns, &self.bytes_in, &self.bytes_out, &self.packets_in, &self.packets_out] {
+        for counter in [
+            &self.conns,
+            &self.bytes_in,
+            &self.bytes_out,
+            &self.packets_in,
+            &self.packets_out,
+        ] {
             counter.store(0, Relaxed);
         }
     }
