@@ -238,3 +238,69 @@ fn no_available_real_resets_the_client() {
         "{result:?}"
     );
 }
+
+#[test]
+fn a_reset_from_the_real_reaches_the_client() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let mut stream = stream.unwrap();
+            let mut line = [0u8; 5];
+            let _ = stream.read_exact(&mut line);
+            // Close with a zero linger: the kernel sends RST.
+            socket2::SockRef::from(&stream)
+                .set_linger(Some(Duration::ZERO))
+                .unwrap();
+        }
+    });
+    let listen = service_addr();
+    let _lbd = Lbd::start(&one_service("tcp", listen, "rr", &[(backend, 1)], ""));
+    let mut stream = TcpStream::connect(listen).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    stream.write_all(b"reset").unwrap();
+    let mut buffer = [0u8; 8];
+    let result = stream.read(&mut buffer);
+    assert!(
+        matches!(&result, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "expected a reset, got {result:?}"
+    );
+}
+
+#[test]
+fn an_idle_connection_is_closed_after_timeouts_tcp() {
+    let backend = TcpBackend::start("idle");
+    let listen = service_addr();
+    let config = one_service(
+        "tcp",
+        listen,
+        "rr",
+        &[(backend.address, 1)],
+        "timeouts: { tcp: 400ms }\n",
+    );
+    let _lbd = Lbd::start(&config);
+    let (_, mut active) = connect_and_greet(listen);
+    let (_, mut idle) = connect_and_greet(listen);
+    // Traffic keeps one connection alive past the timeout; the other is closed.
+    let started = Instant::now();
+    let mut line = String::new();
+    let mut reader = BufReader::new(active.try_clone().unwrap());
+    while started.elapsed() < Duration::from_millis(900) {
+        active.write_all(b"tick\n").unwrap();
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+        assert_eq!(line, "tick\n");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut buffer = [0u8; 8];
+    let closed = idle.read(&mut buffer);
+    assert!(
+        matches!(closed, Ok(0) | Err(_)),
+        "the idle connection was closed: {closed:?}"
+    );
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < Duration::from_secs(3),
+        "closed near the 400 ms timeout, not later ({elapsed:?})"
+    );
+}
