@@ -7,4 +7,5 @@ pub mod config;
 pub mod daemon;
 pub mod proxy;
 pub mod sched;
+mod sys;
 pub mod table;

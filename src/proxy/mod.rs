@@ -10,6 +10,7 @@
 mod pool;
 mod relay;
 pub mod socket;
+mod stream;
 mod tcp;
 mod udp;
 pub mod worker;

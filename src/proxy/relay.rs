@@ -9,17 +9,15 @@
 use std::{
     future::poll_fn,
     io,
-    net::Shutdown,
     pin::pin,
     sync::atomic::{AtomicU64, Ordering::Relaxed},
     task::{Context, Poll, ready},
     time::Duration,
 };
 
-use socket2::SockRef;
-use tokio::{net::TcpStream, time::Instant};
+use tokio::time::Instant;
 
-use super::pool;
+use super::{pool, stream::Stream};
 use crate::table::FlowBinding;
 
 /// How a relay ended.
@@ -45,8 +43,8 @@ pub(crate) struct IdleTimeouts {
 /// Relays until both directions have closed, an error, or the idle timeout. `binding` is moved
 /// to InActConn when the first direction closes.
 pub(crate) async fn relay(
-    client: &TcpStream,
-    server: &TcpStream,
+    client: &Stream,
+    server: &Stream,
     binding: &mut FlowBinding,
     timeouts: IdleTimeouts,
 ) -> RelayEnd {
@@ -120,51 +118,44 @@ impl Direction {
     fn poll(
         &mut self,
         cx: &mut Context<'_>,
-        from: &TcpStream,
-        to: &TcpStream,
+        from: &Stream,
+        to: &Stream,
         counter: &AtomicU64,
         moved: &mut bool,
     ) -> Poll<io::Result<()>> {
         loop {
             if let Some(buffer) = &self.buffer {
-                match to.try_write(&buffer[self.start..self.end]) {
-                    Ok(n) => {
-                        self.start += n;
-                        if self.start == self.end {
-                            self.release();
-                        }
-                    }
-                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                        ready!(to.poll_write_ready(cx))?;
-                    }
-                    Err(error) => return Poll::Ready(Err(error)),
+                self.start += ready!(to.poll_write(cx, &buffer[self.start..self.end]))?;
+                if self.start == self.end {
+                    self.release();
                 }
                 continue;
             }
             if self.eof {
                 // Pass the FIN on; the other direction stays open.
-                return Poll::Ready(match SockRef::from(to).shutdown(Shutdown::Write) {
-                    Err(error) if error.kind() != io::ErrorKind::NotConnected => Err(error),
-                    _ => Ok(()),
-                });
+                return Poll::Ready(to.shutdown_write());
             }
+            // Take a buffer only once there is something to read.
             ready!(from.poll_read_ready(cx))?;
             let mut buffer = pool::take();
-            match from.try_read(&mut buffer) {
-                Ok(0) => {
+            match from.poll_read(cx, &mut buffer) {
+                Poll::Ready(Ok(0)) => {
                     pool::give(buffer);
                     self.eof = true;
                 }
-                Ok(n) => {
+                Poll::Ready(Ok(n)) => {
                     counter.fetch_add(n as u64, Relaxed);
                     *moved = true;
                     (self.start, self.end) = (0, n);
                     self.buffer = Some(buffer);
                 }
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => pool::give(buffer),
-                Err(error) => {
+                Poll::Ready(Err(error)) => {
                     pool::give(buffer);
                     return Poll::Ready(Err(error));
+                }
+                Poll::Pending => {
+                    pool::give(buffer);
+                    return Poll::Pending;
                 }
             }
         }

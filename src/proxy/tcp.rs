@@ -2,13 +2,13 @@
 
 use std::{io, net::SocketAddr, sync::atomic::Ordering::Relaxed, time::Duration};
 
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use super::{
     Shared, relay,
     relay::{IdleTimeouts, RelayEnd},
     schedule,
+    stream::{Listener, Stream},
 };
 use crate::{clock::Millis, config::ServiceKey, sched::Flow, table::FlowBinding};
 
@@ -18,7 +18,7 @@ const CONNECT_ATTEMPTS: usize = 3;
 /// Accepts connections for `key` until `stop` is cancelled; each connection runs as a task
 /// on this worker.
 pub(super) async fn accept_loop(
-    listener: TcpListener,
+    listener: Listener,
     key: ServiceKey,
     shared: Shared,
     stop: CancellationToken,
@@ -32,7 +32,7 @@ pub(super) async fn accept_loop(
         match accepted {
             Ok((client, peer)) => {
                 error_pause = Duration::from_millis(5);
-                tokio::task::spawn_local(handle(client, peer, key, shared.clone()));
+                tokio::spawn(handle(client, peer, key, shared.clone()));
             }
             Err(error) => {
                 // EMFILE/ENFILE/ENOBUFS: pause rather than spin, as mini-redis does.
@@ -44,7 +44,7 @@ pub(super) async fn accept_loop(
     }
 }
 
-async fn handle(client: TcpStream, peer: SocketAddr, key: ServiceKey, shared: Shared) {
+async fn handle(client: Stream, peer: SocketAddr, key: ServiceKey, shared: Shared) {
     let _flow = shared.flows.enter();
     let Some((server, mut binding, timeouts)) = connect(peer, key, &shared).await else {
         // Refuse with a reset, as a closed port would.
@@ -66,7 +66,7 @@ async fn connect(
     peer: SocketAddr,
     key: ServiceKey,
     shared: &Shared,
-) -> Option<(TcpStream, FlowBinding, IdleTimeouts)> {
+) -> Option<(Stream, FlowBinding, IdleTimeouts)> {
     for attempt in 0..CONNECT_ATTEMPTS {
         let now = Millis::now();
         let (address, binding, timeouts) = {
@@ -88,7 +88,7 @@ async fn connect(
             (address, binding, (timeouts, table.timeouts.connect))
         };
         let (idle, connect_timeout) = timeouts;
-        let error = match tokio::time::timeout(connect_timeout, connect_to(address)).await {
+        let error = match tokio::time::timeout(connect_timeout, Stream::connect(address)).await {
             Ok(Ok(server)) => {
                 binding.real().record_success();
                 return Some((server, binding, idle));
@@ -103,14 +103,4 @@ async fn connect(
         tracing::info!(service = %key, real = %address, %error, failures, "connect to real server failed; trying another");
     }
     None
-}
-
-async fn connect_to(address: SocketAddr) -> io::Result<TcpStream> {
-    let socket = if address.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    socket.set_nodelay(true)?;
-    socket.connect(address).await
 }

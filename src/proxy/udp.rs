@@ -4,23 +4,33 @@
 //! `timeouts.udp` without a datagram either way.
 
 use std::{
-    cell::{Cell, RefCell},
     collections::HashMap,
     io,
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
-    rc::Rc,
-    sync::atomic::Ordering::Relaxed,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+    time::Duration,
 };
 
 use ahash::RandomState;
-use tokio::{net::UdpSocket, time::Instant};
+use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
 use super::{FlowGuard, Shared, pool, schedule};
 use crate::{clock::Millis, config::ServiceKey, sched::Flow, table::FlowBinding};
 
-/// Sessions of one service on one worker.
-type Sessions = RefCell<HashMap<SessionKey, Rc<Session>, RandomState>>;
+/// Sessions of one service on one worker. Only that worker's thread touches the map, so the
+/// mutex is never contended; it is there because tasks must be `Send`.
+#[derive(Default)]
+struct Sessions(Mutex<HashMap<SessionKey, Arc<Session>, RandomState>>);
+
+impl Sessions {
+    fn with<R>(&self, f: impl FnOnce(&mut HashMap<SessionKey, Arc<Session>, RandomState>) -> R) -> R {
+        f(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct SessionKey {
@@ -33,8 +43,20 @@ struct Session {
     key: SessionKey,
     upstream: UdpSocket,
     binding: FlowBinding,
-    last_activity: Cell<Instant>,
+    /// [`Millis`] of the last datagram either way.
+    last_activity: AtomicU64,
     _flow: FlowGuard,
+}
+
+impl Session {
+    fn touch(&self) {
+        self.last_activity.store(Millis::now().0, Relaxed);
+    }
+
+    /// How long the session has been idle.
+    fn idle_for(&self) -> Duration {
+        Duration::from_millis(Millis::now().0.saturating_sub(self.last_activity.load(Relaxed)))
+    }
 }
 
 /// Serves one service socket until `stop` is cancelled. Once `drain` is cancelled, datagrams
@@ -46,8 +68,8 @@ pub(super) async fn serve(
     stop: CancellationToken,
     drain: CancellationToken,
 ) {
-    let socket = Rc::new(socket);
-    let sessions: Rc<Sessions> = Rc::default();
+    let socket = Arc::new(socket);
+    let sessions: Arc<Sessions> = Arc::default();
     let mut buffer = vec![0u8; 65_536];
     loop {
         let (len, client) = tokio::select! {
@@ -71,7 +93,7 @@ pub(super) async fn serve(
                 Ok(_) => {
                     stats.packets_in.fetch_add(1, Relaxed);
                     stats.bytes_in.fetch_add(len as u64, Relaxed);
-                    session.last_activity.set(Instant::now());
+                    session.touch();
                     break;
                 }
                 Err(error) if error.kind() == io::ErrorKind::ConnectionRefused => {
@@ -87,7 +109,7 @@ pub(super) async fn serve(
             }
         }
     }
-    sessions.borrow_mut().clear();
+    sessions.with(HashMap::clear);
 }
 
 /// The session for a datagram from `client`, started if need be.
@@ -95,15 +117,17 @@ fn session_for(
     client: SocketAddr,
     key: ServiceKey,
     shared: &Shared,
-    socket: &Rc<UdpSocket>,
-    sessions: &Rc<Sessions>,
+    socket: &Arc<UdpSocket>,
+    sessions: &Arc<Sessions>,
     draining: bool,
-) -> Option<Rc<Session>> {
+) -> Option<Arc<Session>> {
     let table = shared.table.load();
     let service = table.service(&key)?;
     let one_packet = service.config.one_packet;
-    if !one_packet && let Some(session) = sessions.borrow().get(&SessionKey { client, real: None }) {
-        return Some(Rc::clone(session));
+    if !one_packet
+        && let Some(session) = sessions.with(|map| map.get(&SessionKey { client, real: None }).cloned())
+    {
+        return Some(session);
     }
     if draining {
         return None;
@@ -118,10 +142,10 @@ fn session_for(
         client,
         real: one_packet.then_some(address),
     };
-    if let Some(session) = sessions.borrow().get(&session_key) {
+    if let Some(session) = sessions.with(|map| map.get(&session_key).cloned()) {
         // one_packet: this client already has a session with the chosen real.
         service.stats.conns.fetch_add(1, Relaxed);
-        return Some(Rc::clone(session));
+        return Some(session);
     }
     service.stats.conns.fetch_add(1, Relaxed);
     let upstream = match connected_socket(address) {
@@ -131,39 +155,34 @@ fn session_for(
             return None;
         }
     };
-    let session = Rc::new(Session {
+    let session = Arc::new(Session {
         key: session_key,
         upstream,
         binding,
-        last_activity: Cell::new(Instant::now()),
+        last_activity: AtomicU64::new(Millis::now().0),
         _flow: shared.flows.enter(),
     });
-    sessions.borrow_mut().insert(session_key, Rc::clone(&session));
+    sessions.with(|map| map.insert(session_key, Arc::clone(&session)));
     let idle = table.timeouts.udp;
-    tokio::task::spawn_local(replies(
-        Rc::clone(&session),
-        Rc::clone(socket),
-        Rc::clone(sessions),
+    tokio::spawn(replies(
+        Arc::clone(&session),
+        Arc::clone(socket),
+        Arc::clone(sessions),
         idle,
     ));
     Some(session)
 }
 
 /// Passes the real's replies back to the client until the session idles out or fails.
-async fn replies(
-    session: Rc<Session>,
-    socket: Rc<UdpSocket>,
-    sessions: Rc<Sessions>,
-    idle: std::time::Duration,
-) {
+async fn replies(session: Arc<Session>, socket: Arc<UdpSocket>, sessions: Arc<Sessions>, idle: Duration) {
     let stats = session.binding.real();
     let client = session.key.client;
     loop {
-        let deadline = session.last_activity.get() + idle;
+        let remaining = idle.saturating_sub(session.idle_for());
         let ready = tokio::select! {
             ready = session.upstream.readable() => ready,
-            () = tokio::time::sleep_until(deadline) => {
-                if session.last_activity.get() + idle <= Instant::now() {
+            () = tokio::time::sleep(remaining) => {
+                if session.idle_for() >= idle {
                     break;
                 }
                 continue;
@@ -178,7 +197,7 @@ async fn replies(
             Ok(len) => {
                 stats.packets_out.fetch_add(1, Relaxed);
                 stats.bytes_out.fetch_add(len as u64, Relaxed);
-                session.last_activity.set(Instant::now());
+                session.touch();
                 if let Err(error) = socket.send_to(&buffer[..len], client).await {
                     tracing::debug!(client = %client, %error, "udp reply to client failed");
                 }
@@ -199,14 +218,15 @@ async fn replies(
 }
 
 /// Forgets `session`, unless its key already belongs to a newer session.
-fn end_session(sessions: &Sessions, session: &Rc<Session>) {
-    let mut sessions = sessions.borrow_mut();
-    if sessions
-        .get(&session.key)
-        .is_some_and(|current| Rc::ptr_eq(current, session))
-    {
-        sessions.remove(&session.key);
-    }
+fn end_session(sessions: &Sessions, session: &Arc<Session>) {
+    sessions.with(|map| {
+        if map
+            .get(&session.key)
+            .is_some_and(|current| Arc::ptr_eq(current, session))
+        {
+            map.remove(&session.key);
+        }
+    });
 }
 
 fn connected_socket(real: SocketAddr) -> io::Result<UdpSocket> {

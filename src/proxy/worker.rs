@@ -1,16 +1,16 @@
 //! Data-plane worker threads. Each runs a single-threaded tokio runtime and owns one socket
 //! per service; the control plane hands it sockets and orders through a channel.
+//!
+//! Every task is spawned on the worker's runtime itself (no `LocalSet`): waking a `LocalSet`
+//! task goes through the runtime's `block_on` waker, which writes the worker's eventfd even
+//! from its own thread, a syscall per wake-up that the plain scheduler does not pay.
 
-use std::{collections::HashMap, io, thread};
+use std::{collections::HashMap, io, thread, time::Duration};
 
-use tokio::{
-    net::{TcpListener, UdpSocket},
-    sync::mpsc,
-    task::LocalSet,
-};
+use tokio::{net::UdpSocket, sync::mpsc};
 use tokio_util::sync::CancellationToken;
 
-use super::{Shared, tcp, udp};
+use super::{Shared, stream::Listener, tcp, udp};
 use crate::config::{Protocol, ServiceKey};
 
 /// A socket for one worker to serve.
@@ -48,7 +48,7 @@ impl Worker {
         let (orders, inbox) = mpsc::unbounded_channel();
         thread::Builder::new()
             .name(format!("lbd-worker-{index}"))
-            .spawn(move || LocalSet::new().block_on(&runtime, run(inbox, shared)))?;
+            .spawn(move || runtime.block_on(run(inbox, shared)))?;
         Ok(Self { orders })
     }
 
@@ -58,7 +58,22 @@ impl Worker {
     }
 }
 
+/// Period of the worker's heartbeat timer.
+///
+/// tokio's time driver wakes its own reactor (an eventfd write) whenever a timer is inserted
+/// that expires before the driver's next planned wake-up. Every connect timeout and every
+/// relay's idle timer would do so on a worker with nothing earlier pending: a syscall per
+/// connection. A heartbeat keeps the next wake-up at most this far ahead, so timers of a
+/// second or more never cost that write; it costs one wake-up per second when idle.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
 async fn run(mut inbox: mpsc::UnboundedReceiver<Command>, shared: Shared) {
+    tokio::spawn(async {
+        let mut heartbeat = tokio::time::interval(HEARTBEAT);
+        loop {
+            heartbeat.tick().await;
+        }
+    });
     let drain = CancellationToken::new();
     let mut serving: HashMap<ServiceKey, CancellationToken> = HashMap::new();
     while let Some(command) = inbox.recv().await {
@@ -66,16 +81,11 @@ async fn run(mut inbox: mpsc::UnboundedReceiver<Command>, shared: Shared) {
             Command::Listen(key, socket) => {
                 let stop = CancellationToken::new();
                 let started = match socket {
-                    WorkerSocket::Tcp(listener) => TcpListener::from_std(listener).map(|listener| {
-                        tokio::task::spawn_local(tcp::accept_loop(
-                            listener,
-                            key,
-                            shared.clone(),
-                            stop.clone(),
-                        ))
+                    WorkerSocket::Tcp(listener) => Listener::new(listener).map(|listener| {
+                        tokio::spawn(tcp::accept_loop(listener, key, shared.clone(), stop.clone()))
                     }),
                     WorkerSocket::Udp(socket) => UdpSocket::from_std(socket).map(|socket| {
-                        tokio::task::spawn_local(udp::serve(
+                        tokio::spawn(udp::serve(
                             socket,
                             key,
                             shared.clone(),

@@ -15,8 +15,14 @@ const BACKOFF_BASE_MS: u64 = 1_000;
 const BACKOFF_MAX_MS: u64 = 30_000;
 
 /// Counters and connection accounting of one real server of one service.
+///
+/// Laid out so that what schedulers read on every pick (connection counts, overload and
+/// back-off) shares one cache line, apart from the traffic counters that workers write on
+/// every read.
 #[derive(Debug, Default)]
+#[repr(C)]
 pub struct RealState {
+    scheduling: SchedulingState,
     /// Flows scheduled to this real (ipvsadm `Conns`).
     pub conns: AtomicU64,
     /// Bytes client → real.
@@ -27,13 +33,19 @@ pub struct RealState {
     pub packets_in: AtomicU64,
     /// Packets (proxy: UDP datagrams) real → client.
     pub packets_out: AtomicU64,
+}
+
+/// The fields read by every scheduling decision, in a cache line of their own.
+#[derive(Debug, Default)]
+#[repr(C, align(64))]
+struct SchedulingState {
     active: AtomicU32,
     inactive: AtomicU32,
+    overloaded: AtomicBool,
+    backoff_until: AtomicU64,
     max_conns: AtomicU32,
     min_conns: AtomicU32,
-    overloaded: AtomicBool,
     failures: AtomicU32,
-    backoff_until: AtomicU64,
 }
 
 impl RealState {
@@ -47,21 +59,21 @@ impl RealState {
     /// Updates the thresholds. As in IPVS, raising or removing the upper threshold clears
     /// the overload flag.
     pub fn set_thresholds(&self, max_conns: u32, min_conns: u32) {
-        let old = self.max_conns.swap(max_conns, Relaxed);
-        self.min_conns.store(min_conns, Relaxed);
+        let old = self.scheduling.max_conns.swap(max_conns, Relaxed);
+        self.scheduling.min_conns.store(min_conns, Relaxed);
         if max_conns == 0 || max_conns > old {
-            self.overloaded.store(false, Relaxed);
+            self.scheduling.overloaded.store(false, Relaxed);
         }
     }
 
     /// ActiveConn: flows established in both directions.
     pub fn active(&self) -> u32 {
-        self.active.load(Relaxed)
+        self.scheduling.active.load(Relaxed)
     }
 
     /// InActConn: flows connecting, half-closed, and every UDP flow.
     pub fn inactive(&self) -> u32 {
-        self.inactive.load(Relaxed)
+        self.scheduling.inactive.load(Relaxed)
     }
 
     /// IPVS's connection overhead: one active flow weighs as much as 256 inactive ones.
@@ -71,41 +83,41 @@ impl RealState {
 
     /// Whether the upper threshold was reached and the lower one not yet passed.
     pub fn is_overloaded(&self) -> bool {
-        self.overloaded.load(Relaxed)
+        self.scheduling.overloaded.load(Relaxed)
     }
 
     /// Whether a recent connect failure keeps this real out of new flows at `now`.
     pub fn in_backoff(&self, now: Millis) -> bool {
-        self.backoff_until.load(Relaxed) > now.0
+        self.scheduling.backoff_until.load(Relaxed) > now.0
     }
 
     /// Records a failed connect: the real gets no new flows for a back-off that doubles with
     /// each consecutive failure (1 s up to 30 s), like nginx's `max_fails`/`fail_timeout`.
     /// Returns the number of consecutive failures.
     pub fn record_failure(&self, now: Millis) -> u32 {
-        let failures = self.failures.fetch_add(1, Relaxed).saturating_add(1);
+        let failures = self.scheduling.failures.fetch_add(1, Relaxed).saturating_add(1);
         let backoff = BACKOFF_BASE_MS
             .saturating_mul(1 << failures.min(16).saturating_sub(1))
             .min(BACKOFF_MAX_MS);
-        self.backoff_until.store(now.plus(backoff).0, Relaxed);
+        self.scheduling.backoff_until.store(now.plus(backoff).0, Relaxed);
         failures
     }
 
     /// Records a successful connect, ending any back-off.
     pub fn record_success(&self) {
-        if self.failures.load(Relaxed) != 0 {
-            self.failures.store(0, Relaxed);
-            self.backoff_until.store(0, Relaxed);
+        if self.scheduling.failures.load(Relaxed) != 0 {
+            self.scheduling.failures.store(0, Relaxed);
+            self.scheduling.backoff_until.store(0, Relaxed);
         }
     }
 
     /// Binds a new flow to this real: it counts in `Conns` and starts inactive, as in IPVS.
     pub fn bind(self: &Arc<Self>) -> FlowBinding {
         self.conns.fetch_add(1, Relaxed);
-        self.inactive.fetch_add(1, Relaxed);
-        let max = self.max_conns.load(Relaxed);
+        self.scheduling.inactive.fetch_add(1, Relaxed);
+        let max = self.scheduling.max_conns.load(Relaxed);
         if max != 0 && self.active() + self.inactive() >= max {
-            self.overloaded.store(true, Relaxed);
+            self.scheduling.overloaded.store(true, Relaxed);
         }
         FlowBinding {
             real: Arc::clone(self),
@@ -115,12 +127,15 @@ impl RealState {
 
     fn unbind(&self, active: bool) {
         if active {
-            self.active.fetch_sub(1, Relaxed);
+            self.scheduling.active.fetch_sub(1, Relaxed);
         } else {
-            self.inactive.fetch_sub(1, Relaxed);
+            self.scheduling.inactive.fetch_sub(1, Relaxed);
         }
         let total = self.active() + self.inactive();
-        let (max, min) = (self.max_conns.load(Relaxed), self.min_conns.load(Relaxed));
+        let (max, min) = (
+            self.scheduling.max_conns.load(Relaxed),
+            self.scheduling.min_conns.load(Relaxed),
+        );
         let clear = if min != 0 {
             total < min
         } else if max != 0 {
@@ -129,7 +144,7 @@ impl RealState {
             true
         };
         if clear && self.is_overloaded() {
-            self.overloaded.store(false, Relaxed);
+            self.scheduling.overloaded.store(false, Relaxed);
         }
     }
 
@@ -167,9 +182,9 @@ impl FlowBinding {
             return;
         }
         let (from, to) = if active {
-            (&self.real.inactive, &self.real.active)
+            (&self.real.scheduling.inactive, &self.real.scheduling.active)
         } else {
-            (&self.real.active, &self.real.inactive)
+            (&self.real.scheduling.active, &self.real.scheduling.inactive)
         };
         to.fetch_add(1, Relaxed);
         from.fetch_sub(1, Relaxed);

@@ -1,0 +1,39 @@
+//! Nanoseconds per scheduling decision, for every implemented scheduler at 8, 64 and 1024
+//! reals with uneven weights and connection counts. `cargo bench --bench schedulers`.
+
+use std::hint::black_box;
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use ulvs::{
+    config::SchedulerKind,
+    sched::{self, testing},
+};
+
+fn picks(c: &mut Criterion) {
+    let mut group = c.benchmark_group("pick");
+    for kind in [
+        SchedulerKind::Rr,
+        SchedulerKind::Wrr,
+        SchedulerKind::Lc,
+        SchedulerKind::Wlc,
+    ] {
+        for size in [8usize, 64, 1024] {
+            let weights: Vec<u32> = (0..size).map(|i| 1 + (i as u32 * 7) % 5).collect();
+            let reals = testing::reals(&weights);
+            let _held: Vec<_> = reals
+                .iter()
+                .enumerate()
+                .flat_map(|(i, real)| testing::load(real, (i % 3) as u32, (i % 5) as u32))
+                .collect();
+            let scheduler = sched::build(kind, &[], &reals);
+            let flow = testing::flow();
+            group.bench_with_input(BenchmarkId::new(kind.name(), size), &size, |b, _| {
+                b.iter(|| scheduler.pick(black_box(&reals), black_box(&flow)))
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, picks);
+criterion_main!(benches);
