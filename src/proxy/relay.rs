@@ -53,6 +53,7 @@ pub(crate) async fn relay(
     let mut downstream = Direction::default();
     let mut last_activity = Instant::now();
     let mut idle = pin!(tokio::time::sleep(timeouts.established));
+    let mut armed_for = timeouts.established;
     let end = poll_fn(|cx| {
         let mut moved = false;
         for (direction, from, to, counter) in [
@@ -77,16 +78,25 @@ pub(crate) async fn relay(
             }
         };
         if moved {
+            // A plain store: the timer is re-armed only when it fires, not on every read.
             last_activity = Instant::now();
         }
-        let deadline = last_activity + timeout;
-        if idle.deadline() != deadline {
+        while idle.as_mut().poll(cx).is_ready() {
+            let deadline = last_activity + timeout;
+            if deadline <= Instant::now() {
+                return Poll::Ready(RelayEnd::IdleTimeout);
+            }
             idle.as_mut().reset(deadline);
         }
-        match idle.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(RelayEnd::IdleTimeout),
-            Poll::Pending => Poll::Pending,
+        if timeout != armed_for {
+            // Entering half-close: the (usually shorter) FIN timeout starts now.
+            armed_for = timeout;
+            idle.as_mut().reset(last_activity + timeout);
+            if idle.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(RelayEnd::IdleTimeout);
+            }
         }
+        Poll::Pending
     })
     .await;
     for mut direction in [upstream, downstream] {
