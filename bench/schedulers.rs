@@ -1,4 +1,4 @@
-//! Nanoseconds per scheduling decision, for every implemented scheduler at 8, 64 and 1024
+//! Nanoseconds per scheduling decision, for every scheduler at 8, 64 and 1024
 //! reals with uneven weights and connection counts. `cargo bench --bench schedulers`.
 
 use std::hint::black_box;
@@ -25,7 +25,7 @@ fn picks(c: &mut Criterion) {
                 .enumerate()
                 .flat_map(|(i, real)| testing::load(real, (i % 3) as u32, (i % 5) as u32))
                 .collect();
-            let scheduler = sched::build(kind, &[], &reals);
+            let scheduler = sched::build(kind, &[], &reals, None);
             let flow = testing::flow();
             group.bench_with_input(BenchmarkId::new(kind.name(), size), &size, |b, _| {
                 b.iter(|| scheduler.pick(black_box(&reals), black_box(&flow)))

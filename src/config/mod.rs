@@ -120,6 +120,18 @@ fn validate(config: &Config) -> Result<(), Problem> {
                 occurrence,
             });
         }
+        if service.scheduler == SchedulerKind::Mh && service.reals.len() > crate::sched::MH_MAX_REALS {
+            return Err(Problem {
+                message: format!(
+                    "service `{}`: {} reals, but an mh service holds at most {} (its table size)",
+                    service.name,
+                    service.reals.len(),
+                    crate::sched::MH_MAX_REALS
+                ),
+                needle: listen_text,
+                occurrence,
+            });
+        }
         if !names.insert(service.name.as_str()) {
             return Err(Problem {
                 message: format!("services: duplicate service name `{}`", service.name),
@@ -175,12 +187,6 @@ fn supported(config: &Config) -> Result<(), Problem> {
                 occurrence,
             )
         };
-        if !crate::sched::is_implemented(service.scheduler) {
-            return Err(at(format!(
-                "scheduler `{}` (implemented: rr, wrr, lc, wlc)",
-                service.scheduler
-            )));
-        }
         let forwards =
             std::iter::once(service.forward).chain(service.reals.iter().map(|real| real.forward_in(service)));
         if let Some(forward) = forwards

@@ -50,7 +50,6 @@ fn later_features_are_rejected_as_not_supported_yet() {
         assert!(message.contains(needle), "{message}");
     }
     let service_cases = [
-        ("scheduler: mh", "scheduler `mh`"),
         ("forward: nat", "forward `nat`"),
         ("persistence: {}", "`persistence`"),
         ("proxy_protocol: v2", "`proxy_protocol`"),
@@ -269,6 +268,27 @@ services:
     let message = error_of(source);
     assert!(message.contains("duplicate service name `web`"), "{message}");
     assert!(message.starts_with("lbd.yaml:3:"), "{message}");
+}
+
+#[test]
+fn every_ipvs_scheduler_is_accepted() {
+    for name in [
+        "rr", "wrr", "lc", "wlc", "sed", "nq", "lblc", "lblcr", "dh", "sh", "mh", "fo", "ovf", "twos",
+    ] {
+        let source =
+            format!("services:\n  - {{ protocol: tcp, listen: '127.0.0.1:80', scheduler: {name} }}\n");
+        assert_eq!(parse(&source, "x").unwrap().services[0].scheduler.name(), name);
+    }
+}
+
+#[test]
+fn an_mh_service_holds_at_most_its_table_size() {
+    let source = "services:\n  - protocol: tcp\n    listen: 127.0.0.1:80\n    scheduler: mh\n    reals: [{address: '10.0.[0-15].[0-255]:80'}]\n";
+    let message = error_of(source);
+    assert!(
+        message.contains("4096 reals, but an mh service holds at most 4093"),
+        "{message}"
+    );
 }
 
 #[test]

@@ -8,12 +8,24 @@
 //! Every scheduler treats a real that is not [`Real::usable`] (down, overloaded, in passive
 //! back-off) as IPVS treats a real with the OVERLOAD flag.
 
+mod common;
+mod dh;
+mod fo;
+mod lblc;
+mod lblcr;
 mod lc;
+mod locality;
+mod mh;
+mod nq;
+mod ovf;
 mod rr;
+mod sed;
+mod sh;
+mod twos;
 mod wlc;
 mod wrr;
 
-use std::{fmt, net::SocketAddr};
+use std::{fmt, net::SocketAddr, sync::Arc};
 
 use crate::{
     clock::Millis,
@@ -37,34 +49,71 @@ pub trait Scheduler: Send + Sync + fmt::Debug {
     /// The index in `reals` of the real that gets `flow`, or `None` when no real is available.
     /// `reals` is the slice the scheduler was built for.
     fn pick(&self, reals: &[Real], flow: &Flow) -> Option<usize>;
+
+    /// State that outlives one snapshot (lblc / lblcr caches), handed to the scheduler built
+    /// for the next snapshot of the same service when its kind did not change.
+    fn shared_state(&self) -> Option<SharedState> {
+        None
+    }
 }
 
-/// Whether `kind` is implemented in this build.
-pub fn is_implemented(kind: SchedulerKind) -> bool {
-    matches!(
-        kind,
-        SchedulerKind::Rr | SchedulerKind::Wrr | SchedulerKind::Lc | SchedulerKind::Wlc
-    )
+/// Scheduling state carried from one snapshot of a service to the next (opaque).
+#[derive(Debug, Clone)]
+pub struct SharedState(Carried);
+
+#[derive(Debug, Clone)]
+enum Carried {
+    Lblc(Arc<locality::LocalityTable<SocketAddr>>),
+    Lblcr(Arc<locality::LocalityTable<lblcr::DestSet>>),
 }
 
-/// Builds the scheduler `kind` for `reals`. Kinds that are not implemented yet (see
-/// [`is_implemented`]; config validation rejects them) refuse every flow.
-pub fn build(kind: SchedulerKind, _flags: &[SchedulerFlag], reals: &[Real]) -> Box<dyn Scheduler> {
+/// The most reals an `mh` service may have: its table size.
+pub const MH_MAX_REALS: usize = mh::TABLE_SIZE;
+
+/// Builds the scheduler `kind` for `reals`, reusing the state of the scheduler it replaces
+/// (see [`Scheduler::shared_state`]) when that one had the same kind.
+pub fn build(
+    kind: SchedulerKind,
+    flags: &[SchedulerFlag],
+    reals: &[Real],
+    previous: Option<SharedState>,
+) -> Box<dyn Scheduler> {
+    let has = |flag| flags.contains(&flag);
     match kind {
         SchedulerKind::Rr => Box::new(rr::RoundRobin::new()),
         SchedulerKind::Wrr => Box::new(wrr::WeightedRoundRobin::new(reals)),
         SchedulerKind::Lc => Box::new(lc::LeastConnection),
         SchedulerKind::Wlc => Box::new(wlc::WeightedLeastConnection),
-        _ => Box::new(Unimplemented),
-    }
-}
-
-#[derive(Debug)]
-struct Unimplemented;
-
-impl Scheduler for Unimplemented {
-    fn pick(&self, _reals: &[Real], _flow: &Flow) -> Option<usize> {
-        None
+        SchedulerKind::Sed => Box::new(sed::ShortestExpectedDelay),
+        SchedulerKind::Nq => Box::new(nq::NeverQueue),
+        SchedulerKind::Fo => Box::new(fo::Failover),
+        SchedulerKind::Ovf => Box::new(ovf::Overflow),
+        SchedulerKind::Twos => Box::new(twos::TwoChoices::new(Millis::now().0 ^ 0x9e37_79b9_7f4a_7c15)),
+        SchedulerKind::Dh => Box::new(dh::DestinationHash::new(reals)),
+        SchedulerKind::Sh => Box::new(sh::SourceHash::new(
+            reals,
+            has(SchedulerFlag::ShFallback),
+            has(SchedulerFlag::ShPort),
+        )),
+        SchedulerKind::Mh => Box::new(mh::Maglev::new(
+            reals,
+            has(SchedulerFlag::MhFallback),
+            has(SchedulerFlag::MhPort),
+        )),
+        SchedulerKind::Lblc => Box::new(lblc::Lblc::new(
+            reals,
+            match previous {
+                Some(SharedState(Carried::Lblc(table))) => Some(table),
+                _ => None,
+            },
+        )),
+        SchedulerKind::Lblcr => Box::new(lblcr::Lblcr::new(
+            reals,
+            match previous {
+                Some(SharedState(Carried::Lblcr(table))) => Some(table),
+                _ => None,
+            },
+        )),
     }
 }
 
@@ -86,7 +135,9 @@ pub mod testing {
             .enumerate()
             .map(|(i, &weight)| {
                 let address = std::net::SocketAddr::from(([10, 0, (i >> 8) as u8, (i & 0xff) as u8 + 1], 80));
-                Real::new(address, weight, Arc::new(RealState::new(0, 0)))
+                let state = Arc::new(RealState::new(0, 0));
+                state.note_weight(weight);
+                Real::new(address, weight, state)
             })
             .collect()
     }

@@ -2,7 +2,10 @@
 //! usable real with weight > 0, then keep the real with the smallest overhead / weight,
 //! compared by cross-multiplication; the earlier real wins a tie.
 
-use super::{Flow, Scheduler};
+use super::{
+    Flow, Scheduler,
+    common::{conn_overhead, weighted_least},
+};
 use crate::table::Real;
 
 /// Weighted least connection.
@@ -11,20 +14,7 @@ pub(super) struct WeightedLeastConnection;
 
 impl Scheduler for WeightedLeastConnection {
     fn pick(&self, reals: &[Real], flow: &Flow) -> Option<usize> {
-        let first = reals
-            .iter()
-            .position(|real| real.weight > 0 && real.usable(flow.now))?;
-        let (mut least, mut least_overhead) = (first, reals[first].state.overhead());
-        for (i, real) in reals.iter().enumerate().skip(first + 1) {
-            if !real.usable(flow.now) {
-                continue;
-            }
-            let overhead = real.state.overhead();
-            if least_overhead * u64::from(real.weight) > overhead * u64::from(reals[least].weight) {
-                (least, least_overhead) = (i, overhead);
-            }
-        }
-        Some(least)
+        weighted_least(reals, flow.now, conn_overhead)
     }
 }
 

@@ -146,7 +146,13 @@ impl Service {
             })
             .collect();
         reals.sort_by_key(|real| std::cmp::Reverse(real.added));
-        let scheduler = sched::build(config.scheduler, &config.scheduler_flags, &reals);
+        for real in &reals {
+            real.state.note_weight(real.weight);
+        }
+        let carried = previous
+            .filter(|service| service.config.scheduler == config.scheduler)
+            .and_then(|service| service.scheduler.shared_state());
+        let scheduler = sched::build(config.scheduler, &config.scheduler_flags, &reals, carried);
         Self {
             key: config.key(),
             config: config.clone(),
@@ -197,11 +203,17 @@ impl Real {
         }
     }
 
-    /// Whether the real may take a new flow at `now`, weight aside: it is up, not overloaded
-    /// and not in passive back-off. Schedulers treat a real that is not usable exactly as IPVS
-    /// treats one with the OVERLOAD flag.
+    /// Whether the real may take a new flow at `now`, weight aside: it is available and not
+    /// overloaded. Schedulers treat a real that is not usable exactly as IPVS treats one with
+    /// the OVERLOAD flag.
     pub fn usable(&self, now: Millis) -> bool {
-        self.up && !self.state.is_overloaded() && !self.state.in_backoff(now)
+        self.available(now) && !self.state.is_overloaded()
+    }
+
+    /// IPVS's AVAILABLE: the real is up and not in passive back-off (a real that is down is,
+    /// for IPVS, a real removed from the service).
+    pub fn available(&self, now: Millis) -> bool {
+        self.up && !self.state.in_backoff(now)
     }
 }
 

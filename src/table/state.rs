@@ -46,6 +46,8 @@ struct SchedulingState {
     max_conns: AtomicU32,
     min_conns: AtomicU32,
     failures: AtomicU32,
+    /// The last weight above 0 (IPVS's `last_weight`, which `mh` builds its table from).
+    last_weight: AtomicU32,
 }
 
 impl RealState {
@@ -63,6 +65,23 @@ impl RealState {
         self.scheduling.min_conns.store(min_conns, Relaxed);
         if max_conns == 0 || max_conns > old {
             self.scheduling.overloaded.store(false, Relaxed);
+        }
+    }
+
+    /// Records the real's configured weight; a weight above 0 becomes the last weight.
+    pub fn note_weight(&self, weight: u32) {
+        if weight > 0 {
+            self.scheduling.last_weight.store(weight, Relaxed);
+        }
+    }
+
+    /// IPVS's `last_weight`: `weight` when it is above 0, else the last weight above 0 this
+    /// real had (0 if it never had one).
+    pub fn last_weight(&self, weight: u32) -> u32 {
+        if weight > 0 {
+            weight
+        } else {
+            self.scheduling.last_weight.load(Relaxed)
         }
     }
 

@@ -1,0 +1,63 @@
+//! Pieces several schedulers share, each transcribed once from the kernel.
+
+use std::net::IpAddr;
+
+use crate::{clock::Millis, table::Real};
+
+/// The multiplier of IPVS's multiplicative hashes (`2654435761`, Knuth's golden ratio).
+pub(super) const GOLDEN: u32 = 2_654_435_761;
+
+/// The weighted-least loop of `ip_vs_wlc_schedule` (also lblc's and lblcr's fallback, and sed
+/// with another overhead): the first usable real with weight > 0 starts, then a usable real
+/// replaces it when `overhead(best) * weight(real) > overhead(real) * weight(best)`.
+pub(super) fn weighted_least(reals: &[Real], now: Millis, overhead: impl Fn(&Real) -> u64) -> Option<usize> {
+    let first = reals
+        .iter()
+        .position(|real| real.weight > 0 && real.usable(now))?;
+    let (mut best, mut best_overhead, mut best_weight) =
+        (first, overhead(&reals[first]), u64::from(reals[first].weight));
+    for (i, real) in reals.iter().enumerate().skip(first + 1) {
+        if !real.usable(now) {
+            continue;
+        }
+        let real_overhead = overhead(real);
+        if best_overhead * u64::from(real.weight) > real_overhead * best_weight {
+            (best, best_overhead, best_weight) = (i, real_overhead, u64::from(real.weight));
+        }
+    }
+    Some(best)
+}
+
+/// IPVS's connection overhead: `(ActiveConn << 8) + InActConn`.
+pub(super) fn conn_overhead(real: &Real) -> u64 {
+    real.state.overhead()
+}
+
+/// An address as the hash schedulers see it: IPv4 in host order, IPv6 as the XOR of its four
+/// 32-bit words (the kernel's `addr_fold`, then `ntohl`).
+pub(super) fn fold(ip: IpAddr) -> u32 {
+    match ip {
+        IpAddr::V4(v4) => u32::from(v4),
+        IpAddr::V6(v6) => {
+            let o = v6.octets();
+            (0..4)
+                .map(|i| u32::from_be_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]))
+                .fold(0, |a, w| a ^ w)
+        }
+    }
+}
+
+/// The hash schedulers' test for a real that may not take the flow: weight 0, or not usable
+/// (IPVS: `weight <= 0 || OVERLOAD`).
+pub(super) fn unavailable(real: &Real, now: Millis) -> bool {
+    real.weight == 0 || !real.usable(now)
+}
+
+/// lblc / lblcr's own overload test: the real has more active flows than its weight while some
+/// real of the service is under half its weight.
+pub(super) fn locality_overloaded(real: &Real, reals: &[Real]) -> bool {
+    u64::from(real.state.active()) > u64::from(real.weight)
+        && reals
+            .iter()
+            .any(|other| u64::from(other.state.active()) * 2 < u64::from(other.weight))
+}
