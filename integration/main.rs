@@ -7,4 +7,5 @@
 mod config_files;
 mod proxy_tcp;
 mod proxy_udp;
+mod schedulers;
 mod support;

@@ -198,7 +198,6 @@ fn supported(config: &Config) -> Result<(), Problem> {
             ));
         }
         let unsupported = [
-            ("persistence", service.persistence.is_some()),
             ("proxy_protocol", service.proxy_protocol != ProxyProtocol::None),
             ("sorry_server", service.sorry_server.is_some()),
             (

@@ -24,7 +24,7 @@ use std::{
 };
 
 use crate::{
-    sched::Flow,
+    sched::{Flow, persistence::TemplateHold},
     table::{FlowBinding, Service, TableHandle},
 };
 
@@ -63,18 +63,38 @@ impl Drop for FlowGuard {
     }
 }
 
-/// Schedules `flow` in `service`: the chosen real's address and the flow's binding to it, or
-/// `None` (counted as unavailable) when no real can take it.
-fn schedule(service: &Service, flow: &Flow) -> Option<(SocketAddr, FlowBinding)> {
-    match service.scheduler.pick(&service.reals, flow) {
-        Some(index) => {
-            let real = &service.reals[index];
-            Some((real.address, real.state.bind()))
-        }
-        None => {
-            service.stats.unavailable.fetch_add(1, Relaxed);
-            tracing::debug!(service = service.name(), client = %flow.client, "no real server available");
-            None
-        }
-    }
+/// A flow bound to the real chosen for it.
+#[derive(Debug)]
+struct Scheduled {
+    /// Where the flow goes.
+    address: SocketAddr,
+    /// Its place in the real's ActiveConn / InActConn.
+    binding: FlowBinding,
+    /// Its hold on the client's persistence template, if the service is persistent.
+    _template: Option<TemplateHold>,
+}
+
+/// Schedules `flow` in `service` (through its persistence templates, if any), or returns
+/// `None`, counted as unavailable, when no real can take it.
+fn schedule(service: &Service, flow: &Flow) -> Option<Scheduled> {
+    let chosen = match &service.persistence {
+        Some(persistence) => persistence
+            .schedule(&service.reals, service.scheduler.as_ref(), flow)
+            .map(|(index, hold)| (index, Some(hold))),
+        None => service
+            .scheduler
+            .pick(&service.reals, flow)
+            .map(|index| (index, None)),
+    };
+    let Some((index, template)) = chosen else {
+        service.stats.unavailable.fetch_add(1, Relaxed);
+        tracing::debug!(service = service.name(), client = %flow.client, "no real server available");
+        return None;
+    };
+    let real = &service.reals[index];
+    Some(Scheduled {
+        address: real.address,
+        binding: real.state.bind(),
+        _template: template,
+    })
 }

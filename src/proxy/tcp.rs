@@ -5,12 +5,12 @@ use std::{io, net::SocketAddr, sync::atomic::Ordering::Relaxed, time::Duration};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Shared, relay,
+    Scheduled, Shared, relay,
     relay::{IdleTimeouts, RelayEnd},
     schedule,
     stream::{Listener, Stream},
 };
-use crate::{clock::Millis, config::ServiceKey, sched::Flow, table::FlowBinding};
+use crate::{clock::Millis, config::ServiceKey, sched::Flow};
 
 /// Reals tried for one client connection: the first choice and up to two more.
 const CONNECT_ATTEMPTS: usize = 3;
@@ -46,13 +46,13 @@ pub(super) async fn accept_loop(
 
 async fn handle(client: Stream, peer: SocketAddr, key: ServiceKey, shared: Shared) {
     let _flow = shared.flows.enter();
-    let Some((server, mut binding, timeouts)) = connect(peer, key, &shared).await else {
+    let Some((server, mut scheduled, timeouts)) = connect(peer, key, &shared).await else {
         // Refuse with a reset, as a closed port would.
         let _ = client.set_zero_linger();
         return;
     };
-    binding.set_active(true);
-    let end = relay::relay(&client, &server, &mut binding, timeouts).await;
+    scheduled.binding.set_active(true);
+    let end = relay::relay(&client, &server, &mut scheduled.binding, timeouts).await;
     match end {
         RelayEnd::Closed => {}
         RelayEnd::IdleTimeout => tracing::debug!(service = %key, client = %peer, "idle timeout"),
@@ -66,10 +66,10 @@ async fn connect(
     peer: SocketAddr,
     key: ServiceKey,
     shared: &Shared,
-) -> Option<(Stream, FlowBinding, IdleTimeouts)> {
+) -> Option<(Stream, Scheduled, IdleTimeouts)> {
     for attempt in 0..CONNECT_ATTEMPTS {
         let now = Millis::now();
-        let (address, binding, timeouts) = {
+        let (scheduled, timeouts) = {
             let table = shared.table.load();
             let service = table.service(&key)?;
             if attempt == 0 {
@@ -80,18 +80,19 @@ async fn connect(
                 destination: key.listen,
                 now,
             };
-            let (address, binding) = schedule(service, &flow)?;
+            let scheduled = schedule(service, &flow)?;
             let timeouts = IdleTimeouts {
                 established: table.timeouts.tcp,
                 half_closed: table.timeouts.tcp_fin,
             };
-            (address, binding, (timeouts, table.timeouts.connect))
+            (scheduled, (timeouts, table.timeouts.connect))
         };
         let (idle, connect_timeout) = timeouts;
+        let address = scheduled.address;
         let error = match tokio::time::timeout(connect_timeout, Stream::connect(address)).await {
             Ok(Ok(server)) => {
-                binding.real().record_success();
-                return Some((server, binding, idle));
+                scheduled.binding.real().record_success();
+                return Some((server, scheduled, idle));
             }
             Ok(Err(error)) => error,
             Err(_) => io::Error::new(
@@ -99,7 +100,7 @@ async fn connect(
                 format!("no answer within {connect_timeout:?}"),
             ),
         };
-        let failures = binding.real().record_failure(now);
+        let failures = scheduled.binding.real().record_failure(now);
         tracing::info!(service = %key, real = %address, %error, failures, "connect to real server failed; trying another");
     }
     None

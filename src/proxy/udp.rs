@@ -18,8 +18,8 @@ use ahash::RandomState;
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
-use super::{FlowGuard, Shared, pool, schedule};
-use crate::{clock::Millis, config::ServiceKey, sched::Flow, table::FlowBinding};
+use super::{FlowGuard, Scheduled, Shared, pool, schedule};
+use crate::{clock::Millis, config::ServiceKey, sched::Flow};
 
 /// Sessions of one service on one worker. Only that worker's thread touches the map, so the
 /// mutex is never contended; it is there because tasks must be `Send`.
@@ -42,7 +42,7 @@ struct SessionKey {
 struct Session {
     key: SessionKey,
     upstream: UdpSocket,
-    binding: FlowBinding,
+    scheduled: Scheduled,
     /// [`Millis`] of the last datagram either way.
     last_activity: AtomicU64,
     _flow: FlowGuard,
@@ -88,7 +88,7 @@ pub(super) async fn serve(
             else {
                 break;
             };
-            let stats = session.binding.real();
+            let stats = session.scheduled.binding.real();
             match session.upstream.send(datagram).await {
                 Ok(_) => {
                     stats.packets_in.fetch_add(1, Relaxed);
@@ -137,7 +137,8 @@ fn session_for(
         destination: key.listen,
         now: Millis::now(),
     };
-    let (address, binding) = schedule(service, &flow)?;
+    let scheduled = schedule(service, &flow)?;
+    let address = scheduled.address;
     let session_key = SessionKey {
         client,
         real: one_packet.then_some(address),
@@ -158,7 +159,7 @@ fn session_for(
     let session = Arc::new(Session {
         key: session_key,
         upstream,
-        binding,
+        scheduled,
         last_activity: AtomicU64::new(Millis::now().0),
         _flow: shared.flows.enter(),
     });
@@ -175,7 +176,7 @@ fn session_for(
 
 /// Passes the real's replies back to the client until the session idles out or fails.
 async fn replies(session: Arc<Session>, socket: Arc<UdpSocket>, sessions: Arc<Sessions>, idle: Duration) {
-    let stats = session.binding.real();
+    let stats = session.scheduled.binding.real();
     let client = session.key.client;
     loop {
         let remaining = idle.saturating_sub(session.idle_for());

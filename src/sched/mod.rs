@@ -8,6 +8,7 @@
 //! Every scheduler treats a real that is not [`Real::usable`] (down, overloaded, in passive
 //! back-off) as IPVS treats a real with the OVERLOAD flag.
 
+mod cache;
 mod common;
 mod dh;
 mod fo;
@@ -18,6 +19,7 @@ mod locality;
 mod mh;
 mod nq;
 mod ovf;
+pub mod persistence;
 mod rr;
 mod sed;
 mod sh;

@@ -23,7 +23,7 @@ pub use self::state::{FlowBinding, RealState};
 use crate::{
     clock::Millis,
     config::{Config, ForwardMethod, ServiceConfig, ServiceKey, Timeouts},
-    sched::{self, Scheduler},
+    sched::{self, Scheduler, persistence::Persistence},
 };
 
 /// The shared, lock-free view of the service table.
@@ -116,6 +116,8 @@ pub struct Service {
     pub reals: Vec<Real>,
     /// Picks a real for a new flow.
     pub scheduler: Box<dyn Scheduler>,
+    /// Persistence templates, when the service is persistent.
+    pub persistence: Option<Arc<Persistence>>,
     /// Totals, shared across snapshots.
     pub stats: Arc<ServiceStats>,
 }
@@ -153,11 +155,18 @@ impl Service {
             .filter(|service| service.config.scheduler == config.scheduler)
             .and_then(|service| service.scheduler.shared_state());
         let scheduler = sched::build(config.scheduler, &config.scheduler_flags, &reals, carried);
+        let persistence = config.persistence.as_ref().map(|settings| {
+            previous
+                .and_then(|service| service.persistence.as_ref())
+                .filter(|table| table.adopt(settings))
+                .map_or_else(|| Arc::new(Persistence::new(settings)), Arc::clone)
+        });
         Self {
             key: config.key(),
             config: config.clone(),
             reals,
             scheduler,
+            persistence,
             stats: previous.map_or_else(Arc::default, |service| Arc::clone(&service.stats)),
         }
     }

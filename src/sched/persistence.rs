@@ -1,0 +1,278 @@
+//! Persistence (`ipvsadm -p TIMEOUT -M NETMASK`, `ip_vs_sched_persist`): a *template* per
+//! client network (the client address masked by `netmask`) points to the real its first flow
+//! got. Later flows from that network go to the same real without asking the scheduler, while
+//! the template is valid: the real is still in the service and available (up, not in
+//! back-off). As in IPVS by default, a real at weight 0 or overloaded keeps its clients.
+//!
+//! A template lives while it has flows, and for `timeout` after its last flow ended.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+    time::Duration,
+};
+
+use super::{
+    Flow, Scheduler,
+    cache::{Change, ShardedCache},
+};
+use crate::{clock::Millis, config, table::Real};
+
+/// How often expired templates are swept out.
+const SWEEP_INTERVAL_MS: u64 = 10_000;
+/// Most templates kept per service.
+const HARD_CAP: usize = 1 << 20;
+
+#[derive(Debug)]
+struct Template {
+    real: SocketAddr,
+    /// Flows started under this template and not yet ended.
+    flows: u32,
+    /// When it expires if it has no flow.
+    expires: Millis,
+    /// Tells this template from a later one for the same network.
+    id: u64,
+}
+
+/// The templates of one service.
+#[derive(Debug)]
+pub struct Persistence {
+    templates: ShardedCache<Template>,
+    prefix: Option<u8>,
+    timeout_ms: AtomicU64,
+    next_id: AtomicU64,
+}
+
+/// A flow's hold on its template: the template cannot expire while a hold lives.
+#[derive(Debug)]
+pub struct TemplateHold {
+    table: Arc<Persistence>,
+    key: IpAddr,
+    id: u64,
+}
+
+impl Persistence {
+    /// Templates for `config`.
+    pub fn new(config: &config::Persistence) -> Self {
+        let table = Self {
+            templates: ShardedCache::new(HARD_CAP, "the persistence template table"),
+            prefix: config.netmask.prefix,
+            timeout_ms: AtomicU64::new(0),
+            next_id: AtomicU64::new(1),
+        };
+        table.set_timeout(config.timeout);
+        table
+    }
+
+    /// Whether this table can serve `config` (same netmask); its timeout is then updated.
+    pub fn adopt(&self, config: &config::Persistence) -> bool {
+        if config.netmask.prefix != self.prefix {
+            return false;
+        }
+        self.set_timeout(config.timeout);
+        true
+    }
+
+    fn set_timeout(&self, timeout: Duration) {
+        self.timeout_ms
+            .store(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX), Relaxed);
+    }
+
+    /// Templates held now.
+    pub fn len(&self) -> usize {
+        self.templates.len()
+    }
+
+    /// Whether there is no template.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The client's network: its address masked by the netmask.
+    fn key(&self, client: IpAddr) -> IpAddr {
+        match (client, self.prefix) {
+            (_, None) => client,
+            (IpAddr::V4(v4), Some(prefix)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(prefix.min(32))).unwrap_or(0);
+                Ipv4Addr::from(u32::from(v4) & mask).into()
+            }
+            (IpAddr::V6(v6), Some(prefix)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(prefix.min(128)))
+                    .unwrap_or(0);
+                Ipv6Addr::from(u128::from(v6) & mask).into()
+            }
+        }
+    }
+
+    /// The real for `flow`: its network's template's real while that is valid, else the
+    /// scheduler's choice (which becomes the template).
+    pub fn schedule(
+        self: &Arc<Self>,
+        reals: &[Real],
+        scheduler: &dyn Scheduler,
+        flow: &Flow,
+    ) -> Option<(usize, TemplateHold)> {
+        let now = flow.now;
+        if self.templates.sweep_due(now, SWEEP_INTERVAL_MS) {
+            self.templates.remove_where(usize::MAX, |template| {
+                template.flows == 0 && template.expires <= now
+            });
+        }
+        let key = self.key(flow.client.ip());
+        let chosen = self.templates.update(key, |template| {
+            if let Some(template) = template
+                && (template.flows > 0 || now < template.expires)
+                && let Some(i) = reals.iter().position(|real| real.address == template.real)
+                && reals[i].available(now)
+            {
+                template.flows += 1;
+                return (Some((i, template.id)), Change::Keep);
+            }
+            let Some(i) = scheduler.pick(reals, flow) else {
+                return (None, Change::Keep);
+            };
+            let id = self.next_id.fetch_add(1, Relaxed);
+            let template = Template {
+                real: reals[i].address,
+                flows: 1,
+                expires: now,
+                id,
+            };
+            (Some((i, id)), Change::Insert(template))
+        });
+        chosen.map(|(i, id)| {
+            (
+                i,
+                TemplateHold {
+                    table: Arc::clone(self),
+                    key,
+                    id,
+                },
+            )
+        })
+    }
+}
+
+impl Drop for TemplateHold {
+    fn drop(&mut self) {
+        let expires = Millis::now().plus(self.table.timeout_ms.load(Relaxed));
+        self.table.templates.update(self.key, |template| {
+            if let Some(template) = template
+                && template.id == self.id
+            {
+                template.flows = template.flows.saturating_sub(1);
+                template.expires = expires;
+            }
+            ((), Change::Keep)
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        config::{Netmask, Persistence as Settings},
+        sched::{build, testing},
+    };
+
+    fn table(netmask: Option<u8>, timeout_s: u64) -> Arc<Persistence> {
+        Arc::new(Persistence::new(&Settings {
+            timeout: Duration::from_secs(timeout_s),
+            netmask: Netmask { prefix: netmask },
+        }))
+    }
+
+    fn from(client: [u8; 4], now: u64) -> Flow {
+        Flow {
+            client: (client, 40_000).into(),
+            now: Millis(now),
+            ..testing::flow()
+        }
+    }
+
+    #[test]
+    fn a_client_keeps_its_real_across_flows() {
+        let reals = testing::reals(&[1, 1, 1]);
+        let rr = build(crate::config::SchedulerKind::Rr, &[], &reals, None);
+        let persistence = table(None, 360);
+        let (first, _hold) = persistence
+            .schedule(&reals, rr.as_ref(), &from([192, 0, 2, 1], 0))
+            .unwrap();
+        let (again, _hold2) = persistence
+            .schedule(&reals, rr.as_ref(), &from([192, 0, 2, 1], 5))
+            .unwrap();
+        assert_eq!(first, again);
+        let (other, _hold3) = persistence
+            .schedule(&reals, rr.as_ref(), &from([192, 0, 2, 2], 5))
+            .unwrap();
+        assert_ne!(other, first, "another client is scheduled by rr");
+    }
+
+    #[test]
+    fn the_netmask_groups_clients() {
+        let reals = testing::reals(&[1, 1, 1]);
+        let rr = build(crate::config::SchedulerKind::Rr, &[], &reals, None);
+        let persistence = table(Some(24), 360);
+        let (a, _h1) = persistence
+            .schedule(&reals, rr.as_ref(), &from([192, 0, 2, 1], 0))
+            .unwrap();
+        let (b, _h2) = persistence
+            .schedule(&reals, rr.as_ref(), &from([192, 0, 2, 200], 0))
+            .unwrap();
+        let (c, _h3) = persistence
+            .schedule(&reals, rr.as_ref(), &from([192, 0, 3, 1], 0))
+            .unwrap();
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+    }
+
+    #[test]
+    fn a_template_expires_after_its_last_flow_plus_timeout() {
+        let reals = testing::reals(&[1, 1]);
+        let rr = build(crate::config::SchedulerKind::Rr, &[], &reals, None);
+        let persistence = table(None, 0);
+        let (first, hold) = persistence
+            .schedule(&reals, rr.as_ref(), &from([192, 0, 2, 1], 0))
+            .unwrap();
+        // While the flow lives, the template holds even past its timeout.
+        let (again, hold2) = persistence
+            .schedule(&reals, rr.as_ref(), &from([192, 0, 2, 1], 1_000_000))
+            .unwrap();
+        assert_eq!(again, first);
+        drop((hold, hold2));
+        // Timeout 0 and no flow: the next flow is scheduled afresh (rr moves on).
+        let now = Millis::now().0 + 1;
+        let (next, _hold) = persistence
+            .schedule(&reals, rr.as_ref(), &from([192, 0, 2, 1], now))
+            .unwrap();
+        assert_ne!(next, first);
+    }
+
+    #[test]
+    fn weight_zero_keeps_clients_but_a_down_real_loses_them() {
+        let mut reals = testing::reals(&[1, 1]);
+        let rr = build(crate::config::SchedulerKind::Rr, &[], &reals, None);
+        let persistence = table(None, 360);
+        let (first, _hold) = persistence
+            .schedule(&reals, rr.as_ref(), &from([192, 0, 2, 1], 0))
+            .unwrap();
+        reals[first].weight = 0;
+        let (same, _h2) = persistence
+            .schedule(&reals, rr.as_ref(), &from([192, 0, 2, 1], 1))
+            .unwrap();
+        assert_eq!(
+            same, first,
+            "IPVS keeps templates of a quiesced real (expire_quiescent_template=0)"
+        );
+        reals[first].up = false;
+        let (moved, _h3) = persistence
+            .schedule(&reals, rr.as_ref(), &from([192, 0, 2, 1], 2))
+            .unwrap();
+        assert_ne!(moved, first);
+    }
+}
