@@ -4,7 +4,7 @@
 //! templates are built on it; each brings its own expiry rule.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, hash_map::Entry},
     net::IpAddr,
     sync::{
         Mutex, PoisonError,
@@ -63,19 +63,24 @@ impl<V> ShardedCache<V> {
         match change {
             Change::Keep => {}
             Change::Insert(value) => {
-                if shard.contains_key(&key) {
-                    shard.insert(key, value);
-                } else if self.len() >= self.cap {
-                    if !self.cap_logged.swap(true, Relaxed) {
-                        tracing::warn!(
-                            entries = self.cap,
-                            "{} is full; new clients are scheduled without an entry",
-                            self.what
-                        );
+                let full = self.len() >= self.cap;
+                match shard.entry(key) {
+                    Entry::Occupied(mut entry) => {
+                        entry.insert(value);
                     }
-                } else {
-                    shard.insert(key, value);
-                    self.entries.fetch_add(1, Relaxed);
+                    Entry::Vacant(_) if full => {
+                        if !self.cap_logged.swap(true, Relaxed) {
+                            tracing::warn!(
+                                entries = self.cap,
+                                "{} is full; new clients are scheduled without an entry",
+                                self.what
+                            );
+                        }
+                    }
+                    Entry::Vacant(entry) => {
+                        entry.insert(value);
+                        self.entries.fetch_add(1, Relaxed);
+                    }
                 }
             }
         }
