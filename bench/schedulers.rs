@@ -11,12 +11,8 @@ use ulvs::{
 
 fn picks(c: &mut Criterion) {
     let mut group = c.benchmark_group("pick");
-    for kind in [
-        SchedulerKind::Rr,
-        SchedulerKind::Wrr,
-        SchedulerKind::Lc,
-        SchedulerKind::Wlc,
-    ] {
+    use SchedulerKind::*;
+    for kind in [Rr, Wrr, Lc, Wlc, Sed, Nq, Lblc, Lblcr, Dh, Sh, Mh, Fo, Ovf, Twos] {
         for size in [8usize, 64, 1024] {
             let weights: Vec<u32> = (0..size).map(|i| 1 + (i as u32 * 7) % 5).collect();
             let reals = testing::reals(&weights);
