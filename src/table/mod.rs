@@ -255,6 +255,52 @@ mod tests {
     }
 
     #[test]
+    fn scheduling_state_survives_a_reload_unless_the_scheduler_changes() {
+        let lblc = "services:\n  - protocol: tcp\n    listen: 127.0.0.1:80\n    scheduler: lblc\n    persistence: {}\n    reals: [{address: '10.0.0.1:80'}, {address: '10.0.0.2:80'}]\n";
+        let first = table(lblc, None);
+        let service = &first.services()[0];
+        let flow = crate::sched::Flow {
+            client: ([192, 0, 2, 1], 1000).into(),
+            destination: ([192, 0, 2, 9], 80).into(),
+            now: Millis(0),
+        };
+        let (index, _hold) = service
+            .persistence
+            .as_ref()
+            .unwrap()
+            .schedule(&service.reals, service.scheduler.as_ref(), &flow)
+            .unwrap();
+        // Reweighted: same scheduler, so the cache and the templates carry over.
+        let second = table(
+            &lblc.replace("'10.0.0.2:80'}", "'10.0.0.2:80', weight: 3}"),
+            Some(&first),
+        );
+        let service2 = &second.services()[0];
+        assert!(Arc::ptr_eq(
+            service.persistence.as_ref().unwrap(),
+            service2.persistence.as_ref().unwrap()
+        ));
+        let (again, _hold2) = service2
+            .persistence
+            .as_ref()
+            .unwrap()
+            .schedule(&service2.reals, service2.scheduler.as_ref(), &flow)
+            .unwrap();
+        assert_eq!(service2.reals[again].address, service.reals[index].address);
+        let state = |table: &ServiceTable| table.services()[0].scheduler.shared_state().unwrap();
+        assert!(
+            state(&second).is(&state(&first)),
+            "the lblc cache is the same one"
+        );
+        // Another scheduler starts afresh.
+        let third = table(
+            &lblc.replace("scheduler: lblc", "scheduler: lblcr"),
+            Some(&second),
+        );
+        assert!(!state(&third).is(&state(&second)));
+    }
+
+    #[test]
     fn live_state_carries_across_rebuilds() {
         let first = table(TWO, None);
         let real = &first.services()[0].reals[0];
