@@ -14,6 +14,11 @@ const BACKOFF_BASE_MS: u64 = 1_000;
 /// Longest passive back-off.
 const BACKOFF_MAX_MS: u64 = 30_000;
 
+/// One active flow in [`SchedulingState::counts`].
+const ACTIVE: u64 = 1 << 32;
+/// One inactive flow in [`SchedulingState::counts`].
+const INACTIVE: u64 = 1;
+
 /// Counters and connection accounting of one real server of one service.
 ///
 /// Laid out so that what schedulers read on every pick (connection counts, overload and
@@ -39,8 +44,9 @@ pub struct RealState {
 #[derive(Debug, Default)]
 #[repr(C, align(64))]
 struct SchedulingState {
-    active: AtomicU32,
-    inactive: AtomicU32,
+    /// ActiveConn in the high 32 bits, InActConn in the low 32: one load reads both, and a
+    /// flow moves between them with one atomic add.
+    counts: AtomicU64,
     overloaded: AtomicBool,
     backoff_until: AtomicU64,
     max_conns: AtomicU32,
@@ -87,17 +93,24 @@ impl RealState {
 
     /// ActiveConn: flows established in both directions.
     pub fn active(&self) -> u32 {
-        self.scheduling.active.load(Relaxed)
+        (self.scheduling.counts.load(Relaxed) >> 32) as u32
     }
 
     /// InActConn: flows connecting, half-closed, and every UDP flow.
     pub fn inactive(&self) -> u32 {
-        self.scheduling.inactive.load(Relaxed)
+        self.scheduling.counts.load(Relaxed) as u32
+    }
+
+    /// ActiveConn + InActConn.
+    fn total(&self) -> u32 {
+        let counts = self.scheduling.counts.load(Relaxed);
+        (counts >> 32) as u32 + counts as u32
     }
 
     /// IPVS's connection overhead: one active flow weighs as much as 256 inactive ones.
     pub fn overhead(&self) -> u64 {
-        (u64::from(self.active()) << 8) + u64::from(self.inactive())
+        let counts = self.scheduling.counts.load(Relaxed);
+        ((counts >> 32) << 8) + (counts & 0xffff_ffff)
     }
 
     /// Whether the upper threshold was reached and the lower one not yet passed.
@@ -133,9 +146,9 @@ impl RealState {
     /// Binds a new flow to this real: it counts in `Conns` and starts inactive, as in IPVS.
     pub fn bind(self: &Arc<Self>) -> FlowBinding {
         self.conns.fetch_add(1, Relaxed);
-        self.scheduling.inactive.fetch_add(1, Relaxed);
+        self.scheduling.counts.fetch_add(INACTIVE, Relaxed);
         let max = self.scheduling.max_conns.load(Relaxed);
-        if max != 0 && self.active() + self.inactive() >= max {
+        if max != 0 && self.total() >= max {
             self.scheduling.overloaded.store(true, Relaxed);
         }
         FlowBinding {
@@ -145,12 +158,10 @@ impl RealState {
     }
 
     fn unbind(&self, active: bool) {
-        if active {
-            self.scheduling.active.fetch_sub(1, Relaxed);
-        } else {
-            self.scheduling.inactive.fetch_sub(1, Relaxed);
-        }
-        let total = self.active() + self.inactive();
+        self.scheduling
+            .counts
+            .fetch_sub(if active { ACTIVE } else { INACTIVE }, Relaxed);
+        let total = self.total();
         let (max, min) = (
             self.scheduling.max_conns.load(Relaxed),
             self.scheduling.min_conns.load(Relaxed),
@@ -200,13 +211,14 @@ impl FlowBinding {
         if self.active == active {
             return;
         }
-        let (from, to) = if active {
-            (&self.real.scheduling.inactive, &self.real.scheduling.active)
+        // Inactive → active adds 2^32 - 1 (one up, one down, no borrow: this flow is counted
+        // in the side it leaves); active → inactive subtracts it.
+        let counts = &self.real.scheduling.counts;
+        if active {
+            counts.fetch_add(ACTIVE - INACTIVE, Relaxed);
         } else {
-            (&self.real.scheduling.active, &self.real.scheduling.inactive)
-        };
-        to.fetch_add(1, Relaxed);
-        from.fetch_sub(1, Relaxed);
+            counts.fetch_sub(ACTIVE - INACTIVE, Relaxed);
+        }
         self.active = active;
     }
 }
