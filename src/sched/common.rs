@@ -1,7 +1,11 @@
 //! Pieces several schedulers share, each transcribed once from the kernel.
 
-use std::net::IpAddr;
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+};
 
+use super::Flow;
 use crate::{clock::Millis, table::Real};
 
 /// The multiplier of IPVS's multiplicative hashes (`2654435761`, Knuth's golden ratio).
@@ -60,4 +64,28 @@ pub(super) fn locality_overloaded(real: &Real, reals: &[Real]) -> bool {
         && reals
             .iter()
             .any(|other| u64::from(other.state.active()) * 2 < u64::from(other.weight))
+}
+
+/// The reals that are up, by index: the members of a hash table (a real that is down is, for
+/// IPVS, a real removed from the service).
+pub(super) fn up_members(reals: &[Real]) -> Vec<usize> {
+    (0..reals.len()).filter(|&i| reals[i].up).collect()
+}
+
+/// The port the hash schedulers mix in: the client's with `sh-port` / `mh-port`, else 0.
+pub(super) fn hashed_port(flow: &Flow, with_port: bool) -> u32 {
+    if with_port {
+        u32::from(flow.client.port())
+    } else {
+        0
+    }
+}
+
+/// Real address → index in `reals`, for caches that remember reals by address.
+pub(super) fn address_index(reals: &[Real]) -> HashMap<SocketAddr, usize> {
+    reals
+        .iter()
+        .enumerate()
+        .map(|(i, real)| (real.address, i))
+        .collect()
 }

@@ -8,7 +8,7 @@
 
 use super::{
     Flow, Scheduler,
-    common::{GOLDEN, fold, unavailable},
+    common::{GOLDEN, fold, unavailable, up_members},
 };
 use crate::table::Real;
 
@@ -23,7 +23,7 @@ pub(super) struct DestinationHash {
 
 impl DestinationHash {
     pub(super) fn new(reals: &[Real]) -> Self {
-        let members: Vec<usize> = (0..reals.len()).filter(|&i| reals[i].up).collect();
+        let members = up_members(reals);
         let buckets = (0..BUCKETS)
             .map(|b| (!members.is_empty()).then(|| members[b % members.len()]))
             .collect();

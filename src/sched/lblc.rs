@@ -9,7 +9,7 @@ use std::{collections::HashMap, net::SocketAddr, sync::Arc};
 
 use super::{
     Flow, Scheduler,
-    common::{conn_overhead, locality_overloaded, weighted_least},
+    common::{address_index, conn_overhead, locality_overloaded, weighted_least},
     locality::{Change, LocalityTable},
 };
 use crate::table::Real;
@@ -23,11 +23,7 @@ pub(super) struct Lblc {
 
 impl Lblc {
     pub(super) fn new(reals: &[Real], table: Option<Arc<LocalityTable<SocketAddr>>>) -> Self {
-        let index = reals
-            .iter()
-            .enumerate()
-            .map(|(i, real)| (real.address, i))
-            .collect();
+        let index = address_index(reals);
         Self {
             table: table.unwrap_or_else(|| Arc::new(LocalityTable::new())),
             index,

@@ -7,7 +7,7 @@ use std::{collections::HashMap, net::SocketAddr, sync::Arc};
 
 use super::{
     Flow, Scheduler,
-    common::{conn_overhead, locality_overloaded, weighted_least},
+    common::{address_index, conn_overhead, locality_overloaded, weighted_least},
     locality::{Change, EXPIRATION_MS, LocalityTable},
 };
 use crate::{clock::Millis, table::Real};
@@ -28,11 +28,7 @@ pub(super) struct Lblcr {
 
 impl Lblcr {
     pub(super) fn new(reals: &[Real], table: Option<Arc<LocalityTable<DestSet>>>) -> Self {
-        let index = reals
-            .iter()
-            .enumerate()
-            .map(|(i, real)| (real.address, i))
-            .collect();
+        let index = address_index(reals);
         Self {
             table: table.unwrap_or_else(|| Arc::new(LocalityTable::new())),
             index,

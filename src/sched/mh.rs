@@ -6,7 +6,7 @@
 
 use super::{
     Flow, Scheduler,
-    common::{fold, unavailable},
+    common::{fold, hashed_port, unavailable, up_members},
 };
 use crate::table::Real;
 
@@ -29,7 +29,7 @@ pub(super) struct Maglev {
 impl Maglev {
     /// Builds the table. A service may have at most [`TABLE_SIZE`] reals (checked in config).
     pub(super) fn new(reals: &[Real], fallback: bool, port: bool) -> Self {
-        let members: Vec<usize> = (0..reals.len()).filter(|&i| reals[i].up).collect();
+        let members = up_members(reals);
         let last_weight = |i: usize| reals[i].state.last_weight(reals[i].weight);
         let gcd = members
             .iter()
@@ -93,11 +93,7 @@ impl Maglev {
     }
 
     fn slot(&self, flow: &Flow, offset: u32) -> usize {
-        let port = if self.port {
-            u32::from(flow.client.port())
-        } else {
-            0
-        };
+        let port = hashed_port(flow, self.port);
         let value = offset.wrapping_add(port).wrapping_add(fold(flow.client.ip()));
         hsiphash(value, KEY1) as usize % TABLE_SIZE
     }

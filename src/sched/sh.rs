@@ -5,7 +5,7 @@
 
 use super::{
     Flow, Scheduler,
-    common::{GOLDEN, fold, unavailable},
+    common::{GOLDEN, fold, hashed_port, unavailable, up_members},
 };
 use crate::table::Real;
 
@@ -22,7 +22,7 @@ pub(super) struct SourceHash {
 
 impl SourceHash {
     pub(super) fn new(reals: &[Real], fallback: bool, port: bool) -> Self {
-        let members: Vec<usize> = (0..reals.len()).filter(|&i| reals[i].up).collect();
+        let members = up_members(reals);
         let mut buckets = Vec::with_capacity(BUCKETS);
         let (mut member, mut taken) = (0, 0);
         for _ in 0..BUCKETS {
@@ -46,11 +46,7 @@ impl SourceHash {
     }
 
     fn hash(&self, flow: &Flow, offset: u32) -> usize {
-        let port = if self.port {
-            u32::from(flow.client.port())
-        } else {
-            0
-        };
+        let port = hashed_port(flow, self.port);
         (offset.wrapping_add(port.wrapping_add(fold(flow.client.ip())).wrapping_mul(GOLDEN)) as usize)
             & (BUCKETS - 1)
     }
