@@ -13,23 +13,62 @@ pub(super) const GOLDEN: u32 = 2_654_435_761;
 
 /// The weighted-least loop of `ip_vs_wlc_schedule` (also lblc's and lblcr's fallback, and sed
 /// with another overhead): the first usable real with weight > 0 starts, then a usable real
-/// replaces it when `overhead(best) * weight(real) > overhead(real) * weight(best)`.
-pub(super) fn weighted_least(reals: &[Real], now: Millis, overhead: impl Fn(&Real) -> u64) -> Option<usize> {
-    let first = reals
-        .iter()
-        .position(|real| real.weight > 0 && real.usable(now))?;
-    let (mut best, mut best_overhead, mut best_weight) =
-        (first, overhead(&reals[first]), u64::from(reals[first].weight));
-    for (i, real) in reals.iter().enumerate().skip(first + 1) {
-        if !real.usable(now) {
-            continue;
-        }
-        let real_overhead = overhead(real);
-        if best_overhead * u64::from(real.weight) > real_overhead * best_weight {
-            (best, best_overhead, best_weight) = (i, real_overhead, u64::from(real.weight));
-        }
+/// replaces it when `overhead(best) * weight(real) > overhead(real) * weight(best)`. The
+/// result is the earliest usable real with weight > 0 of the least `overhead / weight`.
+///
+/// Run as two interleaved scans (even and odd positions) merged at the end, preferring the
+/// earlier real on a tie: the same result, but two independent chains of comparisons that
+/// the CPU overlaps instead of one. (Reals of weight 0 are skipped; in the kernel's scan they
+/// can never win a comparison.)
+///
+/// `lc` is the same search with every weight counted as 1: pass `weigh = |_| 1`.
+pub(super) fn weighted_least(
+    reals: &[Real],
+    now: Millis,
+    overhead: impl Fn(&Real) -> u64,
+    weigh: impl Fn(&Real) -> u64,
+) -> Option<usize> {
+    #[derive(Clone, Copy)]
+    struct Best {
+        index: usize,
+        overhead: u64,
+        weight: u64,
     }
-    Some(best)
+    let consider = |best: &mut Option<Best>, index: usize| {
+        let real = &reals[index];
+        if real.weight == 0 || !real.usable(now) {
+            return;
+        }
+        let (overhead, weight) = (overhead(real), weigh(real));
+        if best.is_none_or(|b| b.overhead * weight > overhead * b.weight) {
+            *best = Some(Best {
+                index,
+                overhead,
+                weight,
+            });
+        }
+    };
+    let (mut even, mut odd) = (None, None);
+    let mut i = 0;
+    while i + 1 < reals.len() {
+        consider(&mut even, i);
+        consider(&mut odd, i + 1);
+        i += 2;
+    }
+    if i < reals.len() {
+        consider(&mut even, i);
+    }
+    match (even, odd) {
+        (Some(a), Some(b)) => {
+            let (left, right) = (b.overhead * a.weight, a.overhead * b.weight);
+            Some(if left < right || (left == right && b.index < a.index) {
+                b.index
+            } else {
+                a.index
+            })
+        }
+        (a, b) => a.or(b).map(|best| best.index),
+    }
 }
 
 /// IPVS's connection overhead: `(ActiveConn << 8) + InActConn`.
@@ -88,4 +127,9 @@ pub(super) fn address_index(reals: &[Real]) -> HashMap<SocketAddr, usize> {
         .enumerate()
         .map(|(i, real)| (real.address, i))
         .collect()
+}
+
+/// The weight the weighted schedulers divide by: the real's own.
+pub(super) fn own_weight(real: &Real) -> u64 {
+    u64::from(real.weight)
 }

@@ -9,7 +9,7 @@ use std::{collections::HashMap, net::SocketAddr, sync::Arc};
 
 use super::{
     Flow, Scheduler,
-    common::{address_index, conn_overhead, locality_overloaded, weighted_least},
+    common::{address_index, conn_overhead, locality_overloaded, own_weight, weighted_least},
     locality::{Change, LocalityTable},
 };
 use crate::table::Real;
@@ -43,7 +43,7 @@ impl Scheduler for Lblc {
             if let Some(i) = keep {
                 return (Some(i), Change::Keep);
             }
-            match weighted_least(reals, flow.now, conn_overhead) {
+            match weighted_least(reals, flow.now, conn_overhead, own_weight) {
                 Some(i) => (Some(i), Change::Insert(reals[i].address)),
                 None => (None, Change::Keep),
             }

@@ -7,7 +7,7 @@ use std::{collections::HashMap, net::SocketAddr, sync::Arc};
 
 use super::{
     Flow, Scheduler,
-    common::{address_index, conn_overhead, locality_overloaded, weighted_least},
+    common::{address_index, conn_overhead, locality_overloaded, own_weight, weighted_least},
     locality::{Change, EXPIRATION_MS, LocalityTable},
 };
 use crate::{clock::Millis, table::Real};
@@ -76,7 +76,7 @@ impl Scheduler for Lblcr {
         let now = flow.now;
         self.table.update(flow.destination.ip(), now, |cached| {
             let Some(set) = cached else {
-                return match weighted_least(reals, now, conn_overhead) {
+                return match weighted_least(reals, now, conn_overhead, own_weight) {
                     Some(i) => (
                         Some(i),
                         Change::Insert(DestSet {
@@ -97,7 +97,7 @@ impl Scheduler for Lblcr {
             if let Some(i) = least.filter(|&i| !locality_overloaded(&reals[i], reals)) {
                 return (Some(i), Change::Keep);
             }
-            let chosen = weighted_least(reals, now, conn_overhead);
+            let chosen = weighted_least(reals, now, conn_overhead, own_weight);
             if let Some(i) = chosen
                 && !set.members.contains(&reals[i].address)
             {

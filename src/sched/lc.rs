@@ -1,7 +1,11 @@
 //! `lc`, least connection (`ip_vs_lc.c`): the usable real with weight > 0 and the smallest
-//! overhead `(ActiveConn << 8) + InActConn`; the first in the list wins a tie.
+//! overhead `(ActiveConn << 8) + InActConn`; the first in the list wins a tie. It is wlc's
+//! search with every weight counted as 1.
 
-use super::{Flow, Scheduler};
+use super::{
+    Flow, Scheduler,
+    common::{conn_overhead, weighted_least},
+};
 use crate::table::Real;
 
 /// Least connection.
@@ -10,17 +14,7 @@ pub(super) struct LeastConnection;
 
 impl Scheduler for LeastConnection {
     fn pick(&self, reals: &[Real], flow: &Flow) -> Option<usize> {
-        let mut least: Option<(usize, u64)> = None;
-        for (i, real) in reals.iter().enumerate() {
-            if real.weight == 0 || !real.usable(flow.now) {
-                continue;
-            }
-            let overhead = real.state.overhead();
-            if least.is_none_or(|(_, least_overhead)| overhead < least_overhead) {
-                least = Some((i, overhead));
-            }
-        }
-        least.map(|(i, _)| i)
+        weighted_least(reals, flow.now, conn_overhead, |_| 1)
     }
 }
 

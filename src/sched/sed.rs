@@ -1,7 +1,10 @@
 //! `sed`, shortest expected delay (`ip_vs_sed.c`): wlc's loop with overhead
 //! `ActiveConn + 1`; inactive flows do not count.
 
-use super::{Flow, Scheduler, common::weighted_least};
+use super::{
+    Flow, Scheduler,
+    common::{own_weight, weighted_least},
+};
 use crate::table::Real;
 
 /// Shortest expected delay.
@@ -10,7 +13,12 @@ pub(super) struct ShortestExpectedDelay;
 
 impl Scheduler for ShortestExpectedDelay {
     fn pick(&self, reals: &[Real], flow: &Flow) -> Option<usize> {
-        weighted_least(reals, flow.now, |real| u64::from(real.state.active()) + 1)
+        weighted_least(
+            reals,
+            flow.now,
+            |real| u64::from(real.state.active()) + 1,
+            own_weight,
+        )
     }
 }
 

@@ -4,7 +4,7 @@
 
 use super::{
     Flow, Scheduler,
-    common::{conn_overhead, weighted_least},
+    common::{conn_overhead, own_weight, weighted_least},
 };
 use crate::table::Real;
 
@@ -14,7 +14,7 @@ pub(super) struct WeightedLeastConnection;
 
 impl Scheduler for WeightedLeastConnection {
     fn pick(&self, reals: &[Real], flow: &Flow) -> Option<usize> {
-        weighted_least(reals, flow.now, conn_overhead)
+        weighted_least(reals, flow.now, conn_overhead, own_weight)
     }
 }
 
