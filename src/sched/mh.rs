@@ -288,7 +288,7 @@ mod tests {
             let shares = shares(&after);
             let fair = TABLE_SIZE as f64 / (n - 1) as f64;
             for count in shares.values() {
-                prop_assert!((*count as f64 - fair).abs() / fair < 0.1, "{:?}", shares);
+                prop_assert!((*count as f64 - fair).abs() / fair < 0.05, "{:?}", shares);
             }
         }
     }
