@@ -304,3 +304,24 @@ fn an_idle_connection_is_closed_after_timeouts_tcp() {
         "closed near the 400 ms timeout, not later ({elapsed:?})"
     );
 }
+
+#[test]
+fn the_sorry_server_serves_only_while_no_real_is_available() {
+    let real = TcpBackend::start("real");
+    let sorry = TcpBackend::start("sorry");
+    let listen = service_addr();
+    let with_sorry = |weight: u32| {
+        one_service("tcp", listen, "rr", &[(real.address, weight)], "").replace(
+            "    scheduler: rr\n",
+            &format!("    scheduler: rr\n    sorry_server: {}\n", sorry.address),
+        )
+    };
+    // The only real is quiesced: every new flow goes to the sorry server.
+    let mut lbd = Lbd::start(&with_sorry(0));
+    assert_eq!(distribution(listen, 5).get("sorry"), Some(&5));
+    // As soon as a real is available again, flows go back to it.
+    std::fs::write(lbd.config_path(), with_sorry(1)).unwrap();
+    lbd.signal(Signal::SIGHUP);
+    lbd.wait_for_log("configuration reloaded", 1);
+    assert_eq!(distribution(listen, 5).get("real"), Some(&5));
+}

@@ -74,11 +74,9 @@ fn run(args: Args) -> Result<(), String> {
             let config = source.load().map_err(|error| error.to_string())?;
             if args.check {
                 let reals: usize = config.services.iter().map(|service| service.reals.len()).sum();
-                println!(
-                    "{}: OK ({} services, {reals} reals)",
-                    args.config.display(),
-                    config.services.len()
-                );
+                let count = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
+                let (services, reals) = (count(config.services.len(), "service"), count(reals, "real"));
+                println!("{}: OK ({services}, {reals})", args.config.display());
                 return Ok(());
             }
             runtime

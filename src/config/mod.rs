@@ -199,7 +199,6 @@ fn supported(config: &Config) -> Result<(), Problem> {
         }
         let unsupported = [
             ("proxy_protocol", service.proxy_protocol != ProxyProtocol::None),
-            ("sorry_server", service.sorry_server.is_some()),
             (
                 "health_check",
                 service

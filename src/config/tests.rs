@@ -52,7 +52,6 @@ fn later_features_are_rejected_as_not_supported_yet() {
     let service_cases = [
         ("forward: nat", "forward `nat`"),
         ("proxy_protocol: v2", "`proxy_protocol`"),
-        ("sorry_server: 127.0.0.1:9", "`sorry_server`"),
         ("health_check: { type: tcp }", "`health_check`"),
     ];
     for (line, needle) in service_cases {

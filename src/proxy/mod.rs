@@ -74,8 +74,9 @@ struct Scheduled {
     _template: Option<TemplateHold>,
 }
 
-/// Schedules `flow` in `service` (through its persistence templates, if any), or returns
-/// `None`, counted as unavailable, when no real can take it.
+/// Schedules `flow` in `service` (through its persistence templates, if any). When no real can
+/// take it, the flow goes to the sorry server if there is one; otherwise it is refused:
+/// `None`, counted as unavailable.
 fn schedule(service: &Service, flow: &Flow) -> Option<Scheduled> {
     let chosen = match &service.persistence {
         Some(persistence) => persistence
@@ -87,6 +88,13 @@ fn schedule(service: &Service, flow: &Flow) -> Option<Scheduled> {
             .map(|index| (index, None)),
     };
     let Some((index, template)) = chosen else {
+        if let Some(sorry) = &service.sorry {
+            return Some(Scheduled {
+                address: sorry.address,
+                binding: sorry.state.bind(),
+                _template: None,
+            });
+        }
         service.stats.unavailable.fetch_add(1, Relaxed);
         tracing::debug!(service = service.name(), client = %flow.client, "no real server available");
         return None;

@@ -118,6 +118,8 @@ pub struct Service {
     pub scheduler: Box<dyn Scheduler>,
     /// Persistence templates, when the service is persistent.
     pub persistence: Option<Arc<Persistence>>,
+    /// The sorry server: new flows go there only while no real can take them.
+    pub sorry: Option<Real>,
     /// Totals, shared across snapshots.
     pub stats: Arc<ServiceStats>,
 }
@@ -161,12 +163,20 @@ impl Service {
                 .filter(|table| table.adopt(settings))
                 .map_or_else(|| Arc::new(Persistence::new(settings)), Arc::clone)
         });
+        let sorry = config.sorry_server.map(|address| {
+            let state = previous
+                .and_then(|service| service.sorry.as_ref())
+                .filter(|old| old.address == address)
+                .map_or_else(|| Arc::new(RealState::new(0, 0)), |old| Arc::clone(&old.state));
+            Real::new(address, 1, state)
+        });
         Self {
             key: config.key(),
             config: config.clone(),
             reals,
             scheduler,
             persistence,
+            sorry,
             stats: previous.map_or_else(Arc::default, |service| Arc::clone(&service.stats)),
         }
     }
