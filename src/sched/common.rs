@@ -133,3 +133,15 @@ pub(super) fn address_index(reals: &[Real]) -> HashMap<SocketAddr, usize> {
 pub(super) fn own_weight(real: &Real) -> u64 {
     u64::from(real.weight)
 }
+
+/// The usable real with the highest weight (above 0) among those `eligible` allows; the first
+/// in the list wins a tie. `fo` allows all; `ovf` only reals within their weight.
+pub(super) fn heaviest(reals: &[Real], now: Millis, eligible: impl Fn(&Real) -> bool) -> Option<usize> {
+    let mut best: Option<usize> = None;
+    for (i, real) in reals.iter().enumerate() {
+        if real.usable(now) && eligible(real) && real.weight > best.map_or(0, |b| reals[b].weight) {
+            best = Some(i);
+        }
+    }
+    best
+}

@@ -1,7 +1,7 @@
 //! `fo`, weighted failover (`ip_vs_fo.c`): the usable real with the highest weight; the first
 //! in the list wins a tie.
 
-use super::{Flow, Scheduler};
+use super::{Flow, Scheduler, common::heaviest};
 use crate::table::Real;
 
 /// Weighted failover.
@@ -10,13 +10,7 @@ pub(super) struct Failover;
 
 impl Scheduler for Failover {
     fn pick(&self, reals: &[Real], flow: &Flow) -> Option<usize> {
-        let mut best: Option<usize> = None;
-        for (i, real) in reals.iter().enumerate() {
-            if real.usable(flow.now) && real.weight > best.map_or(0, |b| reals[b].weight) {
-                best = Some(i);
-            }
-        }
-        best
+        heaviest(reals, flow.now, |_| true)
     }
 }
 

@@ -1,7 +1,7 @@
 //! `ovf`, weighted overflow (`ip_vs_ovf.c`): the highest-weight usable real whose active flows
 //! do not exceed its weight; traffic spills to the next weight once they do.
 
-use super::{Flow, Scheduler};
+use super::{Flow, Scheduler, common::heaviest};
 use crate::table::Real;
 
 /// Weighted overflow.
@@ -10,16 +10,7 @@ pub(super) struct Overflow;
 
 impl Scheduler for Overflow {
     fn pick(&self, reals: &[Real], flow: &Flow) -> Option<usize> {
-        let mut best: Option<usize> = None;
-        for (i, real) in reals.iter().enumerate() {
-            if !real.usable(flow.now) || real.weight == 0 || real.state.active() > real.weight {
-                continue;
-            }
-            if best.is_none_or(|b| real.weight > reals[b].weight) {
-                best = Some(i);
-            }
-        }
-        best
+        heaviest(reals, flow.now, |real| real.state.active() <= real.weight)
     }
 }
 
