@@ -30,16 +30,6 @@ pub enum ConfigError {
     },
 }
 
-impl ConfigError {
-    /// The human-readable problem without the origin prefix.
-    pub fn message(&self) -> String {
-        match self {
-            Self::Read { source, .. } => source.to_string(),
-            Self::Invalid { message, .. } => message.clone(),
-        }
-    }
-}
-
 /// `:LINE:COLUMN`, or nothing when the position is unknown.
 struct Position(Option<usize>, Option<usize>);
 

@@ -100,16 +100,25 @@ fn locate(source: &str, needle: &str, occurrence: usize) -> Option<(usize, usize
     Some((line, column))
 }
 
+/// For each service, which appearance of its listen text in the source is its own (a second
+/// service on the same text is its second appearance), to locate problems.
+fn listen_occurrences(services: &[ServiceConfig]) -> Vec<usize> {
+    let mut seen = std::collections::HashMap::new();
+    services
+        .iter()
+        .map(|service| {
+            let count = seen.entry(service.listen_text.as_str()).or_insert(0usize);
+            *count += 1;
+            *count - 1
+        })
+        .collect()
+}
+
 fn validate(config: &Config) -> Result<(), Problem> {
     let mut keys = HashSet::new();
     let mut names = HashSet::new();
-    let mut listen_seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
-    for service in &config.services {
+    for (service, occurrence) in config.services.iter().zip(listen_occurrences(&config.services)) {
         let listen_text = service.listen_text.clone();
-        let occurrence = *listen_seen
-            .entry(listen_text.clone())
-            .and_modify(|n| *n += 1)
-            .or_insert(0);
         if !keys.insert(service.key()) {
             return Err(Problem {
                 message: format!(
@@ -174,12 +183,7 @@ fn supported(config: &Config) -> Result<(), Problem> {
     if let Some((key, _)) = sections.iter().find(|(_, present)| *present) {
         return Err(not_yet(&format!("`{key}`"), &format!("{key}:"), 0));
     }
-    let mut listen_seen = std::collections::HashMap::new();
-    for service in &config.services {
-        let occurrence = *listen_seen
-            .entry(&service.listen_text)
-            .and_modify(|n| *n += 1)
-            .or_insert(0usize);
+    for (service, occurrence) in config.services.iter().zip(listen_occurrences(&config.services)) {
         let at = |what: String| {
             not_yet(
                 &format!("service `{}`: {what}", service.name),

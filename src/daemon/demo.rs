@@ -19,8 +19,8 @@ pub async fn run(listen: SocketAddr) -> Result<(), StartError> {
     for (i, weight) in WEIGHTS.iter().enumerate() {
         let listener = TcpListener::bind(("127.0.0.1", 0))
             .await
-            .map_err(StartError::Workers)?;
-        let address = listener.local_addr().map_err(StartError::Workers)?;
+            .map_err(StartError::Demo)?;
+        let address = listener.local_addr().map_err(StartError::Demo)?;
         let name = format!("backend-{}", i + 1);
         tokio::spawn(serve_http(listener, name.clone()));
         backends.push((name, address, *weight));

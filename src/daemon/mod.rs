@@ -62,6 +62,12 @@ pub enum StartError {
     /// A worker thread or runtime could not be created.
     #[error("cannot start the data-plane workers: {0}")]
     Workers(std::io::Error),
+    /// The signal handlers (SIGHUP, SIGTERM, SIGINT) could not be installed.
+    #[error("cannot install the signal handlers: {0}")]
+    Signals(std::io::Error),
+    /// `lbd demo` could not start its backends.
+    #[error("cannot start the demo's backends on loopback: {0}")]
+    Demo(std::io::Error),
 }
 
 /// A reload was refused; the running configuration is untouched.
@@ -240,10 +246,9 @@ impl Director {
 /// up to `drain_timeout`. Must run inside a tokio runtime (the control plane's).
 pub async fn serve(source: ConfigSource, config: Config) -> Result<(), StartError> {
     // Install the handlers before binding, so a signal that arrives early is not fatal.
-    let signal_error = |error| StartError::Workers(error);
-    let mut hangup = signal(SignalKind::hangup()).map_err(signal_error)?;
-    let mut terminate = signal(SignalKind::terminate()).map_err(signal_error)?;
-    let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_error)?;
+    let mut hangup = signal(SignalKind::hangup()).map_err(StartError::Signals)?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(StartError::Signals)?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(StartError::Signals)?;
     let mut director = Director::start(source, config)?;
     loop {
         tokio::select! {

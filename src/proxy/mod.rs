@@ -80,7 +80,12 @@ struct Scheduled {
 fn schedule(service: &Service, flow: &Flow) -> Option<Scheduled> {
     let chosen = match &service.persistence {
         Some(persistence) => persistence
-            .schedule(&service.reals, service.scheduler.as_ref(), flow)
+            .schedule(
+                &service.reals,
+                |address| service.position(address),
+                service.scheduler.as_ref(),
+                flow,
+            )
             .map(|(index, hold)| (index, Some(hold))),
         None => service
             .scheduler

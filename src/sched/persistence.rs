@@ -109,10 +109,12 @@ impl Persistence {
     }
 
     /// The real for `flow`: its network's template's real while that is valid, else the
-    /// scheduler's choice (which becomes the template).
+    /// scheduler's choice (which becomes the template). `position` finds a real's index in
+    /// `reals` by address.
     pub fn schedule(
         self: &Arc<Self>,
         reals: &[Real],
+        position: impl Fn(SocketAddr) -> Option<usize>,
         scheduler: &dyn Scheduler,
         flow: &Flow,
     ) -> Option<(usize, TemplateHold)> {
@@ -126,7 +128,7 @@ impl Persistence {
         let chosen = self.templates.update(key, |template| {
             if let Some(template) = template
                 && (template.flows > 0 || now < template.expires)
-                && let Some(i) = reals.iter().position(|real| real.address == template.real)
+                && let Some(i) = position(template.real)
                 && reals[i].available(now)
             {
                 template.flows += 1;
@@ -187,6 +189,10 @@ mod tests {
         }))
     }
 
+    fn find(reals: &[Real], address: SocketAddr) -> Option<usize> {
+        reals.iter().position(|real| real.address == address)
+    }
+
     fn from(client: [u8; 4], now: u64) -> Flow {
         Flow {
             client: (client, 40_000).into(),
@@ -201,14 +207,14 @@ mod tests {
         let rr = build(crate::config::SchedulerKind::Rr, &[], &reals, None);
         let persistence = table(None, 360);
         let (first, _hold) = persistence
-            .schedule(&reals, rr.as_ref(), &from([192, 0, 2, 1], 0))
+            .schedule(&reals, |a| find(&reals, a), rr.as_ref(), &from([192, 0, 2, 1], 0))
             .unwrap();
         let (again, _hold2) = persistence
-            .schedule(&reals, rr.as_ref(), &from([192, 0, 2, 1], 5))
+            .schedule(&reals, |a| find(&reals, a), rr.as_ref(), &from([192, 0, 2, 1], 5))
             .unwrap();
         assert_eq!(first, again);
         let (other, _hold3) = persistence
-            .schedule(&reals, rr.as_ref(), &from([192, 0, 2, 2], 5))
+            .schedule(&reals, |a| find(&reals, a), rr.as_ref(), &from([192, 0, 2, 2], 5))
             .unwrap();
         assert_ne!(other, first, "another client is scheduled by rr");
     }
@@ -219,13 +225,18 @@ mod tests {
         let rr = build(crate::config::SchedulerKind::Rr, &[], &reals, None);
         let persistence = table(Some(24), 360);
         let (a, _h1) = persistence
-            .schedule(&reals, rr.as_ref(), &from([192, 0, 2, 1], 0))
+            .schedule(&reals, |a| find(&reals, a), rr.as_ref(), &from([192, 0, 2, 1], 0))
             .unwrap();
         let (b, _h2) = persistence
-            .schedule(&reals, rr.as_ref(), &from([192, 0, 2, 200], 0))
+            .schedule(
+                &reals,
+                |a| find(&reals, a),
+                rr.as_ref(),
+                &from([192, 0, 2, 200], 0),
+            )
             .unwrap();
         let (c, _h3) = persistence
-            .schedule(&reals, rr.as_ref(), &from([192, 0, 3, 1], 0))
+            .schedule(&reals, |a| find(&reals, a), rr.as_ref(), &from([192, 0, 3, 1], 0))
             .unwrap();
         assert_eq!(a, b);
         assert_ne!(a, c);
@@ -237,18 +248,28 @@ mod tests {
         let rr = build(crate::config::SchedulerKind::Rr, &[], &reals, None);
         let persistence = table(None, 0);
         let (first, hold) = persistence
-            .schedule(&reals, rr.as_ref(), &from([192, 0, 2, 1], 0))
+            .schedule(&reals, |a| find(&reals, a), rr.as_ref(), &from([192, 0, 2, 1], 0))
             .unwrap();
         // While the flow lives, the template holds even past its timeout.
         let (again, hold2) = persistence
-            .schedule(&reals, rr.as_ref(), &from([192, 0, 2, 1], 1_000_000))
+            .schedule(
+                &reals,
+                |a| find(&reals, a),
+                rr.as_ref(),
+                &from([192, 0, 2, 1], 1_000_000),
+            )
             .unwrap();
         assert_eq!(again, first);
         drop((hold, hold2));
         // Timeout 0 and no flow: the next flow is scheduled afresh (rr moves on).
         let now = Millis::now().0 + 1;
         let (next, _hold) = persistence
-            .schedule(&reals, rr.as_ref(), &from([192, 0, 2, 1], now))
+            .schedule(
+                &reals,
+                |a| find(&reals, a),
+                rr.as_ref(),
+                &from([192, 0, 2, 1], now),
+            )
             .unwrap();
         assert_ne!(next, first);
     }
@@ -259,11 +280,11 @@ mod tests {
         let rr = build(crate::config::SchedulerKind::Rr, &[], &reals, None);
         let persistence = table(None, 360);
         let (first, _hold) = persistence
-            .schedule(&reals, rr.as_ref(), &from([192, 0, 2, 1], 0))
+            .schedule(&reals, |a| find(&reals, a), rr.as_ref(), &from([192, 0, 2, 1], 0))
             .unwrap();
         reals[first].weight = 0;
         let (same, _h2) = persistence
-            .schedule(&reals, rr.as_ref(), &from([192, 0, 2, 1], 1))
+            .schedule(&reals, |a| find(&reals, a), rr.as_ref(), &from([192, 0, 2, 1], 1))
             .unwrap();
         assert_eq!(
             same, first,
@@ -271,7 +292,7 @@ mod tests {
         );
         reals[first].up = false;
         let (moved, _h3) = persistence
-            .schedule(&reals, rr.as_ref(), &from([192, 0, 2, 1], 2))
+            .schedule(&reals, |a| find(&reals, a), rr.as_ref(), &from([192, 0, 2, 1], 2))
             .unwrap();
         assert_ne!(moved, first);
     }

@@ -120,6 +120,8 @@ pub struct Service {
     pub persistence: Option<Arc<Persistence>>,
     /// The sorry server: new flows go there only while no real can take them.
     pub sorry: Option<Real>,
+    /// Real address → index in `reals`.
+    positions: HashMap<SocketAddr, usize>,
     /// Totals, shared across snapshots.
     pub stats: Arc<ServiceStats>,
 }
@@ -170,9 +172,15 @@ impl Service {
                 .map_or_else(|| Arc::new(RealState::new(0, 0)), |old| Arc::clone(&old.state));
             Real::new(address, 1, state)
         });
+        let positions = reals
+            .iter()
+            .enumerate()
+            .map(|(i, real)| (real.address, i))
+            .collect();
         Self {
             key: config.key(),
             config: config.clone(),
+            positions,
             reals,
             scheduler,
             persistence,
@@ -188,7 +196,12 @@ impl Service {
 
     /// The real with this address.
     pub fn real(&self, address: SocketAddr) -> Option<&Real> {
-        self.reals.iter().find(|real| real.address == address)
+        self.position(address).map(|i| &self.reals[i])
+    }
+
+    /// The index in `reals` of the real with this address.
+    pub fn position(&self, address: SocketAddr) -> Option<usize> {
+        self.positions.get(&address).copied()
     }
 }
 
@@ -210,7 +223,7 @@ pub struct Real {
 }
 
 impl Real {
-    /// A real for tests and benchmarks of schedulers.
+    /// An up real outside any config: scheduler tests and benchmarks, and the sorry server.
     pub fn new(address: SocketAddr, weight: u32, state: Arc<RealState>) -> Self {
         Self {
             address,
@@ -278,7 +291,12 @@ mod tests {
             .persistence
             .as_ref()
             .unwrap()
-            .schedule(&service.reals, service.scheduler.as_ref(), &flow)
+            .schedule(
+                &service.reals,
+                |a| service.position(a),
+                service.scheduler.as_ref(),
+                &flow,
+            )
             .unwrap();
         // Reweighted: same scheduler, so the cache and the templates carry over.
         let second = table(
@@ -294,7 +312,12 @@ mod tests {
             .persistence
             .as_ref()
             .unwrap()
-            .schedule(&service2.reals, service2.scheduler.as_ref(), &flow)
+            .schedule(
+                &service2.reals,
+                |a| service2.position(a),
+                service2.scheduler.as_ref(),
+                &flow,
+            )
             .unwrap();
         assert_eq!(service2.reals[again].address, service.reals[index].address);
         let state = |table: &ServiceTable| table.services()[0].scheduler.shared_state().unwrap();
