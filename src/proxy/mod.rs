@@ -24,6 +24,8 @@ use std::{
 };
 
 use crate::{
+    clock::Millis,
+    config::ServiceKey,
     sched::{Flow, persistence::TemplateHold},
     table::{FlowBinding, Service, TableHandle},
 };
@@ -72,6 +74,26 @@ struct Scheduled {
     binding: FlowBinding,
     /// Its hold on the client's persistence template, if the service is persistent.
     _template: Option<TemplateHold>,
+}
+
+impl Scheduled {
+    /// Records that the real refused or did not answer. When the service checks its reals,
+    /// the checker hears of it at once (`fall` failed connects in a row take the real down);
+    /// otherwise the real enters passive back-off. Returns the real's consecutive failures.
+    fn failed(&self, table: &TableHandle, service: &ServiceKey, now: Millis) -> u32 {
+        let snapshot = table.load();
+        let real = snapshot
+            .service(service)
+            .and_then(|service| service.real(self.address));
+        match real.and_then(|real| real.check.as_ref()) {
+            Some(check) => {
+                let streak = self.binding.real().count_failure();
+                check.note_passive_failure(streak);
+                streak
+            }
+            None => self.binding.real().record_failure(now),
+        }
+    }
 }
 
 /// Schedules `flow` in `service` (through its persistence templates, if any). When no real can

@@ -100,7 +100,7 @@ async fn connect(
                 format!("no answer within {connect_timeout:?}"),
             ),
         };
-        let failures = scheduled.binding.real().record_failure(now);
+        let failures = scheduled.failed(&shared.table, &key, now);
         tracing::info!(service = %key, real = %address, %error, failures, "connect to real server failed; trying another");
     }
     None

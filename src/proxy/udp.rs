@@ -19,7 +19,7 @@ use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
 use super::{FlowGuard, Scheduled, Shared, pool, schedule};
-use crate::{clock::Millis, config::ServiceKey, sched::Flow};
+use crate::{clock::Millis, config::ServiceKey, sched::Flow, table::TableHandle};
 
 /// Sessions of one service on one worker. Only that worker's thread touches the map, so the
 /// mutex is never contended; it is there because tasks must be `Send`.
@@ -99,7 +99,7 @@ pub(super) async fn serve(
                 Err(error) if error.kind() == io::ErrorKind::ConnectionRefused => {
                     // An ICMP unreachable from an earlier datagram: that real is gone;
                     // end the session and schedule this datagram again.
-                    stats.record_failure(Millis::now());
+                    session.scheduled.failed(&shared.table, &key, Millis::now());
                     end_session(&sessions, &session);
                 }
                 Err(error) => {
@@ -166,6 +166,8 @@ fn session_for(
     sessions.with(|map| map.insert(session_key, Arc::clone(&session)));
     let idle = table.timeouts.udp;
     tokio::spawn(replies(
+        key,
+        Arc::clone(&shared.table),
         Arc::clone(&session),
         Arc::clone(socket),
         Arc::clone(sessions),
@@ -175,7 +177,14 @@ fn session_for(
 }
 
 /// Passes the real's replies back to the client until the session idles out or fails.
-async fn replies(session: Arc<Session>, socket: Arc<UdpSocket>, sessions: Arc<Sessions>, idle: Duration) {
+async fn replies(
+    key: ServiceKey,
+    table: Arc<TableHandle>,
+    session: Arc<Session>,
+    socket: Arc<UdpSocket>,
+    sessions: Arc<Sessions>,
+    idle: Duration,
+) {
     let stats = session.scheduled.binding.real();
     let client = session.key.client;
     loop {
@@ -196,6 +205,7 @@ async fn replies(session: Arc<Session>, socket: Arc<UdpSocket>, sessions: Arc<Se
         let received = session.upstream.try_recv(&mut buffer);
         match received {
             Ok(len) => {
+                stats.record_success();
                 stats.packets_out.fetch_add(1, Relaxed);
                 stats.bytes_out.fetch_add(len as u64, Relaxed);
                 session.touch();
@@ -208,7 +218,7 @@ async fn replies(session: Arc<Session>, socket: Arc<UdpSocket>, sessions: Arc<Se
             Err(error) => {
                 pool::give(buffer);
                 if error.kind() == io::ErrorKind::ConnectionRefused {
-                    stats.record_failure(Millis::now());
+                    session.scheduled.failed(&table, &key, Millis::now());
                 }
                 tracing::debug!(client = %client, %error, "udp session ended");
                 break;

@@ -6,6 +6,7 @@
 //!
 //! This module does no I/O.
 
+mod health;
 mod state;
 
 use std::{
@@ -19,7 +20,10 @@ use std::{
 
 use arc_swap::ArcSwap;
 
-pub use self::state::{FlowBinding, RealState};
+pub use self::{
+    health::{CheckRecord, CheckResult, CheckStatus, DynamicWeight, HealthView},
+    state::{FlowBinding, RealState},
+};
 use crate::{
     clock::Millis,
     config::{Config, ForwardMethod, ServiceConfig, ServiceKey, Timeouts},
@@ -62,15 +66,17 @@ pub struct ServiceTable {
 }
 
 impl ServiceTable {
-    /// Builds a snapshot from `config`, reusing the live state of services and reals that
-    /// exist in `previous` (same protocol, VIP:port and real address).
-    pub fn build(config: &Config, previous: Option<&Self>) -> Self {
+    /// Builds a snapshot from `config` and the health checks' verdicts, reusing the live
+    /// state of services and reals that exist in `previous` (same protocol, VIP:port and real
+    /// address). A service whose settings and reals are exactly as in `previous` is shared
+    /// as it is, scheduler state included.
+    pub fn build(config: &Config, previous: Option<&Self>, health: &HealthView) -> Self {
         let services: Vec<Arc<Service>> = config
             .services
             .iter()
             .map(|service| {
                 let old = previous.and_then(|table| table.service(&service.key()));
-                Arc::new(Service::build(service, old.map(Arc::as_ref)))
+                Service::build(service, old, health)
             })
             .collect();
         let index = services
@@ -127,8 +133,14 @@ pub struct Service {
 }
 
 impl Service {
-    fn build(config: &ServiceConfig, previous: Option<&Self>) -> Self {
+    fn build(config: &ServiceConfig, previous: Option<&Arc<Self>>, health: &HealthView) -> Arc<Self> {
         static NEXT_SEQUENCE: AtomicU64 = AtomicU64::new(1);
+        let key = config.key();
+        let on_down = config
+            .health_check
+            .as_ref()
+            .map(|check| check.on_down)
+            .unwrap_or_default();
         let mut reals: Vec<Real> = config
             .reals
             .iter()
@@ -141,17 +153,29 @@ impl Service {
                     }
                     None => Arc::new(RealState::new(real.max_conns, real.min_conns)),
                 };
+                let check = health.get(&key, real.address).cloned();
+                let (up, weight) = check.as_ref().map_or((true, real.weight), |status| {
+                    status.published(real.weight, on_down)
+                });
+                if up && old.is_some_and(|old| !old.up) {
+                    // Back up after a check passed: passive back-off from before is over.
+                    state.record_success();
+                }
                 Real {
                     address: real.address,
-                    weight: real.weight,
+                    weight,
                     forward: real.forward_in(config),
-                    up: true,
+                    up,
                     state,
+                    check,
                     added: old.map_or_else(|| NEXT_SEQUENCE.fetch_add(1, Relaxed), |old| old.added),
                 }
             })
             .collect();
         reals.sort_by_key(|real| std::cmp::Reverse(real.added));
+        if let Some(previous) = previous.filter(|old| old.config == *config && old.reals == reals) {
+            return Arc::clone(previous);
+        }
         for real in &reals {
             real.state.note_weight(real.weight);
         }
@@ -177,8 +201,8 @@ impl Service {
             .enumerate()
             .map(|(i, real)| (real.address, i))
             .collect();
-        Self {
-            key: config.key(),
+        Arc::new(Self {
+            key,
             config: config.clone(),
             positions,
             reals,
@@ -186,7 +210,7 @@ impl Service {
             persistence,
             sorry,
             stats: previous.map_or_else(Arc::default, |service| Arc::clone(&service.stats)),
-        }
+        })
     }
 
     /// The service's name.
@@ -214,10 +238,13 @@ pub struct Real {
     pub weight: u32,
     /// How flows reach it.
     pub forward: ForwardMethod,
-    /// Health verdict: a real that is not up gets no new flows.
+    /// Health verdict: a real that is not up gets no new flows (for IPVS, it is removed from
+    /// the service).
     pub up: bool,
     /// Live counters and connection accounting.
     pub state: Arc<RealState>,
+    /// Its health check's live status, when the service checks its reals.
+    pub check: Option<Arc<CheckStatus>>,
     /// When it was added (larger = more recent); orders the list as IPVS does.
     added: u64,
 }
@@ -231,6 +258,7 @@ impl Real {
             forward: ForwardMethod::Proxy,
             up: true,
             state,
+            check: None,
             added: 0,
         }
     }
@@ -249,13 +277,34 @@ impl Real {
     }
 }
 
+/// Two reals are equal when a scheduler would see them alike: same settings, same verdict and
+/// the same live state.
+impl PartialEq for Real {
+    fn eq(&self, other: &Self) -> bool {
+        self.address == other.address
+            && self.weight == other.weight
+            && self.forward == other.forward
+            && self.up == other.up
+            && self.added == other.added
+            && Arc::ptr_eq(&self.state, &other.state)
+            && match (&self.check, &other.check) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (a, b) => a.is_none() && b.is_none(),
+            }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config;
 
     fn table(source: &str, previous: Option<&ServiceTable>) -> ServiceTable {
-        ServiceTable::build(&config::parse(source, "t").unwrap(), previous)
+        ServiceTable::build(
+            &config::parse(source, "t").unwrap(),
+            previous,
+            &HealthView::default(),
+        )
     }
 
     const TWO: &str = "services:\n  - protocol: tcp\n    listen: 127.0.0.1:80\n    reals: [{address: '10.0.0.1:80'}, {address: '10.0.0.2:80'}]\n";
@@ -352,5 +401,44 @@ mod tests {
             &other_vip.services()[0].stats,
             &first.services()[0].stats
         ));
+    }
+
+    #[test]
+    fn health_verdicts_are_baked_into_the_snapshot() {
+        let checked = TWO.replace("    reals:", "    health_check: { type: tcp }\n    reals:");
+        let config = config::parse(&checked, "t").unwrap();
+        let key = config.services[0].key();
+        let down = Arc::new(CheckStatus::new(false));
+        let mut health = HealthView::default();
+        health.insert(key, "10.0.0.1:80".parse().unwrap(), Arc::clone(&down));
+        let first = ServiceTable::build(&config, None, &health);
+        let real = first.services()[0].real("10.0.0.1:80".parse().unwrap()).unwrap();
+        assert!(!real.up && !real.available(Millis(0)));
+        assert!(
+            first.services()[0]
+                .real("10.0.0.2:80".parse().unwrap())
+                .unwrap()
+                .up
+        );
+
+        // Nothing changed: the service is shared as it is, scheduler state and all.
+        let second = ServiceTable::build(&config, Some(&first), &health);
+        assert!(Arc::ptr_eq(&first.services()[0], &second.services()[0]));
+
+        // Back up: a new service snapshot, the real is available and out of back-off.
+        real.state.record_failure(Millis(0));
+        down.lock().up = true;
+        let third = ServiceTable::build(&config, Some(&second), &health);
+        assert!(!Arc::ptr_eq(&second.services()[0], &third.services()[0]));
+        let real = third.services()[0].real("10.0.0.1:80".parse().unwrap()).unwrap();
+        assert!(real.up && real.available(Millis(0)));
+
+        // Quiesced instead of removed: in scheduling, at weight 0.
+        down.lock().up = false;
+        let quiesce =
+            config::parse(&checked.replace("type: tcp", "type: tcp, on_down: quiesce"), "t").unwrap();
+        let fourth = ServiceTable::build(&quiesce, Some(&third), &health);
+        let real = fourth.services()[0].real("10.0.0.1:80".parse().unwrap()).unwrap();
+        assert!(real.up && real.weight == 0);
     }
 }

@@ -123,11 +123,17 @@ impl RealState {
         self.scheduling.backoff_until.load(Relaxed) > now.0
     }
 
+    /// Counts a failed connect without back-off (a health check decides instead). Returns the
+    /// number of consecutive failures.
+    pub fn count_failure(&self) -> u32 {
+        self.scheduling.failures.fetch_add(1, Relaxed).saturating_add(1)
+    }
+
     /// Records a failed connect: the real gets no new flows for a back-off that doubles with
     /// each consecutive failure (1 s up to 30 s), like nginx's `max_fails`/`fail_timeout`.
     /// Returns the number of consecutive failures.
     pub fn record_failure(&self, now: Millis) -> u32 {
-        let failures = self.scheduling.failures.fetch_add(1, Relaxed).saturating_add(1);
+        let failures = self.count_failure();
         let backoff = BACKOFF_BASE_MS
             .saturating_mul(1 << failures.min(16).saturating_sub(1))
             .min(BACKOFF_MAX_MS);
