@@ -5,6 +5,7 @@
 pub mod clock;
 pub mod config;
 pub mod daemon;
+pub mod health;
 pub mod proxy;
 pub mod sched;
 mod sys;

@@ -201,18 +201,8 @@ fn supported(config: &Config) -> Result<(), Problem> {
                 format!("forward `{forward:?}` (implemented: proxy)").to_lowercase()
             ));
         }
-        let unsupported = [
-            ("proxy_protocol", service.proxy_protocol != ProxyProtocol::None),
-            (
-                "health_check",
-                service
-                    .health_check
-                    .as_ref()
-                    .is_some_and(|check| check.kind != HealthCheckKind::None),
-            ),
-        ];
-        if let Some((key, _)) = unsupported.iter().find(|(_, present)| *present) {
-            return Err(at(format!("`{key}`")));
+        if service.proxy_protocol != ProxyProtocol::None {
+            return Err(at("`proxy_protocol`".to_owned()));
         }
     }
     Ok(())

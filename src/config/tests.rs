@@ -52,7 +52,6 @@ fn later_features_are_rejected_as_not_supported_yet() {
     let service_cases = [
         ("forward: nat", "forward `nat`"),
         ("proxy_protocol: v2", "`proxy_protocol`"),
-        ("health_check: { type: tcp }", "`health_check`"),
     ];
     for (line, needle) in service_cases {
         let message = error_of(&format!(
@@ -67,7 +66,14 @@ fn later_features_are_rejected_as_not_supported_yet() {
             "{message}"
         );
     }
-    // `type: none` is the same as no health check at all.
+    // Health checks are supported; `type: none` is the same as none at all.
+    assert!(
+        parse(
+            "services:\n  - { protocol: tcp, listen: '127.0.0.1:80', health_check: { type: tcp } }\n",
+            "x"
+        )
+        .is_ok()
+    );
     assert!(
         parse(
             "services:\n  - { protocol: tcp, listen: '127.0.0.1:80', health_check: { type: none } }\n",

@@ -689,6 +689,20 @@ pub enum HealthCheckKind {
     },
 }
 
+impl HealthCheckKind {
+    /// The `type` as written in the config.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Tcp => "tcp",
+            Self::Http { .. } => "http",
+            Self::Udp { .. } => "udp",
+            Self::Exec { .. } => "exec",
+            Self::Agent { .. } => "agent",
+        }
+    }
+}
+
 /// `health_check.on_down`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]

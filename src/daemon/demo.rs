@@ -1,5 +1,6 @@
 //! `lbd demo`: three HTTP backends on loopback, each answering with its own name, behind a
-//! `wrr` service, so a newcomer sees the director balance without writing a config.
+//! `wrr` service with HTTP health checks, so a newcomer sees the director balance without
+//! writing a config.
 
 use std::{io, net::SocketAddr};
 
@@ -30,7 +31,7 @@ pub async fn run(listen: SocketAddr) -> Result<(), StartError> {
         .map(|(_, address, weight)| format!("      - address: {address}\n        weight: {weight}\n"))
         .collect();
     let text = format!(
-        "workers: 1\ndrain_timeout: 2s\nservices:\n  - name: demo-web\n    protocol: tcp\n    listen: {listen}\n    scheduler: wrr\n    reals:\n{reals}"
+        "workers: 1\ndrain_timeout: 2s\nservices:\n  - name: demo-web\n    protocol: tcp\n    listen: {listen}\n    scheduler: wrr\n    health_check: {{ type: http, path: /, expect_body: hello, interval: 2s }}\n    reals:\n{reals}"
     );
     let config = ConfigSource::Text {
         origin: "<demo>".to_owned(),

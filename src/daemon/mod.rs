@@ -18,6 +18,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     config::{self, Config, ConfigError, ServiceKey},
+    health::Monitor,
     proxy::{
         FlowTracker, Shared,
         socket::{self, BindError, Listeners},
@@ -99,13 +100,21 @@ pub struct Director {
     config: Config,
     shared: Shared,
     workers: Vec<Worker>,
+    health: Monitor,
 }
 
 impl Director {
-    /// Starts the workers, binds every service and publishes the first table.
+    /// Starts the workers, binds every service, starts the health checks and publishes the
+    /// first table. Must run inside the control plane's tokio runtime.
     pub fn start(source: ConfigSource, config: Config) -> Result<Self, StartError> {
+        let mut health = Monitor::new();
+        health.sync(&config);
         let shared = Shared {
-            table: Arc::new(TableHandle::new(ServiceTable::build(&config, None))),
+            table: Arc::new(TableHandle::new(ServiceTable::build(
+                &config,
+                None,
+                health.view(),
+            ))),
             flows: FlowTracker::default(),
         };
         let count = config.worker_count();
@@ -123,6 +132,7 @@ impl Director {
             config,
             shared,
             workers,
+            health,
         };
         for (key, listeners) in bound {
             director.hand_out(key, listeners);
@@ -178,10 +188,11 @@ impl Director {
                     .any(|before| before.key() == service.key() && *before != **service)
             })
             .count();
+        self.health.sync(&config);
         let previous = self.shared.table.snapshot();
         self.shared
             .table
-            .store(ServiceTable::build(&config, Some(&previous)));
+            .store(ServiceTable::build(&config, Some(&previous), self.health.view()));
         let summary = ReloadSummary {
             added: bound.len(),
             removed: old.difference(&new).count(),
@@ -197,6 +208,23 @@ impl Director {
         }
         self.config = config;
         Ok(summary)
+    }
+
+    /// Publishes a new snapshot with the health checks' current verdicts. Services whose
+    /// reals' verdicts did not change are carried over as they are.
+    pub fn publish_health(&self) {
+        let previous = self.shared.table.snapshot();
+        self.shared.table.store(ServiceTable::build(
+            &self.config,
+            Some(&previous),
+            self.health.view(),
+        ));
+    }
+
+    /// Notified when a health verdict changes; then call
+    /// [`publish_health`](Self::publish_health).
+    pub fn health_changes(&self) -> Arc<tokio::sync::Notify> {
+        self.health.changes()
     }
 
     /// Stops taking new flows; flows in progress go on.
@@ -223,8 +251,16 @@ impl Director {
             "lbd started"
         );
         for service in &self.config.services {
+            let checks = match &service.health_check {
+                Some(check) if check.kind != config::HealthCheckKind::None => format!(
+                    "{} checks every {}",
+                    check.kind.name(),
+                    config::format_duration(check.interval)
+                ),
+                _ => "no health checks".to_owned(),
+            };
             tracing::info!(
-                "service {}: {} {} scheduler {}, {} real(s), forward {:?}",
+                "service {}: {} {} scheduler {}, {} real(s), forward {:?}, {checks}",
                 service.name,
                 service.protocol,
                 service.listen,
@@ -250,8 +286,10 @@ pub async fn serve(source: ConfigSource, config: Config) -> Result<(), StartErro
     let mut terminate = signal(SignalKind::terminate()).map_err(StartError::Signals)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(StartError::Signals)?;
     let mut director = Director::start(source, config)?;
+    let health_changes = director.health_changes();
     loop {
         tokio::select! {
+            () = health_changes.notified() => director.publish_health(),
             _ = hangup.recv() => match director.reload() {
                 Ok(summary) => tracing::info!(
                     added = summary.added, removed = summary.removed, changed = summary.changed,
