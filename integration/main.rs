@@ -5,6 +5,7 @@
 #![allow(unreachable_pub, missing_docs)]
 
 mod config_files;
+mod health;
 mod proxy_tcp;
 mod proxy_udp;
 mod schedulers;

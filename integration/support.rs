@@ -6,7 +6,10 @@ use std::{
     net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -119,6 +122,16 @@ impl Lbd {
         }
     }
 
+    /// How many log lines so far contain `needle`.
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|line| line.contains(needle))
+            .count()
+    }
+
     /// Everything logged so far.
     pub fn log_text(&self) -> String {
         self.log.lock().unwrap().join("\n")
@@ -169,19 +182,41 @@ pub fn run_lbd(args: &[&str]) -> (i32, String, String) {
 }
 
 /// A TCP backend that sends its name and a newline on accept, then echoes what it receives.
+/// It can be stopped (new connects are refused; connections in progress go on) and started
+/// again on the same address.
 pub struct TcpBackend {
     /// Its address.
     pub address: SocketAddr,
     pub name: String,
+    accepting: Option<(Arc<AtomicBool>, thread::JoinHandle<()>)>,
 }
 
 impl TcpBackend {
     pub fn start(name: &str) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let address = listener.local_addr().unwrap();
-        let greeting = format!("{name}\n");
-        thread::spawn(move || {
+        Self::start_at(name, "127.0.0.1:0".parse().unwrap())
+    }
+
+    /// Starts on `address` (port 0: any free port).
+    pub fn start_at(name: &str, address: SocketAddr) -> Self {
+        let listener = TcpListener::bind(address).unwrap_or_else(|e| panic!("bind {address}: {e}"));
+        let mut backend = Self {
+            address: listener.local_addr().unwrap(),
+            name: name.to_owned(),
+            accepting: None,
+        };
+        backend.serve(listener);
+        backend
+    }
+
+    fn serve(&mut self, listener: TcpListener) {
+        let greeting = format!("{}\n", self.name);
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let accepting = thread::spawn(move || {
             for stream in listener.incoming() {
+                if stopped.load(Ordering::SeqCst) {
+                    return;
+                }
                 let Ok(mut stream) = stream else { continue };
                 let greeting = greeting.clone();
                 thread::spawn(move || {
@@ -197,10 +232,116 @@ impl TcpBackend {
                 });
             }
         });
-        Self {
-            address,
-            name: name.to_owned(),
+        self.accepting = Some((stop, accepting));
+    }
+
+    /// Closes the listening socket: new connects are refused.
+    pub fn stop(&mut self) {
+        if let Some((stop, accepting)) = self.accepting.take() {
+            stop.store(true, Ordering::SeqCst);
+            // Wake the blocked accept so that the thread sees the flag and drops the listener.
+            let _ = TcpStream::connect_timeout(&self.address, Duration::from_secs(1));
+            accepting.join().unwrap();
         }
+    }
+
+    /// Listens again on the same address.
+    pub fn restart(&mut self) {
+        assert!(self.accepting.is_none(), "{} is running", self.name);
+        let listener = TcpListener::bind(self.address).unwrap();
+        self.serve(listener);
+    }
+}
+
+impl Drop for TcpBackend {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// An HTTP backend: answers every request with `status` and `body` (both changeable while it
+/// runs; the body defaults to its name), then closes the connection.
+pub struct HttpBackend {
+    pub address: SocketAddr,
+    reply: Arc<Mutex<(u16, String)>>,
+}
+
+impl HttpBackend {
+    pub fn start(name: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let reply = Arc::new(Mutex::new((200, name.to_owned())));
+        let current = Arc::clone(&reply);
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let current = Arc::clone(&current);
+                thread::spawn(move || {
+                    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                    let mut request = Vec::new();
+                    let mut buffer = [0u8; 4096];
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buffer) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => request.extend_from_slice(&buffer[..n]),
+                        }
+                    }
+                    let (status, body) = current.lock().unwrap().clone();
+                    let response = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = stream.write_all(response.as_bytes());
+                });
+            }
+        });
+        Self { address, reply }
+    }
+
+    /// Changes what it answers.
+    pub fn set(&self, status: u16, body: &str) {
+        *self.reply.lock().unwrap() = (status, body.to_owned());
+    }
+}
+
+/// GETs `/` through `service` and returns the body.
+pub fn http_get(service: SocketAddr) -> String {
+    let mut stream = TcpStream::connect_timeout(&service, Duration::from_secs(5)).expect("connect to lbd");
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    stream.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .expect("response through lbd");
+    let (_, body) = response
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP response through lbd: {response:?}"));
+    body.to_owned()
+}
+
+/// An HAProxy agent: answers every connection with its current line.
+pub struct Agent {
+    reply: Arc<Mutex<String>>,
+}
+
+impl Agent {
+    pub fn start(address: SocketAddr, reply: &str) -> Self {
+        let listener = TcpListener::bind(address).unwrap_or_else(|e| panic!("bind agent {address}: {e}"));
+        let reply = Arc::new(Mutex::new(reply.to_owned()));
+        let current = Arc::clone(&reply);
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let line = format!("{}\n", current.lock().unwrap());
+                let _ = stream.write_all(line.as_bytes());
+            }
+        });
+        Self { reply }
+    }
+
+    /// Changes the line it answers.
+    pub fn set(&self, reply: &str) {
+        *self.reply.lock().unwrap() = reply.to_owned();
     }
 }
 
@@ -227,24 +368,66 @@ pub fn distribution(service: SocketAddr, n: usize) -> HashMap<String, usize> {
     counts
 }
 
-/// A UDP backend that answers each datagram with its name.
+/// A UDP backend that answers each datagram with its name. It can be muted (it reads but
+/// does not answer) and stopped (its socket closes, so datagrams draw ICMP port unreachable).
 pub struct UdpBackend {
     pub address: SocketAddr,
+    muted: Arc<AtomicBool>,
+    stopped: Arc<AtomicBool>,
 }
 
 impl UdpBackend {
     pub fn start(name: &str) -> Self {
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
         let address = socket.local_addr().unwrap();
         let name = name.to_owned();
+        let muted = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::new(AtomicBool::new(false));
+        let (mute, stop) = (Arc::clone(&muted), Arc::clone(&stopped));
         thread::spawn(move || {
             let mut buffer = [0u8; 2048];
-            while let Ok((_, peer)) = socket.recv_from(&mut buffer) {
-                let _ = socket.send_to(name.as_bytes(), peer);
+            while !stop.load(Ordering::SeqCst) {
+                if let Ok((_, peer)) = socket.recv_from(&mut buffer)
+                    && !mute.load(Ordering::SeqCst)
+                {
+                    let _ = socket.send_to(name.as_bytes(), peer);
+                }
             }
         });
-        Self { address }
+        Self {
+            address,
+            muted,
+            stopped,
+        }
     }
+
+    /// Stops or resumes answering.
+    pub fn mute(&self, muted: bool) {
+        self.muted.store(muted, Ordering::SeqCst);
+    }
+
+    /// Closes the socket (within 20 ms).
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl Drop for UdpBackend {
+    fn drop(&mut self) {
+        self.stopped.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Sends one datagram to `service` from a new socket (a new flow) and returns the reply.
+pub fn udp_ask(service: SocketAddr) -> Option<String> {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    socket.send_to(b"hello", service).unwrap();
+    let mut buffer = [0u8; 2048];
+    let (n, _) = socket.recv_from(&mut buffer).ok()?;
+    Some(String::from_utf8_lossy(&buffer[..n]).into_owned())
 }
 
 /// A config with one service and the given reals (`address`, `weight`).
