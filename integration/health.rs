@@ -32,6 +32,15 @@ fn checked(
         .replace("    reals:\n", &format!("{service_keys}    reals:\n"))
 }
 
+/// Starts lbd with one `rr` TCP service over `reals` (weight 1 each) with the extra service
+/// keys `service_keys`; returns the service address and lbd.
+fn start_rr(reals: &[SocketAddr], service_keys: &str) -> (SocketAddr, Lbd) {
+    let listen = service_addr();
+    let reals: Vec<_> = reals.iter().map(|&real| (real, 1)).collect();
+    let lbd = Lbd::start(&checked("tcp", listen, "rr", &reals, service_keys));
+    (listen, lbd)
+}
+
 /// The log line fragment of a transition of `real`.
 fn transition(real: SocketAddr, change: &str) -> String {
     format!("real server {real} of service svc: {change}")
@@ -122,18 +131,13 @@ fn tcp_check_drops_a_stopped_real_and_takes_it_back() {
     let a = TcpBackend::start("a");
     let b = TcpBackend::start("b");
     let mut c = TcpBackend::start("c");
-    let listen = service_addr();
     let (interval, timeout, rise, fall) = (500u64, 300u64, 2u64, 2u64);
-    let config = checked(
-        "tcp",
-        listen,
-        "rr",
-        &[(a.address, 1), (b.address, 1), (c.address, 1)],
+    let (listen, mut lbd) = start_rr(
+        &[a.address, b.address, c.address],
         &format!(
             "    health_check: {{ type: tcp, interval: {interval}ms, timeout: {timeout}ms, rise: {rise}, fall: {fall} }}\n"
         ),
     );
-    let mut lbd = Lbd::start(&config);
     let down = transition(c.address, "up -> down");
     let up = transition(c.address, "down -> up");
 
@@ -192,15 +196,10 @@ fn http_check_judges_status_and_body() {
     let b = HttpBackend::start("b");
     a.set(200, "a: OK");
     b.set(200, "b: NOPE");
-    let listen = service_addr();
-    let config = checked(
-        "tcp",
-        listen,
-        "rr",
-        &[(a.address, 1), (b.address, 1)],
+    let (listen, mut lbd) = start_rr(
+        &[a.address, b.address],
         "    health_check: { type: http, path: /healthz, expect_status: 200-299, expect_body: OK, interval: 300ms, timeout: 300ms, rise: 1, fall: 1 }\n",
     );
-    let mut lbd = Lbd::start(&config);
     // b's port is open and it answers 200, but without the expected body.
     lbd.wait_for_log(
         &transition(b.address, "up -> down (HTTP 200, body lacks \"OK\")"),
@@ -345,18 +344,13 @@ fn sorry_server_takes_flows_while_every_real_is_down() {
     let mut a = TcpBackend::start("a");
     let mut b = TcpBackend::start("b");
     let sorry = TcpBackend::start("sorry");
-    let listen = service_addr();
-    let config = checked(
-        "tcp",
-        listen,
-        "rr",
-        &[(a.address, 1), (b.address, 1)],
+    let (listen, mut lbd) = start_rr(
+        &[a.address, b.address],
         &format!(
             "    sorry_server: {}\n    health_check: {{ type: tcp, interval: 200ms, timeout: 200ms, rise: 1, fall: 1 }}\n",
             sorry.address
         ),
     );
-    let mut lbd = Lbd::start(&config);
     let counts = distribution(listen, 4);
     assert_eq!((counts.get("a"), counts.get("b")), (Some(&2), Some(&2)));
     a.stop();
@@ -409,18 +403,13 @@ fn a_hanging_check_command_is_killed_at_its_timeout() {
     let dir = tempfile::tempdir().unwrap();
     let pids = dir.path().join("pids");
     let real = TcpBackend::start("real");
-    let listen = service_addr();
-    let config = checked(
-        "tcp",
-        listen,
-        "rr",
-        &[(real.address, 1)],
+    let (_, mut lbd) = start_rr(
+        &[real.address],
         &format!(
             "    health_check: {{ type: exec, command: [/bin/sh, -c, 'echo $$ >> {}; sleep 30; true'], interval: 3s, timeout: 300ms, rise: 1, fall: 1 }}\n",
             pids.display()
         ),
     );
-    let mut lbd = Lbd::start(&config);
     lbd.wait_for_log(
         &transition(real.address, "up -> down (exec killed after 300ms)"),
         1,
@@ -508,16 +497,11 @@ fn a_thousand_reals_are_all_checked_within_an_interval() {
 fn failed_connects_from_traffic_take_a_real_down_between_checks() {
     let a = TcpBackend::start("a");
     let mut b = TcpBackend::start("b");
-    let listen = service_addr();
     // Checks are a minute apart: only the traffic can notice in time.
-    let config = checked(
-        "tcp",
-        listen,
-        "rr",
-        &[(a.address, 1), (b.address, 1)],
+    let (listen, mut lbd) = start_rr(
+        &[a.address, b.address],
         "    health_check: { type: tcp, interval: 60s, timeout: 1s, rise: 1, fall: 3 }\n",
     );
-    let mut lbd = Lbd::start(&config);
     b.stop();
     let stopped = Instant::now();
     // Each refused connect is retried on `a`, and counts toward b's `fall`.
