@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`config`]: the YAML config file → a typed, validated [`config::Config`]; nodeset ranges.
+pub mod admin;
 pub mod clock;
 pub mod config;
 pub mod daemon;

@@ -8,12 +8,14 @@
 mod duration;
 mod error;
 pub mod nodeset;
+mod save;
 mod types;
 
 use std::{collections::HashSet, path::Path};
 
 pub use duration::{format as format_duration, parse as parse_duration};
 pub use error::ConfigError;
+pub use save::{real_value, service_value, services_yaml};
 pub use types::*;
 
 /// Reads and validates the config file at `path`.
@@ -51,6 +53,18 @@ pub fn parse_services(source: &str, origin: &str) -> Result<Vec<ServiceConfig>, 
         .and_then(|()| supported(&config))
         .map_err(|problem| problem.into_error(source, origin))?;
     Ok(config.services)
+}
+
+/// Checks a services table built at run time (admin API, state file) by the config file's
+/// rules: unique services and names, supported settings. The message names the problem.
+pub fn check_services(services: &[ServiceConfig]) -> Result<(), String> {
+    let config = Config {
+        services: services.to_vec(),
+        ..Config::default()
+    };
+    validate(&config)
+        .and_then(|()| supported(&config))
+        .map_err(|problem| problem.message)
 }
 
 fn yaml_error(error: &serde_yaml::Error, origin: &str) -> ConfigError {
@@ -175,9 +189,7 @@ fn supported(config: &Config) -> Result<(), Problem> {
         occurrence,
     };
     let sections = [
-        ("admin", config.admin.is_some()),
         ("metrics", config.metrics.is_some()),
-        ("state_file", config.state_file.is_some()),
         ("dataplane", config.dataplane.is_some()),
     ];
     if let Some((key, _)) = sections.iter().find(|(_, present)| *present) {

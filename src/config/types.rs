@@ -443,7 +443,7 @@ impl<'de> Deserialize<'de> for YamlScalar {
 }
 
 /// One virtual service.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct ServiceConfig {
     /// Unique label; default `<proto>:<vip>:<port>`.
     pub name: String,
@@ -471,6 +471,24 @@ pub struct ServiceConfig {
     pub reals: Vec<RealConfig>,
     /// The listen address as written, to locate errors in the source.
     pub(crate) listen_text: String,
+}
+
+/// Equal settings; how the listen address was written does not count.
+impl PartialEq for ServiceConfig {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+            && self.protocol == other.protocol
+            && self.listen == other.listen
+            && self.scheduler == other.scheduler
+            && self.scheduler_flags == other.scheduler_flags
+            && self.forward == other.forward
+            && self.persistence == other.persistence
+            && self.one_packet == other.one_packet
+            && self.proxy_protocol == other.proxy_protocol
+            && self.sorry_server == other.sorry_server
+            && self.health_check == other.health_check
+            && self.reals == other.reals
+    }
 }
 
 impl ServiceConfig {

@@ -4,7 +4,10 @@
 //! A reload is all or nothing: if the new file is invalid or a new service address cannot be
 //! bound, the running table and sockets stay exactly as they were.
 
+pub mod control;
 pub mod demo;
+pub mod rates;
+pub mod state_file;
 
 use std::{
     collections::BTreeSet,
@@ -18,6 +21,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     config::{self, Config, ConfigError, ServiceKey},
+    daemon::state_file::StateFileError,
     health::Monitor,
     proxy::{
         FlowTracker, Shared,
@@ -69,6 +73,12 @@ pub enum StartError {
     /// `lbd demo` could not start its backends.
     #[error("cannot start the demo's backends on loopback: {0}")]
     Demo(std::io::Error),
+    /// The state file could not be read.
+    #[error(transparent)]
+    State(#[from] StateFileError),
+    /// The admin API could not listen.
+    #[error(transparent)]
+    Admin(#[from] crate::admin::ServeError),
 }
 
 /// A reload was refused; the running configuration is untouched.
@@ -77,9 +87,20 @@ pub enum ReloadError {
     /// The new configuration is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// It could not be applied.
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+}
+
+/// A new table could not be applied; the running one is untouched.
+#[derive(Debug, Error)]
+pub enum ApplyError {
     /// A new service address could not be bound.
     #[error(transparent)]
     Bind(#[from] BindError),
+    /// The state file could not be written.
+    #[error(transparent)]
+    State(#[from] StateFileError),
 }
 
 /// What a reload changed.
@@ -101,12 +122,25 @@ pub struct Director {
     shared: Shared,
     workers: Vec<Worker>,
     health: Monitor,
+    rates: rates::Estimator,
+    started: Instant,
 }
 
 impl Director {
     /// Starts the workers, binds every service, starts the health checks and publishes the
-    /// first table. Must run inside the control plane's tokio runtime.
-    pub fn start(source: ConfigSource, config: Config) -> Result<Self, StartError> {
+    /// first table. With a `state_file` that exists, the services come from it instead of the
+    /// config file. Must run inside the control plane's tokio runtime.
+    pub fn start(source: ConfigSource, mut config: Config) -> Result<Self, StartError> {
+        if let Some(path) = &config.state_file
+            && let Some(services) = state_file::load(path)?
+        {
+            tracing::info!(
+                state_file = %path.display(),
+                services = services.len(),
+                "services restored from the state file"
+            );
+            config.services = services;
+        }
         let mut health = Monitor::new();
         health.sync(&config);
         let shared = Shared {
@@ -133,6 +167,8 @@ impl Director {
             shared,
             workers,
             health,
+            rates: rates::Estimator::default(),
+            started: Instant::now(),
         };
         for (key, listeners) in bound {
             director.hand_out(key, listeners);
@@ -156,7 +192,8 @@ impl Director {
         &self.shared.flows
     }
 
-    /// Re-reads the configuration and applies it without touching flows in progress.
+    /// Re-reads the configuration file and applies it without touching flows in progress; it
+    /// replaces runtime changes (and the state file, if any).
     pub fn reload(&mut self) -> Result<ReloadSummary, ReloadError> {
         let config = self.source.load()?;
         if config.worker_count() != self.workers.len() {
@@ -166,6 +203,13 @@ impl Director {
                 "a change of `workers` takes effect at the next start"
             );
         }
+        Ok(self.apply(config)?)
+    }
+
+    /// Applies a whole new configuration (already validated): binds the new services, writes
+    /// the state file, then swaps the table and closes the services that are gone. If binding
+    /// or writing fails, nothing changed.
+    fn apply(&mut self, config: Config) -> Result<ReloadSummary, ApplyError> {
         let old: BTreeSet<ServiceKey> = self
             .config
             .services
@@ -178,6 +222,9 @@ impl Director {
             .difference(&old)
             .map(|&key| socket::bind(key, self.workers.len()).map(|listeners| (key, listeners)))
             .collect::<Result<_, _>>()?;
+        if let Some(path) = &config.state_file {
+            state_file::store(path, &config.services)?;
+        }
         let changed = config
             .services
             .iter()
@@ -285,11 +332,30 @@ pub async fn serve(source: ConfigSource, config: Config) -> Result<(), StartErro
     let mut hangup = signal(SignalKind::hangup()).map_err(StartError::Signals)?;
     let mut terminate = signal(SignalKind::terminate()).map_err(StartError::Signals)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(StartError::Signals)?;
+    let admin_config = config.admin.clone();
     let mut director = Director::start(source, config)?;
+    let mut admin = match &admin_config {
+        Some(settings) => {
+            let handle = crate::admin::serve(settings).await?;
+            tracing::info!(address = %handle.address, "admin API listening");
+            Some(handle)
+        }
+        None => None,
+    };
     let health_changes = director.health_changes();
+    let mut rate_clock = tokio::time::interval(rates::PERIOD);
+    rate_clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_sample = Instant::now();
     loop {
         tokio::select! {
             () = health_changes.notified() => director.publish_health(),
+            Some((request, reply)) = next_request(&mut admin) => {
+                let _ = reply.send(director.handle(request));
+            }
+            _ = rate_clock.tick() => {
+                director.sample_rates(last_sample.elapsed());
+                last_sample = Instant::now();
+            }
             _ = hangup.recv() => match director.reload() {
                 Ok(summary) => tracing::info!(
                     added = summary.added, removed = summary.removed, changed = summary.changed,
@@ -303,6 +369,14 @@ pub async fn serve(source: ConfigSource, config: Config) -> Result<(), StartErro
     }
     drain(&director).await;
     Ok(())
+}
+
+/// The next admin request, or never when the admin API is not served.
+async fn next_request(admin: &mut Option<crate::admin::AdminHandle>) -> Option<crate::admin::Envelope> {
+    match admin {
+        Some(handle) => handle.requests.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Stops accepting and waits for flows in progress, at most `drain_timeout`.

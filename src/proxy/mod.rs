@@ -7,6 +7,7 @@
 //! updates per-real counters with atomic adds; it takes no lock shared between workers. It does
 //! not parse config or decide health.
 
+pub mod flows;
 mod pool;
 mod relay;
 pub mod socket;
@@ -17,12 +18,11 @@ pub mod worker;
 
 use std::{
     net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering::Relaxed},
-    },
+    sync::{Arc, atomic::Ordering::Relaxed},
 };
 
+use self::flows::FlowGuard;
+pub use self::flows::FlowTracker;
 use crate::{
     clock::Millis,
     config::ServiceKey,
@@ -37,32 +37,6 @@ pub struct Shared {
     pub table: Arc<TableHandle>,
     /// Flows in progress, for draining.
     pub flows: FlowTracker,
-}
-
-/// Counts flows in progress, so that shutdown can wait for them.
-#[derive(Debug, Clone, Default)]
-pub struct FlowTracker(Arc<AtomicUsize>);
-
-impl FlowTracker {
-    /// Flows in progress now.
-    pub fn count(&self) -> usize {
-        self.0.load(Relaxed)
-    }
-
-    fn enter(&self) -> FlowGuard {
-        self.0.fetch_add(1, Relaxed);
-        FlowGuard(self.clone())
-    }
-}
-
-/// Held by a flow for its whole life.
-#[derive(Debug)]
-struct FlowGuard(FlowTracker);
-
-impl Drop for FlowGuard {
-    fn drop(&mut self) {
-        (self.0).0.fetch_sub(1, Relaxed);
-    }
 }
 
 /// A flow bound to the real chosen for it.

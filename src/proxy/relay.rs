@@ -17,7 +17,11 @@ use std::{
 
 use tokio::time::Instant;
 
-use super::{pool, stream::Stream};
+use super::{
+    flows::{FlowRecord, FlowState},
+    pool,
+    stream::Stream,
+};
 use crate::table::FlowBinding;
 
 /// How a relay ended.
@@ -46,6 +50,7 @@ pub(crate) async fn relay(
     client: &Stream,
     server: &Stream,
     binding: &mut FlowBinding,
+    record: &FlowRecord,
     timeouts: IdleTimeouts,
 ) -> RelayEnd {
     let real = binding.real().clone();
@@ -74,12 +79,14 @@ pub(crate) async fn relay(
             (false, false) => timeouts.established,
             _ => {
                 binding.set_active(false);
+                record.set_state(FlowState::FinWait);
                 timeouts.half_closed
             }
         };
         if moved {
             // A plain store: the timer is re-armed only when it fires, not on every read.
             last_activity = Instant::now();
+            record.touch();
         }
         while idle.as_mut().poll(cx).is_ready() {
             let deadline = last_activity + timeout;

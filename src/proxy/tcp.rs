@@ -5,12 +5,18 @@ use std::{io, net::SocketAddr, sync::atomic::Ordering::Relaxed, time::Duration};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Scheduled, Shared, relay,
+    Scheduled, Shared,
+    flows::FlowRecord,
+    relay,
     relay::{IdleTimeouts, RelayEnd},
     schedule,
     stream::{Listener, Stream},
 };
-use crate::{clock::Millis, config::ServiceKey, sched::Flow};
+use crate::{
+    clock::Millis,
+    config::{Protocol, ServiceKey},
+    sched::Flow,
+};
 
 /// Reals tried for one client connection: the first choice and up to two more.
 const CONNECT_ATTEMPTS: usize = 3;
@@ -52,7 +58,20 @@ async fn handle(client: Stream, peer: SocketAddr, key: ServiceKey, shared: Share
         return;
     };
     scheduled.binding.set_active(true);
-    let end = relay::relay(&client, &server, &mut scheduled.binding, timeouts).await;
+    let registration = shared.flows.register(FlowRecord::new(
+        Protocol::Tcp,
+        peer,
+        key.listen,
+        scheduled.address,
+    ));
+    let end = relay::relay(
+        &client,
+        &server,
+        &mut scheduled.binding,
+        registration.record(),
+        timeouts,
+    )
+    .await;
     match end {
         RelayEnd::Closed => {}
         RelayEnd::IdleTimeout => tracing::debug!(service = %key, client = %peer, "idle timeout"),

@@ -7,10 +7,7 @@ use std::{
     collections::HashMap,
     io,
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
-    sync::{
-        Arc, Mutex, PoisonError,
-        atomic::{AtomicU64, Ordering::Relaxed},
-    },
+    sync::{Arc, Mutex, PoisonError, atomic::Ordering::Relaxed},
     time::Duration,
 };
 
@@ -18,8 +15,17 @@ use ahash::RandomState;
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
-use super::{FlowGuard, Scheduled, Shared, pool, schedule};
-use crate::{clock::Millis, config::ServiceKey, sched::Flow, table::TableHandle};
+use super::{
+    FlowGuard, Scheduled, Shared,
+    flows::{FlowRecord, Registration},
+    pool, schedule,
+};
+use crate::{
+    clock::Millis,
+    config::{Protocol, ServiceKey},
+    sched::Flow,
+    table::TableHandle,
+};
 
 /// Sessions of one service on one worker. Only that worker's thread touches the map, so the
 /// mutex is never contended; it is there because tasks must be `Send`.
@@ -43,19 +49,20 @@ struct Session {
     key: SessionKey,
     upstream: UdpSocket,
     scheduled: Scheduled,
-    /// [`Millis`] of the last datagram either way.
-    last_activity: AtomicU64,
+    /// Its listing, with the time of the last datagram either way.
+    registration: Registration,
     _flow: FlowGuard,
 }
 
 impl Session {
     fn touch(&self) {
-        self.last_activity.store(Millis::now().0, Relaxed);
+        self.registration.record().touch();
     }
 
     /// How long the session has been idle.
     fn idle_for(&self) -> Duration {
-        Duration::from_millis(Millis::now().0.saturating_sub(self.last_activity.load(Relaxed)))
+        let last = self.registration.record().last_activity();
+        Duration::from_millis(Millis::now().0.saturating_sub(last.0))
     }
 }
 
@@ -159,8 +166,10 @@ fn session_for(
     let session = Arc::new(Session {
         key: session_key,
         upstream,
+        registration: shared
+            .flows
+            .register(FlowRecord::new(Protocol::Udp, client, key.listen, address)),
         scheduled,
-        last_activity: AtomicU64::new(Millis::now().0),
         _flow: shared.flows.enter(),
     });
     sessions.with(|map| map.insert(session_key, Arc::clone(&session)));

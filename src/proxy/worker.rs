@@ -48,7 +48,10 @@ impl Worker {
         let (orders, inbox) = mpsc::unbounded_channel();
         thread::Builder::new()
             .name(format!("lbd-worker-{index}"))
-            .spawn(move || runtime.block_on(run(inbox, shared)))?;
+            .spawn(move || {
+                super::flows::use_shard(index);
+                runtime.block_on(run(inbox, shared));
+            })?;
         Ok(Self { orders })
     }
 

@@ -1,0 +1,133 @@
+//! The admin API's JSON documents, shared by `lbd` (which writes them) and `lbadm` (which
+//! reads them). `docs/api.md` describes them field by field.
+
+use serde::{Deserialize, Serialize};
+
+pub use crate::daemon::rates::{Counters, Rates};
+
+/// `GET /v1/status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    /// lbd's version.
+    pub version: String,
+    /// Seconds since start.
+    pub uptime_seconds: u64,
+    /// The config file (absent for the demo).
+    pub config_file: Option<String>,
+    /// The state file, if runtime changes are persisted.
+    pub state_file: Option<String>,
+    /// Data-plane threads.
+    pub workers: usize,
+    /// Virtual services.
+    pub services: usize,
+    /// Real servers, over all services.
+    pub reals: usize,
+    /// Flows in progress.
+    pub flows: usize,
+}
+
+/// One virtual service with its reals, counters and rates.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Service {
+    /// Its name.
+    pub name: String,
+    /// `tcp` or `udp`.
+    pub protocol: String,
+    /// VIP:port.
+    pub listen: String,
+    /// Scheduler name.
+    pub scheduler: String,
+    /// Scheduler flags, as ipvsadm `-b` names them.
+    pub scheduler_flags: Vec<String>,
+    /// The service's forwarding method.
+    pub forward: String,
+    /// Persistence, if the service is persistent.
+    pub persistence: Option<Persistence>,
+    /// UDP one-packet scheduling.
+    pub one_packet: bool,
+    /// The sorry server.
+    pub sorry_server: Option<String>,
+    /// The health check's type, if its reals are checked.
+    pub health_check: Option<String>,
+    /// Totals.
+    pub stats: Counters,
+    /// Rates, estimated over the last seconds.
+    pub rate: Rates,
+    /// The real servers, sorted by address.
+    pub reals: Vec<Real>,
+}
+
+/// A service's persistence.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Persistence {
+    /// Timeout in seconds.
+    pub timeout_seconds: u64,
+    /// Netmask prefix length (32 or 128 = per client).
+    pub netmask_prefix: Option<u8>,
+}
+
+/// One real server of a service.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Real {
+    /// IP:port.
+    pub address: String,
+    /// `proxy`, `nat`, `dr` or `tun`.
+    pub forward: String,
+    /// The weight new flows are scheduled with now (health checks and drains included).
+    pub weight: u32,
+    /// The weight in the table (config or admin).
+    pub configured_weight: u32,
+    /// Upper threshold (0 = none).
+    pub max_conns: u32,
+    /// Lower threshold (0 = 3/4 of the upper).
+    pub min_conns: u32,
+    /// ActiveConn.
+    pub active: u32,
+    /// InActConn.
+    pub inactive: u32,
+    /// Above its upper threshold.
+    pub overloaded: bool,
+    /// Health: absent when the service has no health check.
+    pub health: Option<Health>,
+    /// Totals.
+    pub stats: Counters,
+    /// Rates.
+    pub rate: Rates,
+}
+
+/// A checked real's health.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Health {
+    /// `up` or `down`.
+    pub state: String,
+    /// Seconds since the state last changed.
+    pub since_seconds: u64,
+    /// The last check's result: passed or not.
+    pub last_passed: Option<bool>,
+    /// What the last check saw.
+    pub last_reason: Option<String>,
+}
+
+/// One flow, as `ipvsadm -L -c` lists connections.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Connection {
+    /// `tcp` or `udp`.
+    pub protocol: String,
+    /// `ESTABLISHED`, `SYN_SENT` (connecting to the real), `FIN_WAIT` (half-closed) or `UDP`.
+    pub state: String,
+    /// Seconds before the idle timeout ends it.
+    pub expires_seconds: u64,
+    /// The client.
+    pub source: String,
+    /// The virtual service address.
+    pub virtual_address: String,
+    /// The real server.
+    pub destination: String,
+}
+
+/// An error answer: 4xx or 5xx with this body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Problem {
+    /// What was wrong, in words a user can act on.
+    pub error: String,
+}

@@ -1,0 +1,360 @@
+//! The HTTP side of the admin API: routes, bearer-token check, body limit, listeners.
+
+use std::{io, path::PathBuf, sync::Arc};
+
+use axum::{
+    Router,
+    body::Bytes,
+    extract::{DefaultBodyLimit, Path, Request as HttpRequest, State},
+    http::{HeaderMap, StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use thiserror::Error;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::task::AbortOnDropHandle;
+
+use super::api::Problem;
+use crate::{
+    config::{AdminConfig, AdminListen},
+    daemon::{
+        ReloadError,
+        control::{Answer, Change, ControlError, Request},
+    },
+};
+
+/// The largest request body accepted (a `restore` of some ten thousand reals fits).
+const BODY_LIMIT: usize = 8 * 1024 * 1024;
+
+/// A request on its way to the director, with where to send the answer.
+pub type Envelope = (Request, oneshot::Sender<Result<Answer, ControlError>>);
+
+/// The admin API could not start.
+#[derive(Debug, Error)]
+pub enum ServeError {
+    /// The listen address could not be bound.
+    #[error("cannot listen for the admin API on {address}: {source}")]
+    Listen {
+        /// The address.
+        address: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// The token file could not be read, or is empty.
+    #[error("cannot use admin.token_file {path}: {reason}")]
+    Token {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The running admin API: the requests it receives, for the director's loop.
+#[derive(Debug)]
+pub struct AdminHandle {
+    /// Requests to answer.
+    pub requests: mpsc::Receiver<Envelope>,
+    /// Where it listens, for the log.
+    pub address: String,
+    socket_path: Option<PathBuf>,
+    _server: AbortOnDropHandle<()>,
+}
+
+impl Drop for AdminHandle {
+    fn drop(&mut self) {
+        if let Some(path) = &self.socket_path {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    requests: mpsc::Sender<Envelope>,
+    token: Option<Arc<[u8]>>,
+}
+
+/// Starts serving the admin API as `config` says. Must run inside a tokio runtime.
+pub async fn serve(config: &AdminConfig) -> Result<AdminHandle, ServeError> {
+    let token = match &config.token_file {
+        Some(path) => Some(read_token(path)?),
+        None => None,
+    };
+    let (sender, requests) = mpsc::channel(64);
+    let state = AppState {
+        requests: sender,
+        token,
+    };
+    let app = router(state);
+    let (address, socket_path, server) = match &config.listen {
+        AdminListen::Tcp(address) => {
+            let listener =
+                tokio::net::TcpListener::bind(address)
+                    .await
+                    .map_err(|source| ServeError::Listen {
+                        address: address.to_string(),
+                        source,
+                    })?;
+            let server = tokio::spawn(async move {
+                if let Err(error) = axum::serve(listener, app).await {
+                    tracing::error!(%error, "admin API stopped");
+                }
+            });
+            (address.to_string(), None, server)
+        }
+        AdminListen::Unix(path) => {
+            let listener = bind_unix(path).map_err(|source| ServeError::Listen {
+                address: format!("unix:{}", path.display()),
+                source,
+            })?;
+            let server = tokio::spawn(async move {
+                if let Err(error) = axum::serve(listener, app).await {
+                    tracing::error!(%error, "admin API stopped");
+                }
+            });
+            (format!("unix:{}", path.display()), Some(path.clone()), server)
+        }
+    };
+    Ok(AdminHandle {
+        requests,
+        address,
+        socket_path,
+        _server: AbortOnDropHandle::new(server),
+    })
+}
+
+fn read_token(path: &std::path::Path) -> Result<Arc<[u8]>, ServeError> {
+    let text = std::fs::read_to_string(path).map_err(|error| ServeError::Token {
+        path: path.to_owned(),
+        reason: error.to_string(),
+    })?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(ServeError::Token {
+            path: path.to_owned(),
+            reason: "the file is empty".to_owned(),
+        });
+    }
+    Ok(Arc::from(token.as_bytes()))
+}
+
+/// Binds a Unix socket readable and writable by its owner only, replacing a stale socket.
+fn bind_unix(path: &std::path::Path) -> io::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    if let Ok(metadata) = std::fs::symlink_metadata(path) {
+        if !metadata.file_type().is_socket() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "a file that is not a socket is in the way",
+            ));
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                "another process serves this socket",
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let listener = tokio::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/status", get(|s: State<AppState>| ask(s, Request::Status)))
+        .route(
+            "/v1/services",
+            get(|s: State<AppState>| ask(s, Request::Services))
+                .post(|s: State<AppState>, body: Bytes| async move {
+                    change(s, body, Change::AddService).await
+                })
+                .put(|s: State<AppState>, body: Bytes| async move {
+                    change(s, body, Change::ReplaceServices).await
+                }),
+        )
+        .route(
+            "/v1/services/{service}",
+            get(|s: State<AppState>, Path(service): Path<String>| ask(s, Request::Service(service)))
+                .patch(
+                    |s: State<AppState>, Path(service): Path<String>, body: Bytes| async move {
+                        change(s, body, |patch| Change::EditService { service, patch }).await
+                    },
+                )
+                .delete(|s: State<AppState>, Path(service): Path<String>| {
+                    ask(s, Request::Change(Change::DeleteService(service)))
+                }),
+        )
+        .route(
+            "/v1/services/{service}/reals",
+            post(
+                |s: State<AppState>, Path(service): Path<String>, body: Bytes| async move {
+                    change(s, body, |reals| Change::AddReals { service, reals }).await
+                },
+            ),
+        )
+        .route(
+            "/v1/services/{service}/reals/{address}",
+            axum::routing::patch(
+                |s: State<AppState>, Path((service, address)): Path<(String, String)>, body: Bytes| async move {
+                    change(s, body, |patch| Change::EditReals {
+                        service,
+                        address,
+                        patch,
+                    })
+                    .await
+                },
+            )
+            .delete(
+                |s: State<AppState>, Path((service, address)): Path<(String, String)>| {
+                    ask(s, Request::Change(Change::DeleteReals { service, address }))
+                },
+            ),
+        )
+        .route(
+            "/v1/services/{service}/reals/{address}/drain",
+            post(
+                |s: State<AppState>, Path((service, address)): Path<(String, String)>| {
+                    let mut patch = serde_yaml::Mapping::new();
+                    patch.insert("weight".into(), 0.into());
+                    ask(
+                        s,
+                        Request::Change(Change::EditReals {
+                            service,
+                            address,
+                            patch: serde_yaml::Value::Mapping(patch),
+                        }),
+                    )
+                },
+            ),
+        )
+        .route(
+            "/v1/services/{service}/zero",
+            post(|s: State<AppState>, Path(service): Path<String>| {
+                ask(s, Request::Change(Change::Zero(Some(service))))
+            }),
+        )
+        .route(
+            "/v1/zero",
+            post(|s: State<AppState>| ask(s, Request::Change(Change::Zero(None)))),
+        )
+        .route(
+            "/v1/reload",
+            post(|s: State<AppState>| ask(s, Request::Change(Change::Reload))),
+        )
+        .route(
+            "/v1/connections",
+            get(|s: State<AppState>| ask(s, Request::Connections)),
+        )
+        .route("/v1/save", get(|s: State<AppState>| ask(s, Request::Save)))
+        .fallback(|| async {
+            problem(
+                StatusCode::NOT_FOUND,
+                "no such resource: see docs/api.md for the routes under /v1/".to_owned(),
+            )
+        })
+        .layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+}
+
+/// With a token configured, every request needs `Authorization: Bearer <token>`.
+async fn authorize(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    request: HttpRequest,
+    next: Next,
+) -> Response {
+    if let Some(token) = &state.token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .map(str::trim);
+        if !given.is_some_and(|given| constant_time_eq(given.as_bytes(), token)) {
+            return problem(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong bearer token (lbadm --token-file FILE)".to_owned(),
+            );
+        }
+    }
+    next.run(request).await
+}
+
+/// Compares without a timing that depends on where the first difference is.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
+}
+
+/// Parses a YAML or JSON body (empty = null) and sends the change it makes.
+async fn change(
+    state: State<AppState>,
+    body: Bytes,
+    make: impl FnOnce(serde_yaml::Value) -> Change,
+) -> Response {
+    let value = if body.iter().all(u8::is_ascii_whitespace) {
+        serde_yaml::Value::Null
+    } else {
+        match serde_yaml::from_slice(&body) {
+            Ok(value) => value,
+            Err(error) => {
+                return problem(
+                    StatusCode::BAD_REQUEST,
+                    format!("the body is not valid YAML or JSON: {error}"),
+                );
+            }
+        }
+    };
+    ask(state, Request::Change(make(value))).await
+}
+
+/// Sends `request` to the director and turns its answer into a response.
+async fn ask(State(state): State<AppState>, request: Request) -> Response {
+    let (reply, answer) = oneshot::channel();
+    if state.requests.send((request, reply)).await.is_err() {
+        return problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the director is stopping".to_owned(),
+        );
+    }
+    match answer.await {
+        Ok(Ok(Answer::Json(value))) => axum::Json(value).into_response(),
+        Ok(Ok(Answer::Yaml(text))) => ([(header::CONTENT_TYPE, "application/yaml")], text).into_response(),
+        Ok(Err(error)) => {
+            let status = match &error {
+                ControlError::NotFound(_) => StatusCode::NOT_FOUND,
+                ControlError::Invalid(_) | ControlError::Reload(ReloadError::Config(_)) => {
+                    StatusCode::BAD_REQUEST
+                }
+                ControlError::Apply(_) | ControlError::Reload(ReloadError::Apply(_)) => {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                }
+            };
+            problem(status, error.to_string())
+        }
+        Err(_) => problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the director is stopping".to_owned(),
+        ),
+    }
+}
+
+fn problem(status: StatusCode, error: String) -> Response {
+    (status, axum::Json(Problem { error })).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"x"));
+    }
+}

@@ -1,0 +1,493 @@
+//! What the admin API asks of the director, and how the director answers: reads build JSON
+//! documents from the live table; changes are computed as a whole new services table, checked
+//! by the config file's rules, and applied in one step (bind, state file, swap). A change that
+//! fails anywhere changes nothing.
+
+use std::{net::SocketAddr, sync::atomic::Ordering::Relaxed, time::SystemTime};
+
+use serde_yaml::{Mapping, Value};
+use thiserror::Error;
+
+use super::{ApplyError, ConfigSource, Director, ReloadError, rates::Counters};
+use crate::{
+    admin::api,
+    clock::Millis,
+    config::{self, Config, ServiceConfig, nodeset},
+    proxy::flows::FlowState,
+    table::{self, ServiceTable},
+};
+
+/// A question or a change from the admin API.
+#[derive(Debug)]
+pub enum Request {
+    /// Version, uptime, counts.
+    Status,
+    /// Every service.
+    Services,
+    /// One service, by name or `tcp:VIP:PORT` / `udp:VIP:PORT`.
+    Service(String),
+    /// The services as config YAML (`lbadm save`).
+    Save,
+    /// Flows in progress.
+    Connections,
+    /// A change.
+    Change(Change),
+}
+
+/// A change to the services table. Bodies are YAML or JSON in the config file's format.
+#[derive(Debug)]
+pub enum Change {
+    /// Add a service.
+    AddService(Value),
+    /// Change some keys of a service (`null` removes an optional key).
+    EditService {
+        /// Which.
+        service: String,
+        /// The keys to change.
+        patch: Value,
+    },
+    /// Remove a service; its flows finish on their own.
+    DeleteService(String),
+    /// Replace every service (`restore`, and `clear` with an empty list).
+    ReplaceServices(Value),
+    /// Add reals (one mapping or a list; `address` may be a range).
+    AddReals {
+        /// To which service.
+        service: String,
+        /// The reals.
+        reals: Value,
+    },
+    /// Change some keys of reals.
+    EditReals {
+        /// Whose.
+        service: String,
+        /// Which: an address or a range.
+        address: String,
+        /// The keys to change.
+        patch: Value,
+    },
+    /// Remove reals; their flows finish on their own.
+    DeleteReals {
+        /// Whose.
+        service: String,
+        /// Which: an address or a range.
+        address: String,
+    },
+    /// Zero the counters of one service, or of all.
+    Zero(Option<String>),
+    /// Re-read the config file.
+    Reload,
+}
+
+/// What the director answers.
+#[derive(Debug)]
+pub enum Answer {
+    /// A JSON document.
+    Json(serde_json::Value),
+    /// YAML text (`save`).
+    Yaml(String),
+}
+
+/// A refused request; nothing changed.
+#[derive(Debug, Error)]
+pub enum ControlError {
+    /// The service or real named does not exist (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// The request is invalid (400).
+    #[error("{0}")]
+    Invalid(String),
+    /// The change could not be applied (bind, state file) (500).
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    /// The config file could not be reloaded (400 if invalid).
+    #[error(transparent)]
+    Reload(#[from] ReloadError),
+}
+
+impl Director {
+    /// Answers one admin request.
+    pub fn handle(&mut self, request: Request) -> Result<Answer, ControlError> {
+        match request {
+            Request::Status => Ok(json(&self.status())),
+            Request::Services => Ok(json(&self.service_views())),
+            Request::Service(id) => {
+                let index = self.find(&id)?;
+                Ok(json(&self.service_view(index)))
+            }
+            Request::Save => Ok(Answer::Yaml(config::services_yaml(&self.config.services))),
+            Request::Connections => Ok(json(&self.connections())),
+            Request::Change(change) => self.change(change),
+        }
+    }
+
+    fn change(&mut self, change: Change) -> Result<Answer, ControlError> {
+        let mut services = self.config.services.clone();
+        let touched = match change {
+            Change::AddService(body) => {
+                services.push(service_from(body)?);
+                Some(services.len() - 1)
+            }
+            Change::EditService { service, patch } => {
+                let index = self.find(&service)?;
+                let mut value = config::service_value(&services[index]);
+                merge(&mut value, patch, &["protocol", "listen", "reals"])?;
+                services[index] = service_from(value)?;
+                Some(index)
+            }
+            Change::DeleteService(service) => {
+                services.remove(self.find(&service)?);
+                None
+            }
+            Change::ReplaceServices(body) => {
+                services = services_from(body)?;
+                None
+            }
+            Change::AddReals { service, reals } => {
+                let index = self.find(&service)?;
+                let added = reals_from(&services[index], reals)?;
+                let target = &mut services[index];
+                for real in added {
+                    if target.reals.iter().any(|old| old.address == real.address) {
+                        return Err(ControlError::Invalid(format!(
+                            "real {} is already in service `{}`; nothing was added",
+                            real.address, target.name
+                        )));
+                    }
+                    target.reals.push(real);
+                }
+                Some(index)
+            }
+            Change::EditReals {
+                service,
+                address,
+                patch,
+            } => {
+                let index = self.find(&service)?;
+                let targets = self.reals_named(index, &address)?;
+                let mut value = config::service_value(&services[index]);
+                if let Some(Value::Sequence(reals)) = value.get_mut("reals") {
+                    for real in reals.iter_mut() {
+                        let this = real.get("address").and_then(Value::as_str).unwrap_or_default();
+                        if targets.iter().any(|target| target.to_string() == this) {
+                            merge(real, patch.clone(), &["address"])?;
+                        }
+                    }
+                }
+                services[index] = service_from(value)?;
+                Some(index)
+            }
+            Change::DeleteReals { service, address } => {
+                let index = self.find(&service)?;
+                let targets = self.reals_named(index, &address)?;
+                services[index]
+                    .reals
+                    .retain(|real| !targets.contains(&real.address));
+                Some(index)
+            }
+            Change::Zero(service) => {
+                self.zero(service.as_deref())?;
+                return Ok(json(&self.service_views()));
+            }
+            Change::Reload => {
+                let summary = self.reload()?;
+                tracing::info!(
+                    added = summary.added,
+                    removed = summary.removed,
+                    changed = summary.changed,
+                    "configuration reloaded (admin API)"
+                );
+                return Ok(json(&self.service_views()));
+            }
+        };
+        config::check_services(&services).map_err(ControlError::Invalid)?;
+        let key = touched.map(|index| services[index].key());
+        let config = Config {
+            services,
+            ..self.config.clone()
+        };
+        self.apply(config)?;
+        match key.and_then(|key| {
+            self.config
+                .services
+                .iter()
+                .position(|service| service.key() == key)
+        }) {
+            Some(index) => Ok(json(&self.service_view(index))),
+            None => Ok(json(&self.service_views())),
+        }
+    }
+
+    /// The index of the service named `id`: its name, or `tcp:VIP:PORT` / `udp:VIP:PORT`.
+    fn find(&self, id: &str) -> Result<usize, ControlError> {
+        let by_key = id.split_once(':').and_then(|(protocol, address)| {
+            let address: SocketAddr = address.parse().ok()?;
+            Some((protocol.to_ascii_lowercase(), address))
+        });
+        self.config
+            .services
+            .iter()
+            .position(|service| service.name == id)
+            .or_else(|| {
+                let (protocol, address) = by_key.as_ref()?;
+                self.config.services.iter().position(|service| {
+                    service.protocol.to_string() == *protocol && service.listen == *address
+                })
+            })
+            .ok_or_else(|| ControlError::NotFound(format!("no service `{id}`")))
+    }
+
+    /// The addresses a real address or range names in service `index`; every one must exist.
+    fn reals_named(&self, index: usize, address: &str) -> Result<Vec<SocketAddr>, ControlError> {
+        let service = &self.config.services[index];
+        let texts = nodeset::expand(address).map_err(|error| ControlError::Invalid(error.to_string()))?;
+        texts
+            .iter()
+            .map(|text| {
+                let real =
+                    config::parse_real_addr(text, service.listen.port()).map_err(ControlError::Invalid)?;
+                if service.reals.iter().any(|known| known.address == real) {
+                    Ok(real)
+                } else {
+                    Err(ControlError::NotFound(format!(
+                        "no real {real} in service `{}`; nothing was changed",
+                        service.name
+                    )))
+                }
+            })
+            .collect()
+    }
+
+    fn zero(&mut self, service: Option<&str>) -> Result<(), ControlError> {
+        let keys: Vec<_> = match service {
+            Some(id) => vec![self.config.services[self.find(id)?].key()],
+            None => self.config.services.iter().map(ServiceConfig::key).collect(),
+        };
+        let table = self.shared.table.snapshot();
+        for key in keys {
+            if let Some(service) = table.service(&key) {
+                for real in service.reals.iter().chain(service.sorry.as_ref()) {
+                    real.state.zero();
+                }
+                service.stats.conns.store(0, Relaxed);
+                service.stats.unavailable.store(0, Relaxed);
+            }
+            self.rates.reset(&key);
+        }
+        Ok(())
+    }
+
+    /// Samples the counters for the rate estimates; called every [`rates::PERIOD`](super::rates::PERIOD).
+    pub fn sample_rates(&mut self, elapsed: std::time::Duration) {
+        let table = self.shared.table.snapshot();
+        self.rates.sample(&table, elapsed);
+    }
+
+    fn status(&self) -> api::Status {
+        api::Status {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            uptime_seconds: self.started.elapsed().as_secs(),
+            config_file: match &self.source {
+                ConfigSource::File(path) => Some(path.display().to_string()),
+                ConfigSource::Text { .. } => None,
+            },
+            state_file: self
+                .config
+                .state_file
+                .as_ref()
+                .map(|path| path.display().to_string()),
+            workers: self.workers.len(),
+            services: self.config.services.len(),
+            reals: self
+                .config
+                .services
+                .iter()
+                .map(|service| service.reals.len())
+                .sum(),
+            flows: self.shared.flows.count(),
+        }
+    }
+
+    /// Flows in progress, as `ipvsadm -L -c` lists them, oldest activity first.
+    fn connections(&self) -> Vec<api::Connection> {
+        let now = Millis::now();
+        let timeouts = self.config.timeouts;
+        let mut flows = self.shared.flows.list();
+        flows.sort_by_key(|flow| flow.last_activity());
+        flows
+            .iter()
+            .map(|flow| {
+                let state = flow.state();
+                let timeout = match state {
+                    FlowState::Established => timeouts.tcp,
+                    FlowState::FinWait => timeouts.tcp_fin,
+                    FlowState::Udp => timeouts.udp,
+                };
+                let idle = std::time::Duration::from_millis(now.0.saturating_sub(flow.last_activity().0));
+                api::Connection {
+                    protocol: flow.protocol.to_string(),
+                    state: state.name().to_owned(),
+                    expires_seconds: timeout.saturating_sub(idle).as_secs(),
+                    source: flow.client.to_string(),
+                    virtual_address: flow.service.to_string(),
+                    destination: flow.real.to_string(),
+                }
+            })
+            .collect()
+    }
+
+    fn service_views(&self) -> Vec<api::Service> {
+        let mut order: Vec<usize> = (0..self.config.services.len()).collect();
+        order.sort_by_key(|&index| self.config.services[index].key());
+        order.into_iter().map(|index| self.service_view(index)).collect()
+    }
+
+    fn service_view(&self, index: usize) -> api::Service {
+        let table = self.shared.table.snapshot();
+        service_view(&self.config.services[index], &table, &self.rates)
+    }
+}
+
+fn service_view(
+    config: &ServiceConfig,
+    table: &ServiceTable,
+    rates: &super::rates::Estimator,
+) -> api::Service {
+    let key = config.key();
+    let live = table.service(&key);
+    let mut reals: Vec<api::Real> = config
+        .reals
+        .iter()
+        .map(|real| {
+            let current = live.and_then(|service| service.real(real.address));
+            api::Real {
+                address: real.address.to_string(),
+                forward: format!("{:?}", real.forward_in(config)).to_lowercase(),
+                weight: current.map_or(real.weight, |current| current.weight),
+                configured_weight: real.weight,
+                max_conns: real.max_conns,
+                min_conns: real.min_conns,
+                active: current.map_or(0, |current| current.state.active()),
+                inactive: current.map_or(0, |current| current.state.inactive()),
+                overloaded: current.is_some_and(|current| current.state.is_overloaded()),
+                health: current.and_then(health_view),
+                stats: current.map_or_else(Counters::default, |current| Counters::of(&current.state)),
+                rate: rates.rates(&key, Some(real.address)),
+            }
+        })
+        .collect();
+    reals.sort_by_key(|real| real.address.parse::<SocketAddr>().ok());
+    api::Service {
+        name: config.name.clone(),
+        protocol: config.protocol.to_string(),
+        listen: config.listen.to_string(),
+        scheduler: config.scheduler.to_string(),
+        scheduler_flags: config
+            .scheduler_flags
+            .iter()
+            .map(|flag| flag.name().to_owned())
+            .collect(),
+        forward: format!("{:?}", config.forward).to_lowercase(),
+        persistence: config.persistence.map(|persistence| api::Persistence {
+            timeout_seconds: persistence.timeout.as_secs(),
+            netmask_prefix: persistence.netmask.prefix,
+        }),
+        one_packet: config.one_packet,
+        sorry_server: config.sorry_server.map(|address| address.to_string()),
+        health_check: config
+            .health_check
+            .as_ref()
+            .filter(|check| check.kind != config::HealthCheckKind::None)
+            .map(|check| check.kind.name().to_owned()),
+        stats: live.map_or_else(Counters::default, |service| Counters::of_service(service)),
+        rate: rates.rates(&key, None),
+        reals,
+    }
+}
+
+fn health_view(real: &table::Real) -> Option<api::Health> {
+    let record = real.check.as_ref()?.record();
+    Some(api::Health {
+        state: if record.up { "up" } else { "down" }.to_owned(),
+        since_seconds: SystemTime::now()
+            .duration_since(record.since)
+            .map_or(0, |elapsed| elapsed.as_secs()),
+        last_passed: record.last.as_ref().map(|last| last.passed),
+        last_reason: record.last.map(|last| last.reason),
+    })
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Answer {
+    Answer::Json(serde_json::to_value(value).unwrap_or(serde_json::Value::Null))
+}
+
+fn invalid(error: impl std::fmt::Display) -> ControlError {
+    ControlError::Invalid(error.to_string())
+}
+
+fn service_from(value: Value) -> Result<ServiceConfig, ControlError> {
+    serde_yaml::from_value(value).map_err(invalid)
+}
+
+/// A services list: `{services: [...]}` or `[...]`.
+fn services_from(value: Value) -> Result<Vec<ServiceConfig>, ControlError> {
+    let list = match value {
+        Value::Mapping(mut mapping) => {
+            let list = mapping.remove("services").unwrap_or(Value::Sequence(Vec::new()));
+            if let Some((key, _)) = mapping.into_iter().next() {
+                return Err(ControlError::Invalid(format!(
+                    "unknown key {}: expected only `services`",
+                    serde_yaml::to_string(&key).unwrap_or_default().trim()
+                )));
+            }
+            list
+        }
+        Value::Null => Value::Sequence(Vec::new()),
+        other => other,
+    };
+    serde_yaml::from_value(list).map_err(invalid)
+}
+
+/// The reals a body describes (one mapping or a list), ranges expanded and defaults filled in
+/// as the config file would for `service`.
+fn reals_from(service: &ServiceConfig, body: Value) -> Result<Vec<config::RealConfig>, ControlError> {
+    let list = match body {
+        Value::Sequence(list) => list,
+        other => vec![other],
+    };
+    let mut value = config::service_value(service);
+    if let Value::Mapping(mapping) = &mut value {
+        mapping.insert("reals".into(), Value::Sequence(list));
+    }
+    Ok(service_from(value)?.reals)
+}
+
+/// Sets the keys of `patch` in `base`; a `null` removes the key. `fixed` keys cannot change.
+fn merge(base: &mut Value, patch: Value, fixed: &[&str]) -> Result<(), ControlError> {
+    let Value::Mapping(patch) = patch else {
+        return Err(ControlError::Invalid(
+            "the body must be a mapping of the keys to change".to_owned(),
+        ));
+    };
+    let Value::Mapping(base) = base else {
+        return Err(ControlError::Invalid("nothing to edit".to_owned()));
+    };
+    apply_patch(base, patch, fixed)
+}
+
+fn apply_patch(base: &mut Mapping, patch: Mapping, fixed: &[&str]) -> Result<(), ControlError> {
+    for (key, value) in patch {
+        let name = key.as_str().unwrap_or_default().to_owned();
+        if fixed.contains(&name.as_str()) {
+            return Err(ControlError::Invalid(format!(
+                "`{name}` cannot be edited (delete and add instead)"
+            )));
+        }
+        if value.is_null() {
+            base.remove(&key);
+        } else {
+            base.insert(key, value);
+        }
+    }
+    Ok(())
+}
