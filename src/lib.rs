@@ -7,6 +7,7 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod health;
+pub mod lbadm;
 pub mod proxy;
 pub mod sched;
 mod sys;

@@ -321,7 +321,7 @@ async fn ask(State(state): State<AppState>, request: Request) -> Response {
         );
     }
     match answer.await {
-        Ok(Ok(Answer::Json(value))) => axum::Json(value).into_response(),
+        Ok(Ok(Answer::Json(bytes))) => ([(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
         Ok(Ok(Answer::Yaml(text))) => ([(header::CONTENT_TYPE, "application/yaml")], text).into_response(),
         Ok(Err(error)) => {
             let status = match &error {

@@ -608,6 +608,7 @@ impl ServiceConfig {
             return Err("one_packet: only valid for udp services (as ipvsadm -o)".to_owned());
         }
         let mut reals: Vec<RealConfig> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for raw_real in raw.reals {
             if raw_real.max_conns != 0 && raw_real.min_conns > raw_real.max_conns {
                 return Err(format!(
@@ -619,7 +620,7 @@ impl ServiceConfig {
             for text in expanded {
                 let address = parse_real_addr(&text, listen.port())
                     .map_err(|error| format!("reals: {error} (from `{}`)", raw_real.address))?;
-                if reals.iter().any(|real| real.address == address) {
+                if !seen.insert(address) {
                     return Err(format!("reals: duplicate real {address} in service `{name}`"));
                 }
                 reals.push(RealConfig {

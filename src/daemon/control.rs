@@ -3,7 +3,7 @@
 //! by the config file's rules, and applied in one step (bind, state file, swap). A change that
 //! fails anywhere changes nothing.
 
-use std::{net::SocketAddr, sync::atomic::Ordering::Relaxed, time::SystemTime};
+use std::{collections::HashSet, net::SocketAddr, sync::atomic::Ordering::Relaxed, time::SystemTime};
 
 use serde_yaml::{Mapping, Value};
 use thiserror::Error;
@@ -82,8 +82,8 @@ pub enum Change {
 /// What the director answers.
 #[derive(Debug)]
 pub enum Answer {
-    /// A JSON document.
-    Json(serde_json::Value),
+    /// A JSON document, serialized.
+    Json(Vec<u8>),
     /// YAML text (`save`).
     Yaml(String),
 }
@@ -147,8 +147,9 @@ impl Director {
                 let index = self.find(&service)?;
                 let added = reals_from(&services[index], reals)?;
                 let target = &mut services[index];
+                let known: HashSet<SocketAddr> = target.reals.iter().map(|real| real.address).collect();
                 for real in added {
-                    if target.reals.iter().any(|old| old.address == real.address) {
+                    if known.contains(&real.address) {
                         return Err(ControlError::Invalid(format!(
                             "real {} is already in service `{}`; nothing was added",
                             real.address, target.name
@@ -165,16 +166,26 @@ impl Director {
             } => {
                 let index = self.find(&service)?;
                 let targets = self.reals_named(index, &address)?;
-                let mut value = config::service_value(&services[index]);
-                if let Some(Value::Sequence(reals)) = value.get_mut("reals") {
-                    for real in reals.iter_mut() {
-                        let this = real.get("address").and_then(Value::as_str).unwrap_or_default();
-                        if targets.iter().any(|target| target.to_string() == this) {
-                            merge(real, patch.clone(), &["address"])?;
-                        }
-                    }
+                // Only the reals named are re-read through the config rules.
+                let mut edited = Vec::with_capacity(targets.len());
+                for real in services[index]
+                    .reals
+                    .iter()
+                    .filter(|real| targets.contains(&real.address))
+                {
+                    let mut value = config::real_value(real);
+                    merge(&mut value, patch.clone(), &["address"])?;
+                    edited.push(value);
                 }
-                services[index] = service_from(value)?;
+                let edited = reals_from(&services[index], Value::Sequence(edited))?;
+                for (real, new) in services[index]
+                    .reals
+                    .iter_mut()
+                    .filter(|real| targets.contains(&real.address))
+                    .zip(edited)
+                {
+                    *real = new;
+                }
                 Some(index)
             }
             Change::DeleteReals { service, address } => {
@@ -238,15 +249,16 @@ impl Director {
     }
 
     /// The addresses a real address or range names in service `index`; every one must exist.
-    fn reals_named(&self, index: usize, address: &str) -> Result<Vec<SocketAddr>, ControlError> {
+    fn reals_named(&self, index: usize, address: &str) -> Result<HashSet<SocketAddr>, ControlError> {
         let service = &self.config.services[index];
+        let known: HashSet<SocketAddr> = service.reals.iter().map(|real| real.address).collect();
         let texts = nodeset::expand(address).map_err(|error| ControlError::Invalid(error.to_string()))?;
         texts
             .iter()
             .map(|text| {
                 let real =
                     config::parse_real_addr(text, service.listen.port()).map_err(ControlError::Invalid)?;
-                if service.reals.iter().any(|known| known.address == real) {
+                if known.contains(&real) {
                     Ok(real)
                 } else {
                     Err(ControlError::NotFound(format!(
@@ -418,7 +430,7 @@ fn health_view(real: &table::Real) -> Option<api::Health> {
 }
 
 fn json<T: serde::Serialize>(value: &T) -> Answer {
-    Answer::Json(serde_json::to_value(value).unwrap_or(serde_json::Value::Null))
+    Answer::Json(serde_json::to_vec(value).unwrap_or_else(|_| b"null".to_vec()))
 }
 
 fn invalid(error: impl std::fmt::Display) -> ControlError {
@@ -455,7 +467,11 @@ fn reals_from(service: &ServiceConfig, body: Value) -> Result<Vec<config::RealCo
         Value::Sequence(list) => list,
         other => vec![other],
     };
-    let mut value = config::service_value(service);
+    let bare = ServiceConfig {
+        reals: Vec::new(),
+        ..service.clone()
+    };
+    let mut value = config::service_value(&bare);
     if let Value::Mapping(mapping) = &mut value {
         mapping.insert("reals".into(), Value::Sequence(list));
     }

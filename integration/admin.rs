@@ -1,0 +1,498 @@
+//! The admin API and `lbadm`, driven as an operator would: every command against a running
+//! lbd, checked in the table (`list --json`) and in the traffic; the ipvsadm layout; rejected
+//! input; the state file across restarts and crashes; the token.
+
+use std::{
+    collections::HashMap,
+    net::{Shutdown, SocketAddr},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use crate::support::*;
+
+fn lbadm_binary() -> &'static str {
+    env!("CARGO_BIN_EXE_lbadm")
+}
+
+/// Runs `lbadm --admin ADMIN args…`: (exit code, stdout, stderr).
+fn lbadm(admin: &str, args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(lbadm_binary())
+        .arg("--admin")
+        .arg(admin)
+        .args(args)
+        .env_remove("LBADM_ADMIN")
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Runs lbadm and insists that it succeeds; returns stdout.
+fn ok(admin: &str, args: &[&str]) -> String {
+    let (code, stdout, stderr) = lbadm(admin, args);
+    assert_eq!(code, 0, "lbadm {args:?} failed: {stderr}");
+    stdout
+}
+
+/// `list --json`: the services.
+fn table(admin: &str) -> Vec<Value> {
+    serde_json::from_str::<Value>(&ok(admin, &["list", "--json"]))
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// (address, weight) of every real of the first service.
+fn reals(admin: &str) -> Vec<(String, u64)> {
+    table(admin)[0]["reals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|real| {
+            (
+                real["address"].as_str().unwrap().to_owned(),
+                real["weight"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+struct Director {
+    lbd: Lbd,
+    admin: String,
+    listen: SocketAddr,
+}
+
+/// lbd with an admin API on a free loopback port and one `rr` service over `reals`.
+fn director(reals: &[SocketAddr], extra: &str) -> Director {
+    let admin = format!("127.0.0.1:{}", free_port());
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let reals: Vec<_> = reals.iter().map(|&real| (real, 1)).collect();
+    let config = one_service(
+        "tcp",
+        listen,
+        "rr",
+        &reals,
+        &format!("admin: {{ listen: '{admin}' }}\n{extra}"),
+    );
+    let mut lbd = Lbd::start(&config);
+    lbd.wait_for_log("admin API listening", 1);
+    Director { lbd, admin, listen }
+}
+
+fn names(counts: &HashMap<String, usize>) -> Vec<&str> {
+    let mut names: Vec<&str> = counts.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    names
+}
+
+#[test]
+fn every_command_changes_the_table_and_the_traffic() {
+    let a = TcpBackend::start("a");
+    let b = TcpBackend::start("b");
+    let c = TcpBackend::start("c");
+    let d = director(&[a.address], "");
+    let service = format!("127.0.0.1:{}", d.listen.port());
+    let (admin, svc) = (d.admin.as_str(), service.as_str());
+
+    // add-real: new flows follow at once.
+    ok(
+        admin,
+        &["add-real", "-t", svc, "-r", &b.address.to_string(), "-w", "1"],
+    );
+    assert_eq!(names(&distribution(d.listen, 4)), ["a", "b"]);
+    // A range adds several; edit-real changes weight and thresholds.
+    let range = format!("127.0.0.1:[{}-{}]", c.address.port(), c.address.port());
+    ok(admin, &["add-real", "-t", svc, "-r", &range, "-w", "2"]);
+    ok(
+        admin,
+        &[
+            "edit-real",
+            "-t",
+            svc,
+            "-r",
+            &c.address.to_string(),
+            "-w",
+            "5",
+            "-x",
+            "100",
+            "-y",
+            "50",
+        ],
+    );
+    let real_c = table(admin)[0]["reals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|real| real["address"] == c.address.to_string())
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        (real_c["weight"].as_u64(), real_c["max_conns"].as_u64()),
+        (Some(5), Some(100))
+    );
+    // drain-real: weight 0, no new flows.
+    ok(admin, &["drain-real", "-t", svc, "-r", &a.address.to_string()]);
+    ok(admin, &["edit-service", "-t", svc, "-s", "wrr"]);
+    let counts = distribution(d.listen, 12);
+    assert_eq!(names(&counts), ["b", "c"], "{counts:?}");
+    assert_eq!((counts["b"], counts["c"]), (2, 10), "wrr 1:5");
+    // del-real.
+    ok(admin, &["del-real", "-t", svc, "-r", &b.address.to_string()]);
+    assert_eq!(names(&distribution(d.listen, 4)), ["c"]);
+    // edit-service persistence and back; the listing shows it.
+    ok(
+        admin,
+        &["edit-service", "-t", svc, "-p", "60", "-M", "255.255.255.0"],
+    );
+    assert!(ok(admin, &["list", "-n"]).contains(&format!("TCP  {svc} wrr persistent 60 mask 255.255.255.0")));
+    ok(admin, &["edit-service", "-t", svc, "--no-persistent"]);
+    assert!(ok(admin, &["list", "-n"]).contains(&format!("TCP  {svc} wrr\n")));
+    // zero: counters back to 0.
+    assert!(table(admin)[0]["stats"]["conns"].as_u64().unwrap() > 0);
+    ok(admin, &["zero", "-t", svc]);
+    assert_eq!(table(admin)[0]["stats"]["conns"].as_u64(), Some(0));
+    // add-service (by name), then del-service: the address stops answering.
+    let other = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    ok(
+        admin,
+        &[
+            "add-service",
+            "-t",
+            &other.to_string(),
+            "--name",
+            "other",
+            "-s",
+            "rr",
+        ],
+    );
+    ok(
+        admin,
+        &["add-real", "--service", "other", "-r", &a.address.to_string()],
+    );
+    assert_eq!(names(&distribution(other, 2)), ["a"]);
+    ok(admin, &["del-service", "--service", "other"]);
+    assert!(std::net::TcpStream::connect_timeout(&other, Duration::from_secs(1)).is_err());
+    // save → clear → restore gives back an identical table.
+    let saved = ok(admin, &["save"]);
+    let before = ok(admin, &["list", "-n"]);
+    ok(admin, &["clear"]);
+    assert_eq!(table(admin).len(), 0);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("saved.yaml");
+    std::fs::write(&file, &saved).unwrap();
+    ok(admin, &["restore", file.to_str().unwrap()]);
+    assert_eq!(ok(admin, &["save"]), saved);
+    assert_eq!(
+        ok(admin, &["list", "-n"]).lines().skip(1).collect::<Vec<_>>(),
+        before.lines().skip(1).collect::<Vec<_>>()
+    );
+    assert_eq!(names(&distribution(d.listen, 2)), ["c"]);
+    // status and reload.
+    let status = ok(admin, &["status"]);
+    assert!(status.contains("services: 1"), "{status}");
+    ok(admin, &["reload"]);
+    assert_eq!(
+        reals(admin),
+        [(a.address.to_string(), 1)],
+        "reload replaces runtime changes"
+    );
+}
+
+#[test]
+fn list_n_matches_the_spec_layout() {
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let admin = format!("127.0.0.1:{}", free_port());
+    let config = format!(
+        "admin: {{ listen: '{admin}' }}\nworkers: 1\nservices:\n  - protocol: tcp\n    listen: {listen}\n    scheduler: wlc\n    persistence: {{ timeout: 360s }}\n    reals:\n      - {{ address: '127.0.0.2:8080', weight: 3 }}\n      - {{ address: '127.0.0.1:8080', weight: 1 }}\n  - protocol: udp\n    listen: {listen}\n    scheduler: sh\n    scheduler_flags: [sh-fallback, sh-port]\n    one_packet: true\n    reals:\n      - {{ address: '127.0.0.3:53' }}\n"
+    );
+    let _lbd = Lbd::start(&config);
+    let expected = format!(
+        "ulvs {} (flows=0)\n\
+         Prot LocalAddress:Port Scheduler Flags\n\
+         \x20 -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n\
+         TCP  {listen} wlc persistent 360\n\
+         \x20 -> 127.0.0.1:8080               Proxy   1      0          0\n\
+         \x20 -> 127.0.0.2:8080               Proxy   3      0          0\n\
+         UDP  {listen} sh (sh-fallback,sh-port) ops\n\
+         \x20 -> 127.0.0.3:53                 Proxy   1      0          0\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    wait_for_admin(&admin);
+    assert_eq!(ok(&admin, &["list", "-n"]), expected);
+}
+
+fn wait_for_admin(admin: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lbadm(admin, &["status"]).0 != 0 {
+        assert!(Instant::now() < deadline, "no admin API on {admin}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn rejected_requests_change_nothing() {
+    let a = TcpBackend::start("a");
+    let d = director(&[a.address], "");
+    let svc = format!("127.0.0.1:{}", d.listen.port());
+    let admin = d.admin.as_str();
+    let before = ok(admin, &["save"]);
+    let dup_range = format!("127.0.0.1:[{}-{}]", a.address.port() - 1, a.address.port());
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["add-real", "-t", &svc, "-r", "10.0.0.300:80"],
+            "invalid real address",
+        ),
+        (
+            vec!["add-service", "-t", "127.0.0.1:1", "-s", "fastest"],
+            "fastest",
+        ),
+        (
+            vec!["add-real", "-t", &svc, "-r", &dup_range],
+            "already in service",
+        ),
+        (
+            vec!["add-real", "-t", &svc, "-r", "127.0.0.9:80", "-w", "70000"],
+            "70000",
+        ),
+        (
+            vec!["add-real", "-t", "127.0.0.1:1", "-r", "127.0.0.9:80"],
+            "no service",
+        ),
+        (
+            vec!["add-real", "-t", &svc, "-r", "127.0.0.[1-:80"],
+            "127.0.0.[1-",
+        ),
+        (
+            vec!["edit-real", "-t", &svc, "-r", "127.0.0.9:80", "-w", "2"],
+            "no real",
+        ),
+        (vec!["add-service", "-t", &svc], "duplicate service"),
+        (
+            vec![
+                "add-service",
+                "-u",
+                "127.0.0.1:53",
+                "-o",
+                "-s",
+                "rr",
+                "-b",
+                "sh-port",
+            ],
+            "sh-port",
+        ),
+    ];
+    for (args, needle) in cases {
+        let (code, _, stderr) = lbadm(admin, &args);
+        assert_eq!(code, 1, "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        assert_eq!(ok(admin, &["save"]), before, "{args:?} changed the table");
+    }
+    // Bad usage is 2; an unreachable director is 3.
+    assert_eq!(lbadm(admin, &["add-real", "-t", &svc]).0, 2);
+    let (code, _, stderr) = lbadm("127.0.0.1:1", &["status"]);
+    assert_eq!(code, 3);
+    assert!(stderr.contains("cannot reach the director"), "{stderr}");
+}
+
+#[test]
+fn runtime_changes_survive_a_restart_through_the_state_file() {
+    let a = TcpBackend::start("a");
+    let b = TcpBackend::start("b");
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.yaml");
+    let extra = format!("state_file: {}\n", state.display());
+    let d = director(&[a.address], &extra);
+    let svc = format!("127.0.0.1:{}", d.listen.port());
+    ok(
+        &d.admin,
+        &["add-real", "-t", &svc, "-r", &b.address.to_string(), "-w", "4"],
+    );
+    let expected = reals(&d.admin);
+    let config = std::fs::read_to_string(d.lbd.config_path()).unwrap();
+    drop(d);
+    let mut again = Lbd::start(&config);
+    again.wait_for_log("services restored from the state file", 1);
+    let admin = config
+        .lines()
+        .find_map(|line| line.strip_prefix("admin: { listen: '"))
+        .and_then(|rest| rest.split('\'').next())
+        .unwrap()
+        .to_owned();
+    wait_for_admin(&admin);
+    assert_eq!(reals(&admin), expected);
+    // A corrupt state file stops lbd with a clear error instead of starting empty.
+    drop(again);
+    std::fs::write(&state, "services: [ {").unwrap();
+    let mut broken = Lbd::spawn(&config);
+    let status = broken.wait_exit(Duration::from_secs(10));
+    assert!(!status.success());
+    assert!(
+        broken.log_text().contains("the state file is not valid"),
+        "{}",
+        broken.log_text()
+    );
+}
+
+#[test]
+fn a_crash_during_a_burst_of_changes_leaves_a_prefix() {
+    let a = TcpBackend::start("a");
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.yaml");
+    let extra = format!("state_file: {}\n", state.display());
+    let d = director(&[a.address], &extra);
+    let svc = format!("127.0.0.1:{}", d.listen.port());
+    let admin = d.admin.clone();
+    // 200 add-reals, one after another; lbd is killed part way.
+    let burst = std::thread::spawn(move || {
+        let mut acknowledged = 0;
+        for i in 0..200u16 {
+            let real = format!("127.1.0.{}:{}", 1 + i % 200, 1000 + i);
+            if lbadm(&admin, &["add-real", "-t", &svc, "-r", &real]).0 != 0 {
+                break;
+            }
+            acknowledged += 1;
+        }
+        acknowledged
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    d.lbd.signal(Signal::SIGKILL);
+    let acknowledged = burst.join().unwrap();
+    eprintln!("{acknowledged} changes acknowledged before SIGKILL");
+    assert!(
+        acknowledged > 0 && acknowledged < 200,
+        "lbd was killed during the burst"
+    );
+    // The file loads, and holds the first k changes: every acknowledged one, maybe one more.
+    let saved = std::fs::read_to_string(&state).unwrap();
+    let added: Vec<u16> = saved
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("- address: 127.1.0."))
+        .map(|rest| rest.rsplit(':').next().unwrap().parse::<u16>().unwrap() - 1000)
+        .collect();
+    let prefix: Vec<u16> = (0..added.len() as u16).collect();
+    assert_eq!(added, prefix, "a prefix of the burst");
+    assert!(
+        added.len() >= acknowledged && added.len() <= acknowledged + 1,
+        "{} vs {acknowledged}",
+        added.len()
+    );
+    let check = dir.path().join("check.yaml");
+    std::fs::write(&check, &saved).unwrap();
+    let (code, _, stderr) = run_lbd(&["--check", "--config", check.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+}
+
+#[test]
+fn a_token_is_required_when_configured() {
+    let a = TcpBackend::start("a");
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret\n").unwrap();
+    let admin = format!("127.0.0.1:{}", free_port());
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let config = one_service(
+        "tcp",
+        listen,
+        "rr",
+        &[(a.address, 1)],
+        &format!(
+            "admin: {{ listen: '{admin}', token_file: {} }}\n",
+            token.display()
+        ),
+    );
+    let _lbd = Lbd::start(&config);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (code, _, stderr) = loop {
+        let answer = lbadm(&admin, &["status"]);
+        if answer.0 != 3 || Instant::now() > deadline {
+            break answer;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(code, 1);
+    assert!(stderr.contains("token"), "{stderr}");
+    let wrong = dir.path().join("wrong");
+    std::fs::write(&wrong, "guess").unwrap();
+    assert_eq!(
+        lbadm(&admin, &["--token-file", wrong.to_str().unwrap(), "status"]).0,
+        1
+    );
+    ok(&admin, &["--token-file", token.to_str().unwrap(), "status"]);
+
+    // A non-loopback admin address without a token is a config error.
+    let open = dir.path().join("open.yaml");
+    std::fs::write(&open, "admin: { listen: 0.0.0.0:9900 }\n").unwrap();
+    let (code, _, stderr) = run_lbd(&["--check", "--config", open.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("admin.token_file is required"), "{stderr}");
+}
+
+#[test]
+fn the_admin_api_listens_on_a_private_unix_socket() {
+    use std::os::unix::fs::PermissionsExt;
+    let a = TcpBackend::start("a");
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("admin.sock");
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let config = one_service(
+        "tcp",
+        listen,
+        "rr",
+        &[(a.address, 1)],
+        &format!("admin: {{ listen: 'unix:{}' }}\n", socket.display()),
+    );
+    let mut lbd = Lbd::start(&config);
+    lbd.wait_for_log("admin API listening", 1);
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let admin = format!("unix:{}", socket.display());
+    assert_eq!(reals(&admin), [(a.address.to_string(), 1)]);
+}
+
+#[test]
+fn a_held_connection_survives_every_change_but_its_removal_lets_it_finish() {
+    let a = TcpBackend::start("a");
+    let b = TcpBackend::start("b");
+    let d = director(&[a.address], "");
+    let svc = format!("127.0.0.1:{}", d.listen.port());
+    let admin = d.admin.as_str();
+    let (name, mut held) = connect_and_greet(d.listen);
+    assert_eq!(name, "a");
+    let a_real = a.address.to_string();
+    let changes: Vec<Vec<&str>> = vec![
+        vec!["edit-service", "-t", &svc, "-s", "wlc"],
+        vec!["edit-service", "-t", &svc, "-p", "30"],
+        vec!["edit-real", "-t", &svc, "-r", &a_real, "-w", "3", "-x", "100"],
+        vec!["add-real", "-t", &svc, "-r", "127.0.0.1:9"],
+        vec!["drain-real", "-t", &svc, "-r", &a_real],
+        vec!["zero"],
+        vec!["del-real", "-t", &svc, "-r", "127.0.0.1:9"],
+        vec!["del-real", "-t", &svc, "-r", &a_real],
+        vec!["del-service", "-t", &svc],
+    ];
+    let _ = b;
+    for (i, change) in changes.iter().enumerate() {
+        ok(admin, change);
+        let text = format!("after change {i}\n");
+        assert_eq!(echo(&mut held, text.as_bytes()), text, "after {change:?}");
+    }
+    // The service is gone: new connects are refused, the held one still finishes cleanly.
+    assert!(std::net::TcpStream::connect_timeout(&d.listen, Duration::from_secs(1)).is_err());
+    held.shutdown(Shutdown::Write).unwrap();
+}
+
+fn echo(stream: &mut std::net::TcpStream, text: &[u8]) -> String {
+    use std::io::{Read, Write};
+    stream.write_all(text).unwrap();
+    let mut buffer = vec![0u8; text.len()];
+    stream.read_exact(&mut buffer).unwrap();
+    String::from_utf8(buffer).unwrap()
+}

@@ -1,0 +1,526 @@
+//! `lbadm`, the admin CLI: ipvsadm's commands and flags, spoken to `lbd`'s admin API.
+//!
+//! Exit status: 0 done, 1 the director refused (nothing changed), 2 bad usage (clap's own, or
+//! a file that cannot be read), 3 the director cannot be reached.
+
+mod client;
+pub mod render;
+
+use std::{io::Read, path::PathBuf, process::ExitCode};
+
+use clap::{Args, Parser, Subcommand};
+use hyper::Method;
+use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+use serde_json::{Map, Value, json};
+
+pub use self::client::{Client, ClientError, Endpoint};
+use crate::admin::api;
+
+/// lbadm: administer a running lbd, the way ipvsadm administers IPVS.
+#[derive(Debug, Parser)]
+#[command(name = "lbadm", version)]
+pub struct Cli {
+    /// The director's admin API: IP:PORT or unix:/path.
+    #[arg(long, global = true, env = "LBADM_ADMIN", default_value = "127.0.0.1:9900")]
+    admin: String,
+    /// A file holding the admin API's bearer token.
+    #[arg(long, global = true, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// Print JSON instead of text (reads), or the new state (changes).
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// List the table (ipvsadm -L).
+    #[command(visible_alias = "ls")]
+    List(ListArgs),
+    /// Add a virtual service (ipvsadm -A).
+    AddService(ServiceArgs),
+    /// Change a virtual service's settings (ipvsadm -E); only the options given change.
+    EditService(ServiceArgs),
+    /// Delete a virtual service (ipvsadm -D); its flows finish on their own.
+    DelService(Target),
+    /// Add real servers (ipvsadm -a); -r accepts ranges like 10.0.0.[1-4]:80.
+    AddReal(RealArgs),
+    /// Change real servers (ipvsadm -e); only the options given change.
+    EditReal(RealArgs),
+    /// Delete real servers (ipvsadm -d); their flows finish on their own.
+    DelReal(RealTarget),
+    /// Set real servers' weight to 0: no new flows, existing flows finish.
+    DrainReal(RealTarget),
+    /// Zero the counters of a service, or of all (ipvsadm -Z).
+    Zero(OptionalTarget),
+    /// Remove every service (ipvsadm -C).
+    Clear,
+    /// Print the services as YAML that `restore` and the config file accept (ipvsadm -S).
+    Save,
+    /// Replace the whole table from a file, or `-` for standard input (ipvsadm -R).
+    Restore {
+        /// The YAML (`services:` list, as `save` prints it).
+        #[arg(default_value = "-")]
+        file: String,
+    },
+    /// Re-read lbd's config file, replacing runtime changes (as SIGHUP).
+    Reload,
+    /// Version, uptime, config file, counts of services, reals and flows.
+    Status,
+}
+
+/// Names a service: -t / -u VIP:PORT, or --service NAME.
+#[derive(Debug, Clone, Args)]
+#[group(required = true, multiple = false)]
+struct Target {
+    /// A TCP service.
+    #[arg(short = 't', long = "tcp-service", value_name = "VIP:PORT")]
+    tcp: Option<String>,
+    /// A UDP service.
+    #[arg(short = 'u', long = "udp-service", value_name = "VIP:PORT")]
+    udp: Option<String>,
+    /// A service by name.
+    #[arg(long = "service", value_name = "NAME")]
+    name: Option<String>,
+}
+
+/// Optionally names a service.
+#[derive(Debug, Clone, Args)]
+#[group(required = false, multiple = false)]
+struct OptionalTarget {
+    /// A TCP service.
+    #[arg(short = 't', long = "tcp-service", value_name = "VIP:PORT")]
+    tcp: Option<String>,
+    /// A UDP service.
+    #[arg(short = 'u', long = "udp-service", value_name = "VIP:PORT")]
+    udp: Option<String>,
+    /// A service by name.
+    #[arg(long = "service", value_name = "NAME")]
+    name: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct ListArgs {
+    #[command(flatten)]
+    target: OptionalTarget,
+    /// Numeric output (always numeric; accepted for ipvsadm habits).
+    #[arg(short = 'n', long)]
+    numeric: bool,
+    /// Counters: Conns InPkts OutPkts InBytes OutBytes.
+    #[arg(long, group = "view")]
+    stats: bool,
+    /// Rates: CPS InPPS OutPPS InBPS OutBPS.
+    #[arg(long, group = "view")]
+    rate: bool,
+    /// The connection table, as ipvsadm -L -c.
+    #[arg(short = 'c', long, group = "view")]
+    conns: bool,
+    /// Health check state and last result of each real.
+    #[arg(long, group = "view")]
+    health: bool,
+    /// Full numbers in --stats and --rate.
+    #[arg(long)]
+    exact: bool,
+}
+
+/// The forwarding method flags.
+#[derive(Debug, Clone, Args)]
+#[group(required = false, multiple = false)]
+struct Forward {
+    /// Direct routing (LVS/DR).
+    #[arg(short = 'g', long = "gatewaying")]
+    dr: bool,
+    /// NAT (LVS/NAT, masquerading).
+    #[arg(short = 'm', long = "masquerading")]
+    nat: bool,
+    /// IPIP tunnelling (LVS/TUN).
+    #[arg(short = 'i', long = "ipip")]
+    tun: bool,
+    /// The TCP/UDP proxy.
+    #[arg(long)]
+    proxy: bool,
+}
+
+impl Forward {
+    fn method(&self) -> Option<&'static str> {
+        [
+            (self.dr, "dr"),
+            (self.nat, "nat"),
+            (self.tun, "tun"),
+            (self.proxy, "proxy"),
+        ]
+        .into_iter()
+        .find_map(|(set, name)| set.then_some(name))
+    }
+}
+
+#[derive(Debug, Args)]
+struct ServiceArgs {
+    #[command(flatten)]
+    target: Target,
+    /// The scheduler: rr wrr lc wlc sed nq lblc lblcr dh sh mh fo ovf twos.
+    #[arg(short = 's', long = "scheduler")]
+    scheduler: Option<String>,
+    /// Scheduler flags, comma-separated: sh-fallback, sh-port, mh-fallback, mh-port.
+    #[arg(short = 'b', long = "sched-flags", value_delimiter = ',')]
+    flags: Option<Vec<String>>,
+    /// Persistence, with an optional timeout in seconds (default 360).
+    #[arg(short = 'p', long = "persistent", num_args = 0..=1, default_missing_value = "360", value_name = "TIMEOUT")]
+    persistent: Option<u64>,
+    /// Edit: stop being persistent.
+    #[arg(long, conflicts_with = "persistent")]
+    no_persistent: bool,
+    /// Persistence netmask, e.g. 255.255.255.0 or 24.
+    #[arg(short = 'M', long = "netmask")]
+    netmask: Option<String>,
+    /// UDP: schedule every datagram on its own.
+    #[arg(short = 'o', long = "ops")]
+    ops: bool,
+    /// A name for the service (with -t / -u).
+    #[arg(long = "name")]
+    new_name: Option<String>,
+    #[command(flatten)]
+    forward: Forward,
+}
+
+/// Names real servers of a service.
+#[derive(Debug, Args)]
+struct RealTarget {
+    #[command(flatten)]
+    target: Target,
+    /// The real server(s): RIP[:PORT], or a range like 10.0.0.[1-4]:80.
+    #[arg(short = 'r', long = "real-server", value_name = "RIP[:PORT]")]
+    real: String,
+}
+
+#[derive(Debug, Args)]
+struct RealArgs {
+    #[command(flatten)]
+    real: RealTarget,
+    /// Weight, 0..65535 (0 = quiescent).
+    #[arg(short = 'w', long = "weight")]
+    weight: Option<i64>,
+    /// Upper connection threshold (0 = none).
+    #[arg(short = 'x', long = "u-threshold")]
+    max_conns: Option<u32>,
+    /// Lower connection threshold.
+    #[arg(short = 'y', long = "l-threshold")]
+    min_conns: Option<u32>,
+    #[command(flatten)]
+    forward: Forward,
+}
+
+/// A failure, with the exit status it maps to.
+#[derive(Debug)]
+struct Failure {
+    status: u8,
+    message: String,
+}
+
+impl From<ClientError> for Failure {
+    fn from(error: ClientError) -> Self {
+        let status = match error {
+            ClientError::Unreachable { .. } => 3,
+            ClientError::Rejected { .. } => 1,
+        };
+        Self {
+            status,
+            message: error.to_string(),
+        }
+    }
+}
+
+fn usage(message: String) -> Failure {
+    Failure { status: 2, message }
+}
+
+/// Runs `lbadm` with parsed arguments; prints results on stdout and errors on stderr.
+pub fn run(cli: Cli) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("lbadm: cannot start: {error}");
+            return ExitCode::from(3);
+        }
+    };
+    match runtime.block_on(execute(cli)) {
+        Ok(output) => {
+            print!("{output}");
+            ExitCode::SUCCESS
+        }
+        Err(failure) => {
+            eprintln!("lbadm: {}", failure.message);
+            ExitCode::from(failure.status)
+        }
+    }
+}
+
+async fn execute(cli: Cli) -> Result<String, Failure> {
+    let token = match &cli.token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|error| usage(format!("cannot read the token file {}: {error}", path.display())))?
+                .trim()
+                .to_owned(),
+        ),
+        None => None,
+    };
+    let client = Client::new(Endpoint::parse(&cli.admin), token);
+    let json_out = cli.json;
+    let changed =
+        |bytes: hyper::body::Bytes| -> String { if json_out { pretty(&bytes) } else { String::new() } };
+    match cli.command {
+        Command::List(args) => list(&client, args, json_out).await,
+        Command::AddService(args) => {
+            let body = service_body(&args, true);
+            Ok(changed(
+                client
+                    .call(Method::POST, "/v1/services", Some(to_bytes(&body)))
+                    .await?,
+            ))
+        }
+        Command::EditService(args) => {
+            let path = service_path(&args.target);
+            let body = service_body(&args, false);
+            Ok(changed(
+                client.call(Method::PATCH, &path, Some(to_bytes(&body))).await?,
+            ))
+        }
+        Command::DelService(target) => Ok(changed(
+            client.call(Method::DELETE, &service_path(&target), None).await?,
+        )),
+        Command::AddReal(args) => {
+            let path = format!("{}/reals", service_path(&args.real.target));
+            let mut body = real_body(&args);
+            body.insert("address".to_owned(), json!(args.real.real));
+            Ok(changed(
+                client
+                    .call(Method::POST, &path, Some(to_bytes(&Value::Object(body))))
+                    .await?,
+            ))
+        }
+        Command::EditReal(args) => {
+            let body = real_body(&args);
+            let path = real_path(&args.real);
+            Ok(changed(
+                client
+                    .call(Method::PATCH, &path, Some(to_bytes(&Value::Object(body))))
+                    .await?,
+            ))
+        }
+        Command::DelReal(real) => Ok(changed(
+            client.call(Method::DELETE, &real_path(&real), None).await?,
+        )),
+        Command::DrainReal(real) => {
+            let path = format!("{}/drain", real_path(&real));
+            Ok(changed(client.call(Method::POST, &path, None).await?))
+        }
+        Command::Zero(target) => {
+            let path = match optional_path(&target) {
+                Some(service) => format!("{service}/zero"),
+                None => "/v1/zero".to_owned(),
+            };
+            Ok(changed(client.call(Method::POST, &path, None).await?))
+        }
+        Command::Clear => Ok(changed(
+            client
+                .call(Method::PUT, "/v1/services", Some(b"services: []\n".to_vec()))
+                .await?,
+        )),
+        Command::Save => {
+            let text = client.call(Method::GET, "/v1/save", None).await?;
+            Ok(String::from_utf8_lossy(&text).into_owned())
+        }
+        Command::Restore { file } => {
+            let text = read_input(&file)?;
+            Ok(changed(
+                client.call(Method::PUT, "/v1/services", Some(text)).await?,
+            ))
+        }
+        Command::Reload => Ok(changed(client.call(Method::POST, "/v1/reload", None).await?)),
+        Command::Status => {
+            let bytes = client.call(Method::GET, "/v1/status", None).await?;
+            if json_out {
+                return Ok(pretty(&bytes));
+            }
+            let status: api::Status = parse(&bytes)?;
+            Ok(format!(
+                "lbd {} up {}s\nconfig file: {}\nstate file: {}\nworkers: {}\nservices: {}  reals: {}  flows: {}\n",
+                status.version,
+                status.uptime_seconds,
+                status.config_file.as_deref().unwrap_or("(none)"),
+                status.state_file.as_deref().unwrap_or("(none)"),
+                status.workers,
+                status.services,
+                status.reals,
+                status.flows
+            ))
+        }
+    }
+}
+
+async fn list(client: &Client, args: ListArgs, json_out: bool) -> Result<String, Failure> {
+    if args.conns {
+        let bytes = client.call(Method::GET, "/v1/connections", None).await?;
+        if json_out {
+            return Ok(pretty(&bytes));
+        }
+        let flows: Vec<api::Connection> = parse(&bytes)?;
+        return Ok(render::connections(&flows));
+    }
+    let services: Vec<api::Service> = match optional_path(&args.target) {
+        Some(path) => {
+            let bytes = client.call(Method::GET, &path, None).await?;
+            if json_out {
+                return Ok(pretty(&bytes));
+            }
+            vec![parse(&bytes)?]
+        }
+        None => {
+            let bytes = client.call(Method::GET, "/v1/services", None).await?;
+            if json_out {
+                return Ok(pretty(&bytes));
+            }
+            parse(&bytes)?
+        }
+    };
+    let status: api::Status = parse(&client.call(Method::GET, "/v1/status", None).await?)?;
+    let columns = if args.stats {
+        render::Columns::Stats
+    } else if args.rate {
+        render::Columns::Rate
+    } else if args.health {
+        render::Columns::Health
+    } else {
+        render::Columns::Table
+    };
+    let options = render::Options {
+        columns,
+        exact: args.exact,
+    };
+    Ok(render::services(
+        &status.version,
+        status.flows,
+        &services,
+        options,
+    ))
+}
+
+/// The API path of a service: `/v1/services/<id>`, the id percent-encoded.
+fn service_path(target: &Target) -> String {
+    id_path(&target.tcp, &target.udp, &target.name).unwrap_or_default()
+}
+
+fn optional_path(target: &OptionalTarget) -> Option<String> {
+    id_path(&target.tcp, &target.udp, &target.name)
+}
+
+fn id_path(tcp: &Option<String>, udp: &Option<String>, name: &Option<String>) -> Option<String> {
+    let id = match (tcp, udp, name) {
+        (Some(address), _, _) => format!("tcp:{address}"),
+        (_, Some(address), _) => format!("udp:{address}"),
+        (_, _, Some(name)) => name.clone(),
+        _ => return None,
+    };
+    Some(format!("/v1/services/{}", encode(&id)))
+}
+
+fn real_path(real: &RealTarget) -> String {
+    format!("{}/reals/{}", service_path(&real.target), encode(&real.real))
+}
+
+fn encode(segment: &str) -> String {
+    utf8_percent_encode(segment, NON_ALPHANUMERIC).to_string()
+}
+
+/// The body of add-service (everything given) or edit-service (only what changes).
+fn service_body(args: &ServiceArgs, adding: bool) -> Value {
+    let mut body = Map::new();
+    if adding {
+        let (protocol, listen) = match (&args.target.tcp, &args.target.udp) {
+            (Some(address), _) => ("tcp", address.clone()),
+            (_, Some(address)) => ("udp", address.clone()),
+            _ => ("tcp", String::new()),
+        };
+        body.insert("protocol".to_owned(), json!(protocol));
+        body.insert("listen".to_owned(), json!(listen));
+        if let Some(name) = args.target.name.as_ref().or(args.new_name.as_ref()) {
+            body.insert("name".to_owned(), json!(name));
+        }
+    } else if let Some(name) = &args.new_name {
+        body.insert("name".to_owned(), json!(name));
+    }
+    if let Some(scheduler) = &args.scheduler {
+        body.insert("scheduler".to_owned(), json!(scheduler));
+    }
+    if let Some(flags) = &args.flags {
+        body.insert("scheduler_flags".to_owned(), json!(flags));
+    }
+    if let Some(timeout) = args.persistent {
+        let mut persistence = Map::new();
+        persistence.insert("timeout".to_owned(), json!(format!("{timeout}s")));
+        if let Some(mask) = &args.netmask {
+            persistence.insert("netmask".to_owned(), json!(mask));
+        }
+        body.insert("persistence".to_owned(), Value::Object(persistence));
+    } else if args.no_persistent {
+        body.insert("persistence".to_owned(), Value::Null);
+    }
+    if args.ops {
+        body.insert("one_packet".to_owned(), json!(true));
+    }
+    if let Some(forward) = args.forward.method() {
+        body.insert("forward".to_owned(), json!(forward));
+    }
+    Value::Object(body)
+}
+
+/// The keys a real's options set.
+fn real_body(args: &RealArgs) -> Map<String, Value> {
+    let mut body = Map::new();
+    if let Some(weight) = args.weight {
+        body.insert("weight".to_owned(), json!(weight));
+    }
+    if let Some(max) = args.max_conns {
+        body.insert("max_conns".to_owned(), json!(max));
+    }
+    if let Some(min) = args.min_conns {
+        body.insert("min_conns".to_owned(), json!(min));
+    }
+    if let Some(forward) = args.forward.method() {
+        body.insert("forward".to_owned(), json!(forward));
+    }
+    body
+}
+
+fn to_bytes(value: &Value) -> Vec<u8> {
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+fn read_input(file: &str) -> Result<Vec<u8>, Failure> {
+    if file == "-" {
+        let mut text = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut text)
+            .map_err(|error| usage(format!("cannot read standard input: {error}")))?;
+        return Ok(text);
+    }
+    std::fs::read(file).map_err(|error| usage(format!("cannot read {file}: {error}")))
+}
+
+fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Failure> {
+    serde_json::from_slice(bytes).map_err(|error| Failure {
+        status: 3,
+        message: format!(
+            "the director's answer is not what lbadm expects ({error}); are lbd and lbadm the same version?"
+        ),
+    })
+}
+
+fn pretty(bytes: &[u8]) -> String {
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(value) => format!("{}\n", serde_json::to_string_pretty(&value).unwrap_or_default()),
+        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+    }
+}
