@@ -496,3 +496,55 @@ fn echo(stream: &mut std::net::TcpStream, text: &[u8]) -> String {
     stream.read_exact(&mut buffer).unwrap();
     String::from_utf8(buffer).unwrap()
 }
+
+#[test]
+fn the_demo_balances_and_answers_lbadm() {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let admin = format!("127.0.0.1:{}", free_port());
+    let mut demo = KillOnDrop(
+        Command::new(lbd_binary())
+            .args(["demo", "--listen", &listen, "--admin", &admin])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for_admin(&admin);
+    let listing = ok(&admin, &["list", "-n"]);
+    assert_eq!(listing.matches("  -> 127.0.0.1:").count(), 3, "{listing}");
+    assert!(listing.contains(&format!("TCP  {listen} wrr")), "{listing}");
+    let mut bodies = HashMap::new();
+    for _ in 0..6 {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&listen).unwrap();
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let body = response
+            .split("\r\n\r\n")
+            .nth(1)
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        *bodies.entry(body).or_insert(0) += 1;
+    }
+    assert_eq!(bodies.get("hello from backend-1"), Some(&3), "{bodies:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(demo.0.id()).unwrap()),
+        Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(demo.0.wait().unwrap().success());
+}
+
+/// A child process killed if the test ends early.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

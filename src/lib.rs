@@ -2,6 +2,13 @@
 //!
 //! # Layout
 //! - [`config`]: the YAML config file → a typed, validated [`config::Config`]; nodeset ranges.
+//! - [`table`]: the service table snapshot the data plane reads, and live per-real state.
+//! - [`sched`]: the IPVS schedulers and persistence, pure functions of the snapshot.
+//! - [`proxy`]: the TCP/UDP proxy data plane (worker threads).
+//! - [`health`]: health checks (control plane).
+//! - [`daemon`]: the director's lifecycle and control loop: start, reload, admin requests.
+//! - [`admin`]: the admin API (HTTP/JSON) and its documents.
+//! - [`lbadm`]: the admin CLI.
 pub mod admin;
 pub mod clock;
 pub mod config;

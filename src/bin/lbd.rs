@@ -27,6 +27,9 @@ enum Command {
         /// Where the demo service listens.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+        /// Where the demo's admin API listens (for lbadm).
+        #[arg(long, default_value = "127.0.0.1:9900")]
+        admin: SocketAddr,
     },
     /// Real-server helper for tun mode on kernels without an ipip device.
     IpipDecap {
@@ -63,8 +66,8 @@ fn run(args: Args) -> Result<(), String> {
         .build()
         .map_err(|error| format!("cannot start the control-plane runtime: {error}"))?;
     match args.command {
-        Some(Command::Demo { listen }) => runtime
-            .block_on(daemon::demo::run(listen))
+        Some(Command::Demo { listen, admin }) => runtime
+            .block_on(daemon::demo::run(listen, admin))
             .map_err(|e| e.to_string()),
         Some(Command::IpipDecap { .. }) => {
             Err("ipip-decap is not supported yet (planned with the tun forwarding mode)".to_owned())

@@ -14,8 +14,8 @@ use super::{ConfigSource, StartError};
 /// Backend weights of the demo service.
 const WEIGHTS: [u32; 3] = [3, 2, 1];
 
-/// Runs the demo until Ctrl-C, with the service on `listen`.
-pub async fn run(listen: SocketAddr) -> Result<(), StartError> {
+/// Runs the demo until Ctrl-C, with the service on `listen` and the admin API on `admin`.
+pub async fn run(listen: SocketAddr, admin: SocketAddr) -> Result<(), StartError> {
     let mut backends = Vec::new();
     for (i, weight) in WEIGHTS.iter().enumerate() {
         let listener = TcpListener::bind(("127.0.0.1", 0))
@@ -31,7 +31,7 @@ pub async fn run(listen: SocketAddr) -> Result<(), StartError> {
         .map(|(_, address, weight)| format!("      - address: {address}\n        weight: {weight}\n"))
         .collect();
     let text = format!(
-        "workers: 1\ndrain_timeout: 2s\nservices:\n  - name: demo-web\n    protocol: tcp\n    listen: {listen}\n    scheduler: wrr\n    health_check: {{ type: http, path: /, expect_body: hello, interval: 2s }}\n    reals:\n{reals}"
+        "admin: {{ listen: '{admin}' }}\nworkers: 1\ndrain_timeout: 2s\nservices:\n  - name: demo-web\n    protocol: tcp\n    listen: {listen}\n    scheduler: wrr\n    health_check: {{ type: http, path: /, expect_body: hello, interval: 2s }}\n    reals:\n{reals}"
     );
     let config = ConfigSource::Text {
         origin: "<demo>".to_owned(),
@@ -46,12 +46,16 @@ pub async fn run(listen: SocketAddr) -> Result<(), StartError> {
         "\nTry, in another terminal:\n\
          \x20 for i in $(seq 12); do curl -s http://{listen}/; done   # 6 : 4 : 2 across the backends\n\
          \x20 curl -s http://{listen}/ -H 'Connection: close'\n\
+         \x20 lbadm --admin {admin} list -n                      # the table, as ipvsadm -L -n\n\
+         \x20 lbadm --admin {admin} list --health               # health check verdicts\n\
+         \x20 lbadm --admin {admin} drain-real -t {listen} -r {first}   # no new flows to backend-1\n\
          \x20 kill -HUP {pid}     # reload (the demo's config is built in)\n\
          \x20 kill -TERM {pid}    # drain and exit\n\
          \nThe config it runs (pass your own with `lbd --config FILE`):\n\n{text}\n\
-         The admin API (`lbadm list -n`) and /metrics are not in this build yet.\n\
+         /metrics is not in this build yet.\n\
          Press Ctrl-C to stop.",
-        pid = std::process::id()
+        pid = std::process::id(),
+        first = backends[0].1,
     );
     super::serve(config, parsed).await
 }
