@@ -548,3 +548,66 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// Sends a raw HTTP/1.1 request; returns the status code and the body.
+fn raw_http(admin: &str, request: &[u8]) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(admin).unwrap();
+    stream.write_all(request).unwrap();
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn every_api_error_is_json_and_nothing_crashes_lbd() {
+    let a = TcpBackend::start("a");
+    let d = director(&[a.address], "");
+    let admin = d.admin.as_str();
+    let huge = format!(
+        "POST /v1/services HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{}",
+        9 * 1024 * 1024,
+        "x".repeat(9 * 1024 * 1024)
+    );
+    let requests: Vec<(Vec<u8>, u16)> = vec![
+        (b"GET /v1/services/%FF%FE HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(), 400),
+        (b"GET /v1/nothing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(), 404),
+        (b"DELETE /v1/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(), 405),
+        (
+            b"POST /v1/services HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 7\r\n\r\n{[}:{]}".to_vec(),
+            400,
+        ),
+        (
+            b"PATCH /v1/services/svc HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 6\r\n\r\n[1, 2]".to_vec(),
+            400,
+        ),
+        (huge.into_bytes(), 413),
+    ];
+    for (request, expected) in requests {
+        let (status, body) = raw_http(admin, &request);
+        assert_eq!(status, expected, "{body}");
+        let problem: Value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("not JSON: {body:?}"));
+        assert!(
+            problem["error"].as_str().is_some_and(|text| !text.is_empty()),
+            "{body}"
+        );
+    }
+    // Still serving, table intact; `save --json` is JSON that `restore` takes back.
+    assert_eq!(reals(admin), [(a.address.to_string(), 1)]);
+    let saved = ok(admin, &["save", "--json"]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("saved.json");
+    std::fs::write(&file, &saved).unwrap();
+    ok(admin, &["restore", file.to_str().unwrap()]);
+    assert_eq!(ok(admin, &["save", "--json"]), saved);
+}

@@ -258,7 +258,27 @@ fn router(state: AppState) -> Router {
         })
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::map_response(json_errors))
         .with_state(state)
+}
+
+/// Gives every error a JSON body, including the ones axum answers by itself (a path that
+/// does not decode, a body over the limit, a method not allowed).
+async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let text = axum::body::to_bytes(response.into_body(), 4096)
+        .await
+        .map(|bytes| String::from_utf8_lossy(&bytes).trim().to_owned())
+        .unwrap_or_default();
+    let reason = status.canonical_reason().unwrap_or("error").to_lowercase();
+    problem(status, if text.is_empty() { reason } else { text })
 }
 
 /// With a token configured, every request needs `Authorization: Bearer <token>`.

@@ -330,6 +330,17 @@ async fn execute(cli: Cli) -> Result<String, Failure> {
         )),
         Command::Save => {
             let text = client.call(Method::GET, "/v1/save", None).await?;
+            if json_out {
+                // The same table as JSON, which `restore` accepts too.
+                let value: Value = serde_yaml::from_slice(&text).map_err(|error| Failure {
+                    status: 3,
+                    message: format!("the director's save is not valid YAML: {error}"),
+                })?;
+                return Ok(format!(
+                    "{}\n",
+                    serde_json::to_string_pretty(&value).unwrap_or_default()
+                ));
+            }
             Ok(String::from_utf8_lossy(&text).into_owned())
         }
         Command::Restore { file } => {
