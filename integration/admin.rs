@@ -489,14 +489,6 @@ fn a_held_connection_survives_every_change_but_its_removal_lets_it_finish() {
     held.shutdown(Shutdown::Write).unwrap();
 }
 
-fn echo(stream: &mut std::net::TcpStream, text: &[u8]) -> String {
-    use std::io::{Read, Write};
-    stream.write_all(text).unwrap();
-    let mut buffer = vec![0u8; text.len()];
-    stream.read_exact(&mut buffer).unwrap();
-    String::from_utf8(buffer).unwrap()
-}
-
 #[test]
 fn the_demo_balances_and_answers_lbadm() {
     let listen = format!("127.0.0.1:{}", free_port());

@@ -331,14 +331,6 @@ fn connect_and_greet_at(listen: SocketAddr, name: &str) -> (String, std::net::Tc
         .unwrap_or_else(|| panic!("no flow reached {name}"))
 }
 
-fn echo(stream: &mut std::net::TcpStream, text: &[u8]) -> String {
-    use std::io::{Read, Write};
-    stream.write_all(text).unwrap();
-    let mut buffer = vec![0u8; text.len()];
-    stream.read_exact(&mut buffer).unwrap();
-    String::from_utf8(buffer).unwrap()
-}
-
 #[test]
 fn sorry_server_takes_flows_while_every_real_is_down() {
     let mut a = TcpBackend::start("a");

@@ -446,3 +446,11 @@ pub fn one_service(
         "workers: 2\ndrain_timeout: 10s\n{extra}services:\n  - name: svc\n    protocol: {protocol}\n    listen: {listen}\n    scheduler: {scheduler}\n    reals:\n{reals}"
     )
 }
+
+/// Writes `text` on `stream` and reads back as many bytes (from an echoing backend).
+pub fn echo(stream: &mut TcpStream, text: &[u8]) -> String {
+    stream.write_all(text).unwrap();
+    let mut buffer = vec![0u8; text.len()];
+    stream.read_exact(&mut buffer).unwrap();
+    String::from_utf8(buffer).unwrap()
+}

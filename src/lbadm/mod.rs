@@ -53,7 +53,7 @@ enum Command {
     /// Set real servers' weight to 0: no new flows, existing flows finish.
     DrainReal(RealTarget),
     /// Zero the counters of a service, or of all (ipvsadm -Z).
-    Zero(OptionalTarget),
+    Zero(Target),
     /// Remove every service (ipvsadm -C).
     Clear,
     /// Print the services as YAML that `restore` and the config file accept (ipvsadm -S).
@@ -70,9 +70,10 @@ enum Command {
     Status,
 }
 
-/// Names a service: -t / -u VIP:PORT, or --service NAME.
+/// Names a service: -t / -u VIP:PORT, or --service NAME (one of them; required by every
+/// command but `list` and `zero`).
 #[derive(Debug, Clone, Args)]
-#[group(required = true, multiple = false)]
+#[group(required = false, multiple = false)]
 struct Target {
     /// A TCP service.
     #[arg(short = 't', long = "tcp-service", value_name = "VIP:PORT")]
@@ -85,25 +86,30 @@ struct Target {
     name: Option<String>,
 }
 
-/// Optionally names a service.
-#[derive(Debug, Clone, Args)]
-#[group(required = false, multiple = false)]
-struct OptionalTarget {
-    /// A TCP service.
-    #[arg(short = 't', long = "tcp-service", value_name = "VIP:PORT")]
-    tcp: Option<String>,
-    /// A UDP service.
-    #[arg(short = 'u', long = "udp-service", value_name = "VIP:PORT")]
-    udp: Option<String>,
-    /// A service by name.
-    #[arg(long = "service", value_name = "NAME")]
-    name: Option<String>,
+impl Target {
+    /// The API path of the service: `/v1/services/<id>`, the id percent-encoded.
+    fn path(&self) -> Option<String> {
+        let id = match (&self.tcp, &self.udp, &self.name) {
+            (Some(address), _, _) => format!("tcp:{address}"),
+            (_, Some(address), _) => format!("udp:{address}"),
+            (_, _, Some(name)) => name.clone(),
+            _ => return None,
+        };
+        Some(format!("/v1/services/{}", encode(&id)))
+    }
+
+    /// The path, which this command needs.
+    fn required(&self) -> Result<String, Failure> {
+        self.path().ok_or_else(|| {
+            usage("name the service with -t VIP:PORT, -u VIP:PORT or --service NAME".to_owned())
+        })
+    }
 }
 
 #[derive(Debug, Args)]
 struct ListArgs {
     #[command(flatten)]
-    target: OptionalTarget,
+    target: Target,
     /// Numeric output (always numeric; accepted for ipvsadm habits).
     #[arg(short = 'n', long)]
     numeric: bool,
@@ -273,6 +279,9 @@ async fn execute(cli: Cli) -> Result<String, Failure> {
     match cli.command {
         Command::List(args) => list(&client, args, json_out).await,
         Command::AddService(args) => {
+            if args.target.tcp.is_none() && args.target.udp.is_none() {
+                return Err(usage("add-service needs -t VIP:PORT or -u VIP:PORT".to_owned()));
+            }
             let body = service_body(&args, true);
             Ok(changed(
                 client
@@ -281,17 +290,17 @@ async fn execute(cli: Cli) -> Result<String, Failure> {
             ))
         }
         Command::EditService(args) => {
-            let path = service_path(&args.target);
+            let path = args.target.required()?;
             let body = service_body(&args, false);
             Ok(changed(
                 client.call(Method::PATCH, &path, Some(to_bytes(&body))).await?,
             ))
         }
         Command::DelService(target) => Ok(changed(
-            client.call(Method::DELETE, &service_path(&target), None).await?,
+            client.call(Method::DELETE, &target.required()?, None).await?,
         )),
         Command::AddReal(args) => {
-            let path = format!("{}/reals", service_path(&args.real.target));
+            let path = format!("{}/reals", args.real.target.required()?);
             let mut body = real_body(&args);
             body.insert("address".to_owned(), json!(args.real.real));
             Ok(changed(
@@ -302,7 +311,7 @@ async fn execute(cli: Cli) -> Result<String, Failure> {
         }
         Command::EditReal(args) => {
             let body = real_body(&args);
-            let path = real_path(&args.real);
+            let path = real_path(&args.real)?;
             Ok(changed(
                 client
                     .call(Method::PATCH, &path, Some(to_bytes(&Value::Object(body))))
@@ -310,14 +319,14 @@ async fn execute(cli: Cli) -> Result<String, Failure> {
             ))
         }
         Command::DelReal(real) => Ok(changed(
-            client.call(Method::DELETE, &real_path(&real), None).await?,
+            client.call(Method::DELETE, &real_path(&real)?, None).await?,
         )),
         Command::DrainReal(real) => {
-            let path = format!("{}/drain", real_path(&real));
+            let path = format!("{}/drain", real_path(&real)?);
             Ok(changed(client.call(Method::POST, &path, None).await?))
         }
         Command::Zero(target) => {
-            let path = match optional_path(&target) {
+            let path = match target.path() {
                 Some(service) => format!("{service}/zero"),
                 None => "/v1/zero".to_owned(),
             };
@@ -380,7 +389,7 @@ async fn list(client: &Client, args: ListArgs, json_out: bool) -> Result<String,
         let flows: Vec<api::Connection> = parse(&bytes)?;
         return Ok(render::connections(&flows));
     }
-    let services: Vec<api::Service> = match optional_path(&args.target) {
+    let services: Vec<api::Service> = match args.target.path() {
         Some(path) => {
             let bytes = client.call(Method::GET, &path, None).await?;
             if json_out {
@@ -418,27 +427,12 @@ async fn list(client: &Client, args: ListArgs, json_out: bool) -> Result<String,
     ))
 }
 
-/// The API path of a service: `/v1/services/<id>`, the id percent-encoded.
-fn service_path(target: &Target) -> String {
-    id_path(&target.tcp, &target.udp, &target.name).unwrap_or_default()
-}
-
-fn optional_path(target: &OptionalTarget) -> Option<String> {
-    id_path(&target.tcp, &target.udp, &target.name)
-}
-
-fn id_path(tcp: &Option<String>, udp: &Option<String>, name: &Option<String>) -> Option<String> {
-    let id = match (tcp, udp, name) {
-        (Some(address), _, _) => format!("tcp:{address}"),
-        (_, Some(address), _) => format!("udp:{address}"),
-        (_, _, Some(name)) => name.clone(),
-        _ => return None,
-    };
-    Some(format!("/v1/services/{}", encode(&id)))
-}
-
-fn real_path(real: &RealTarget) -> String {
-    format!("{}/reals/{}", service_path(&real.target), encode(&real.real))
+fn real_path(real: &RealTarget) -> Result<String, Failure> {
+    Ok(format!(
+        "{}/reals/{}",
+        real.target.required()?,
+        encode(&real.real)
+    ))
 }
 
 fn encode(segment: &str) -> String {

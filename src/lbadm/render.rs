@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use crate::admin::api::{Connection, Service};
+use crate::admin::api::{Connection, Counters, Rates, Service};
 
 /// Which columns `list` shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,21 +76,11 @@ pub fn services(version: &str, flows: usize, services: &[Service], options: Opti
                 }
                 push_line(&mut out, &line);
             }
-            Columns::Stats => {
-                let s = &service.stats;
+            Columns::Stats | Columns::Rate => {
                 number_line(
                     &mut out,
                     &head,
-                    [s.conns, s.in_pkts, s.out_pkts, s.in_bytes, s.out_bytes],
-                    options,
-                );
-            }
-            Columns::Rate => {
-                let r = &service.rate;
-                number_line(
-                    &mut out,
-                    &head,
-                    [r.cps, r.in_pps, r.out_pps, r.in_bps, r.out_bps],
+                    figures(options.columns, &service.stats, &service.rate),
                     options,
                 );
             }
@@ -109,23 +99,12 @@ pub fn services(version: &str, flows: usize, services: &[Service], options: Opti
                         real.inactive
                     ),
                 ),
-                Columns::Stats => {
-                    let s = &real.stats;
+                Columns::Stats | Columns::Rate => {
                     let head = format!("  -> {address}");
                     number_line(
                         &mut out,
                         &head,
-                        [s.conns, s.in_pkts, s.out_pkts, s.in_bytes, s.out_bytes],
-                        options,
-                    );
-                }
-                Columns::Rate => {
-                    let r = &real.rate;
-                    let head = format!("  -> {address}");
-                    number_line(
-                        &mut out,
-                        &head,
-                        [r.cps, r.in_pps, r.out_pps, r.in_bps, r.out_bps],
+                        figures(options.columns, &real.stats, &real.rate),
                         options,
                     );
                 }
@@ -183,6 +162,21 @@ pub fn connections(flows: &[Connection]) -> String {
 fn push_line(out: &mut String, line: &str) {
     out.push_str(line.trim_end());
     out.push('\n');
+}
+
+/// The five numbers of a `--stats` or `--rate` row.
+fn figures(columns: Columns, stats: &Counters, rate: &Rates) -> [u64; 5] {
+    if columns == Columns::Stats {
+        [
+            stats.conns,
+            stats.in_pkts,
+            stats.out_pkts,
+            stats.in_bytes,
+            stats.out_bytes,
+        ]
+    } else {
+        [rate.cps, rate.in_pps, rate.out_pps, rate.in_bps, rate.out_bps]
+    }
 }
 
 fn number_line(out: &mut String, head: &str, numbers: [u64; 5], options: Options) {
@@ -258,7 +252,7 @@ fn format_age(seconds: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::admin::api::{Counters, Persistence, Rates, Real};
+    use crate::admin::api::{Persistence, Real};
 
     fn real(address: &str, forward: &str, weight: u32, active: u32, inactive: u32) -> Real {
         Real {
