@@ -493,9 +493,10 @@ fn a_held_connection_survives_every_change_but_its_removal_lets_it_finish() {
 fn the_demo_balances_and_answers_lbadm() {
     let listen = format!("127.0.0.1:{}", free_port());
     let admin = format!("127.0.0.1:{}", free_port());
+    let metrics = format!("127.0.0.1:{}", free_port());
     let mut demo = KillOnDrop(
         Command::new(lbd_binary())
-            .args(["demo", "--listen", &listen, "--admin", &admin])
+            .args(["demo", "--listen", &listen, "--admin", &admin, "--metrics", &metrics])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()

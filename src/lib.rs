@@ -9,6 +9,7 @@
 //! - [`daemon`]: the director's lifecycle and control loop: start, reload, admin requests.
 //! - [`admin`]: the admin API (HTTP/JSON) and its documents.
 //! - [`lbadm`]: the admin CLI.
+//! - [`telemetry`]: Prometheus metrics at `/metrics`.
 pub mod admin;
 pub mod clock;
 pub mod config;
@@ -19,3 +20,4 @@ pub mod proxy;
 pub mod sched;
 mod sys;
 pub mod table;
+pub mod telemetry;

@@ -30,6 +30,9 @@ enum Command {
         /// Where the demo's admin API listens (for lbadm).
         #[arg(long, default_value = "127.0.0.1:9900")]
         admin: SocketAddr,
+        /// Where the demo serves /metrics.
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        metrics: SocketAddr,
     },
     /// Real-server helper for tun mode on kernels without an ipip device.
     IpipDecap {
@@ -66,8 +69,8 @@ fn run(args: Args) -> Result<(), String> {
         .build()
         .map_err(|error| format!("cannot start the control-plane runtime: {error}"))?;
     match args.command {
-        Some(Command::Demo { listen, admin }) => runtime
-            .block_on(daemon::demo::run(listen, admin))
+        Some(Command::Demo { listen, admin, metrics }) => runtime
+            .block_on(daemon::demo::run(listen, admin, metrics))
             .map_err(|e| e.to_string()),
         Some(Command::IpipDecap { .. }) => {
             Err("ipip-decap is not supported yet (planned with the tun forwarding mode)".to_owned())

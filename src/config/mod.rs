@@ -188,10 +188,7 @@ fn supported(config: &Config) -> Result<(), Problem> {
         needle: needle.to_owned(),
         occurrence,
     };
-    let sections = [
-        ("metrics", config.metrics.is_some()),
-        ("dataplane", config.dataplane.is_some()),
-    ];
+    let sections = [("dataplane", config.dataplane.is_some())];
     if let Some((key, _)) = sections.iter().find(|(_, present)| *present) {
         return Err(not_yet(&format!("`{key}`"), &format!("{key}:"), 0));
     }

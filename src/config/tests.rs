@@ -33,13 +33,10 @@ fn minimal_config_gets_spec_defaults() {
 
 #[test]
 fn later_features_are_rejected_as_not_supported_yet() {
-    let cases = [
-        (
-            "metrics: { listen: 127.0.0.1:9901 }\n",
-            "lbd.yaml:1:1: `metrics` is not supported yet",
-        ),
-        ("dataplane: { tun: lbtun0 }\n", "`dataplane` is not supported yet"),
-    ];
+    let cases = [(
+        "dataplane: { tun: lbtun0 }\n",
+        "lbd.yaml:1:1: `dataplane` is not supported yet",
+    )];
     for (source, needle) in cases {
         let message = error_of(source);
         assert!(message.contains(needle), "{message}");

@@ -14,8 +14,9 @@ use super::{ConfigSource, StartError};
 /// Backend weights of the demo service.
 const WEIGHTS: [u32; 3] = [3, 2, 1];
 
-/// Runs the demo until Ctrl-C, with the service on `listen` and the admin API on `admin`.
-pub async fn run(listen: SocketAddr, admin: SocketAddr) -> Result<(), StartError> {
+/// Runs the demo until Ctrl-C, with the service on `listen`, the admin API on `admin` and
+/// `/metrics` on `metrics`.
+pub async fn run(listen: SocketAddr, admin: SocketAddr, metrics: SocketAddr) -> Result<(), StartError> {
     let mut backends = Vec::new();
     for (i, weight) in WEIGHTS.iter().enumerate() {
         let listener = TcpListener::bind(("127.0.0.1", 0))
@@ -31,7 +32,7 @@ pub async fn run(listen: SocketAddr, admin: SocketAddr) -> Result<(), StartError
         .map(|(_, address, weight)| format!("      - address: {address}\n        weight: {weight}\n"))
         .collect();
     let text = format!(
-        "admin: {{ listen: '{admin}' }}\nworkers: 1\ndrain_timeout: 2s\nservices:\n  - name: demo-web\n    protocol: tcp\n    listen: {listen}\n    scheduler: wrr\n    health_check: {{ type: http, path: /, expect_body: hello, interval: 2s }}\n    reals:\n{reals}"
+        "admin: {{ listen: '{admin}' }}\nmetrics: {{ listen: '{metrics}' }}\nworkers: 1\ndrain_timeout: 2s\nservices:\n  - name: demo-web\n    protocol: tcp\n    listen: {listen}\n    scheduler: wrr\n    health_check: {{ type: http, path: /, expect_body: hello, interval: 2s }}\n    reals:\n{reals}"
     );
     let config = ConfigSource::Text {
         origin: "<demo>".to_owned(),
@@ -52,7 +53,7 @@ pub async fn run(listen: SocketAddr, admin: SocketAddr) -> Result<(), StartError
          \x20 kill -HUP {pid}     # reload (the demo's config is built in)\n\
          \x20 kill -TERM {pid}    # drain and exit\n\
          \nThe config it runs (pass your own with `lbd --config FILE`):\n\n{text}\n\
-         /metrics is not in this build yet.\n\
+         \x20 curl -s http://{metrics}/metrics                # Prometheus metrics\n\
          Press Ctrl-C to stop.",
         pid = std::process::id(),
         first = backends[0].1,

@@ -79,6 +79,14 @@ pub enum StartError {
     /// The admin API could not listen.
     #[error(transparent)]
     Admin(#[from] crate::admin::ServeError),
+    /// The metrics endpoint could not listen.
+    #[error("cannot serve /metrics on {address}: {source}")]
+    Metrics {
+        /// The address.
+        address: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// A reload was refused; the running configuration is untouched.
@@ -195,6 +203,12 @@ impl Director {
     /// Re-reads the configuration file and applies it without touching flows in progress; it
     /// replaces runtime changes (and the state file, if any).
     pub fn reload(&mut self) -> Result<ReloadSummary, ReloadError> {
+        let result = self.reload_inner();
+        crate::telemetry::count_reload(result.is_ok());
+        result
+    }
+
+    fn reload_inner(&mut self) -> Result<ReloadSummary, ReloadError> {
         let config = self.source.load()?;
         if config.worker_count() != self.workers.len() {
             tracing::warn!(
@@ -333,12 +347,28 @@ pub async fn serve(source: ConfigSource, config: Config) -> Result<(), StartErro
     let mut terminate = signal(SignalKind::terminate()).map_err(StartError::Signals)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(StartError::Signals)?;
     let admin_config = config.admin.clone();
+    let admin_config_metrics = config.metrics.as_ref().map(|metrics| metrics.listen);
+    crate::telemetry::recorder();
     let mut director = Director::start(source, config)?;
     let mut admin = match &admin_config {
         Some(settings) => {
             let handle = crate::admin::serve(settings).await?;
             tracing::info!(address = %handle.address, "admin API listening");
             Some(handle)
+        }
+        None => None,
+    };
+    let _metrics = match &admin_config_metrics {
+        Some(address) => {
+            let server =
+                crate::telemetry::serve(*address, Arc::clone(director.table()), director.flows().clone())
+                    .await
+                    .map_err(|source| StartError::Metrics {
+                        address: *address,
+                        source,
+                    })?;
+            tracing::info!(address = %server.address, "metrics served at /metrics");
+            Some(server)
         }
         None => None,
     };

@@ -131,12 +131,15 @@ async fn watch(
     status: Arc<CheckStatus>,
     changed: Arc<Notify>,
 ) {
+    let duration = metrics::histogram!(crate::telemetry::CHECK_DURATION, "service" => target.service.clone());
     let mut next = on_slot(Instant::now() + spread(check.interval, &target));
     loop {
         let outcome = tokio::select! {
             () = tokio::time::sleep_until(next) => {
                 let started = Instant::now();
                 let outcome = probe::run(&check, &target).await;
+                duration.record(started.elapsed().as_secs_f64());
+                status.count_check(outcome.passed);
                 next = on_slot((started + check.interval).max(Instant::now()));
                 outcome
             }

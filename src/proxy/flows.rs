@@ -89,6 +89,21 @@ impl FlowTracker {
         }
     }
 
+    /// Listed flows now: (TCP, UDP).
+    pub fn count_by_protocol(&self) -> (usize, usize) {
+        let mut counts = (0, 0);
+        for shard in &self.0.shards {
+            let guard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            for record in guard.records.values() {
+                match record.protocol {
+                    Protocol::Tcp => counts.0 += 1,
+                    Protocol::Udp => counts.1 += 1,
+                }
+            }
+        }
+        counts
+    }
+
     /// Every listed flow now.
     pub fn list(&self) -> Vec<Arc<FlowRecord>> {
         self.0

@@ -11,7 +11,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc, Mutex, MutexGuard,
-        atomic::{AtomicU32, Ordering::Relaxed},
+        atomic::{AtomicU32, AtomicU64, Ordering::Relaxed},
     },
     time::SystemTime,
 };
@@ -26,6 +26,8 @@ pub struct CheckStatus {
     record: Mutex<CheckRecord>,
     passive_streak: AtomicU32,
     passive_signal: Notify,
+    passed: AtomicU64,
+    failed: AtomicU64,
 }
 
 impl CheckStatus {
@@ -43,6 +45,8 @@ impl CheckStatus {
             }),
             passive_streak: AtomicU32::new(0),
             passive_signal: Notify::new(),
+            passed: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
         }
     }
 
@@ -70,6 +74,16 @@ impl CheckStatus {
             (false, OnDown::Quiesce) => (true, 0),
             (false, OnDown::Remove) => (false, weight),
         }
+    }
+
+    /// Counts one active check by its result.
+    pub fn count_check(&self, passed: bool) {
+        if passed { &self.passed } else { &self.failed }.fetch_add(1, Relaxed);
+    }
+
+    /// Active checks run so far: (passed, failed).
+    pub fn counts(&self) -> (u64, u64) {
+        (self.passed.load(Relaxed), self.failed.load(Relaxed))
     }
 
     /// Data plane: a connect to this real failed, the `streak`th in a row since the last one

@@ -1,0 +1,266 @@
+//! The service table's metrics, written in the Prometheus text format at scrape time.
+
+use std::{fmt::Write, sync::atomic::Ordering::Relaxed};
+
+use crate::{
+    config::Protocol,
+    proxy::FlowTracker,
+    table::{Real, Service, ServiceTable},
+};
+
+/// Writes every family that the table holds.
+pub(super) fn table(out: &mut String, table: &ServiceTable, flows: &FlowTracker) {
+    let services = table.services();
+    family(
+        out,
+        "lbd_service_connections_total",
+        "counter",
+        "Flows accepted by the service.",
+        |out| {
+            for service in services {
+                let protocol = service.key.protocol.to_string();
+                sample(
+                    out,
+                    "lbd_service_connections_total",
+                    &[("service", service.name()), ("protocol", &protocol)],
+                    service.stats.conns.load(Relaxed),
+                );
+            }
+        },
+    );
+    family(
+        out,
+        "lbd_service_unavailable_total",
+        "counter",
+        "Flows refused because no real server was available.",
+        |out| {
+            for service in services {
+                sample(
+                    out,
+                    "lbd_service_unavailable_total",
+                    &[("service", service.name())],
+                    service.stats.unavailable.load(Relaxed),
+                );
+            }
+        },
+    );
+    let per_real = |out: &mut String, name: &str, value: &dyn Fn(&Service, &Real) -> u64| {
+        for service in services {
+            for real in &service.reals {
+                let address = real.address.to_string();
+                sample(
+                    out,
+                    name,
+                    &[("service", service.name()), ("real", &address)],
+                    value(service, real),
+                );
+            }
+        }
+    };
+    family(
+        out,
+        "lbd_real_connections_total",
+        "counter",
+        "Flows scheduled to the real server.",
+        |out| {
+            per_real(out, "lbd_real_connections_total", &|_, real| {
+                real.state.conns.load(Relaxed)
+            });
+        },
+    );
+    family(
+        out,
+        "lbd_real_connections_active",
+        "gauge",
+        "ActiveConn: established flows.",
+        |out| {
+            per_real(out, "lbd_real_connections_active", &|_, real| {
+                u64::from(real.state.active())
+            });
+        },
+    );
+    family(
+        out,
+        "lbd_real_connections_inactive",
+        "gauge",
+        "InActConn: flows not established (connecting, half-closed, UDP).",
+        |out| {
+            per_real(out, "lbd_real_connections_inactive", &|_, real| {
+                u64::from(real.state.inactive())
+            })
+        },
+    );
+    let per_direction = |out: &mut String, name: &str, counters: &dyn Fn(&Real) -> (u64, u64)| {
+        for service in services {
+            for real in &service.reals {
+                let address = real.address.to_string();
+                let (into, out_of) = counters(real);
+                for (direction, value) in [("in", into), ("out", out_of)] {
+                    let labels = [
+                        ("service", service.name()),
+                        ("real", address.as_str()),
+                        ("direction", direction),
+                    ];
+                    sample(out, name, &labels, value);
+                }
+            }
+        }
+    };
+    family(
+        out,
+        "lbd_real_bytes_total",
+        "counter",
+        "Bytes relayed: in = client to real, out = real to client.",
+        |out| {
+            per_direction(out, "lbd_real_bytes_total", &|real| {
+                (
+                    real.state.bytes_in.load(Relaxed),
+                    real.state.bytes_out.load(Relaxed),
+                )
+            });
+        },
+    );
+    family(
+        out,
+        "lbd_real_packets_total",
+        "counter",
+        "Packets relayed (proxy mode: UDP datagrams): in = client to real, out = real to client.",
+        |out| {
+            per_direction(out, "lbd_real_packets_total", &|real| {
+                (
+                    real.state.packets_in.load(Relaxed),
+                    real.state.packets_out.load(Relaxed),
+                )
+            });
+        },
+    );
+    family(
+        out,
+        "lbd_real_weight",
+        "gauge",
+        "The weight new flows are scheduled with now (after health checks and drains).",
+        |out| per_real(out, "lbd_real_weight", &|_, real| u64::from(real.weight)),
+    );
+    family(
+        out,
+        "lbd_real_up",
+        "gauge",
+        "1 if the real server is up, 0 if its health check found it down.",
+        |out| {
+            per_real(out, "lbd_real_up", &|_, real| {
+                let up = match &real.check {
+                    Some(check) => check.record().up,
+                    None => real.up,
+                };
+                u64::from(up)
+            });
+        },
+    );
+    family(
+        out,
+        "lbd_health_checks_total",
+        "counter",
+        "Health checks run, by result.",
+        |out| {
+            for service in services {
+                for real in &service.reals {
+                    let Some(check) = &real.check else { continue };
+                    let address = real.address.to_string();
+                    let (passed, failed) = check.counts();
+                    for (result, value) in [("success", passed), ("failure", failed)] {
+                        let labels = [
+                            ("service", service.name()),
+                            ("real", address.as_str()),
+                            ("result", result),
+                        ];
+                        sample(out, "lbd_health_checks_total", &labels, value);
+                    }
+                }
+            }
+        },
+    );
+    family(
+        out,
+        "lbd_flows",
+        "gauge",
+        "Flows in the connection table, by protocol.",
+        |out| {
+            let (tcp, udp) = flows.count_by_protocol();
+            for (protocol, count) in [(Protocol::Tcp, tcp), (Protocol::Udp, udp)] {
+                sample(
+                    out,
+                    "lbd_flows",
+                    &[("protocol", &protocol.to_string())],
+                    count as u64,
+                );
+            }
+        },
+    );
+}
+
+/// Writes a family's `# HELP` and `# TYPE` lines, then its samples.
+fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: impl FnOnce(&mut String)) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    samples(out);
+    out.push('\n');
+}
+
+/// Writes one sample line.
+fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: u64) {
+    out.push_str(name);
+    out.push('{');
+    for (i, (key, value)) in labels.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(key);
+        out.push_str("=\"");
+        escape(out, value);
+        out.push('"');
+    }
+    let _ = writeln!(out, "}} {value}");
+}
+
+/// Label values escape backslash, double quote and newline.
+fn escape(out: &mut String, value: &str) {
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{config, table::HealthView};
+
+    #[test]
+    fn every_real_has_its_series_from_the_start() {
+        let config = config::parse(
+            "services:\n  - { name: 'we\"b', protocol: tcp, listen: '127.0.0.1:80', reals: [{address: '10.0.0.[1-2]:80', weight: 3}] }\n",
+            "t",
+        )
+        .unwrap();
+        let table = ServiceTable::build(&config, None, &HealthView::default());
+        table.services()[0].reals[0].state.bytes_in.fetch_add(42, Relaxed);
+        let mut page = String::new();
+        super::table(&mut page, &table, &FlowTracker::default());
+        assert!(page.contains("lbd_service_connections_total{service=\"we\\\"b\",protocol=\"tcp\"} 0\n"));
+        assert_eq!(page.matches("lbd_real_connections_total{").count(), 2);
+        assert!(
+            page.contains(
+                "lbd_real_bytes_total{service=\"we\\\"b\",real=\"10.0.0.1:80\",direction=\"in\"} 42\n"
+            ) || page.contains(
+                "lbd_real_bytes_total{service=\"we\\\"b\",real=\"10.0.0.2:80\",direction=\"in\"} 42\n"
+            )
+        );
+        assert!(page.contains("lbd_real_weight{service=\"we\\\"b\",real=\"10.0.0.1:80\"} 3\n"));
+        assert!(page.contains("lbd_flows{protocol=\"udp\"} 0\n"));
+        assert!(page.contains("# TYPE lbd_real_connections_active gauge\n"));
+    }
+}

@@ -1,0 +1,77 @@
+//! Prometheus metrics (SPEC section 7), served at `GET /metrics` on `metrics.listen`.
+//!
+//! Two sources make one page:
+//! - **The service table**, read at scrape time: every service and real counter and gauge is
+//!   an atomic that the data plane already keeps ([`RealState`](crate::table::RealState),
+//!   service totals, health check statuses, the flow registry). Recording a flow costs no lock
+//!   and no allocation, series exist exactly while their service or real exists (zero-valued
+//!   from the start), and a removed real's series are gone from the next scrape.
+//! - **The `metrics` facade**, for events of the control plane: `lbd_build_info`,
+//!   `lbd_config_reloads_total` and the `lbd_health_check_duration_seconds` histogram,
+//!   recorded into `metrics-exporter-prometheus`'s recorder and rendered by it.
+
+mod collect;
+mod server;
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub use self::server::{MetricsServer, serve};
+use crate::{proxy::FlowTracker, table::TableHandle};
+
+/// Histogram buckets of health check latency: 1 ms to 10 s.
+pub const CHECK_BUCKETS: [f64; 13] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// `lbd_config_reloads_total`.
+pub const RELOADS: &str = "lbd_config_reloads_total";
+/// `lbd_health_check_duration_seconds`.
+pub const CHECK_DURATION: &str = "lbd_health_check_duration_seconds";
+
+/// The process-wide recorder for the facade metrics, installed on first use.
+pub fn recorder() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full(CHECK_DURATION.to_owned()), &CHECK_BUCKETS)
+            .unwrap_or_else(|_| PrometheusBuilder::new());
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        // Another recorder may already be installed (a library user's); ours then only
+        // renders what the table holds plus its own zero-valued facade series.
+        let _ = metrics::set_global_recorder(recorder);
+        metrics::describe_gauge!(
+            "lbd_build_info",
+            "Always 1; the version label says which lbd runs."
+        );
+        metrics::describe_counter!(
+            RELOADS,
+            "Configuration reloads (SIGHUP or lbadm reload), by result."
+        );
+        metrics::describe_histogram!(
+            CHECK_DURATION,
+            metrics::Unit::Seconds,
+            "How long health checks take, by service."
+        );
+        metrics::gauge!("lbd_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+        for result in ["success", "failure"] {
+            metrics::counter!(RELOADS, "result" => result).absolute(0);
+        }
+        handle
+    })
+}
+
+/// Counts a configuration reload.
+pub fn count_reload(success: bool) {
+    let result = if success { "success" } else { "failure" };
+    metrics::counter!(RELOADS, "result" => result).increment(1);
+}
+
+/// The whole `/metrics` page: the facade's metrics, then the table's.
+pub fn render(table: &TableHandle, flows: &FlowTracker) -> String {
+    let mut page = recorder().render();
+    collect::table(&mut page, &table.load(), flows);
+    page
+}
