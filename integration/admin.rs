@@ -179,7 +179,7 @@ fn every_command_changes_the_table_and_the_traffic() {
     );
     assert_eq!(names(&distribution(other, 2)), ["a"]);
     ok(admin, &["del-service", "--service", "other"]);
-    assert!(std::net::TcpStream::connect_timeout(&other, Duration::from_secs(1)).is_err());
+    wait_refused(other);
     // save → clear → restore gives back an identical table.
     let saved = ok(admin, &["save"]);
     let before = ok(admin, &["list", "-n"]);
@@ -227,6 +227,16 @@ fn list_n_matches_the_spec_layout() {
     );
     wait_for_admin(&admin);
     assert_eq!(ok(&admin, &["list", "-n"]), expected);
+}
+
+/// Waits until connects to `address` are refused: the workers close a deleted service's
+/// sockets right after the change is answered.
+fn wait_refused(address: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::net::TcpStream::connect_timeout(&address, Duration::from_secs(1)).is_ok() {
+        assert!(Instant::now() < deadline, "{address} still accepts connections");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 fn wait_for_admin(admin: &str) {
@@ -485,7 +495,7 @@ fn a_held_connection_survives_every_change_but_its_removal_lets_it_finish() {
         assert_eq!(echo(&mut held, text.as_bytes()), text, "after {change:?}");
     }
     // The service is gone: new connects are refused, the held one still finishes cleanly.
-    assert!(std::net::TcpStream::connect_timeout(&d.listen, Duration::from_secs(1)).is_err());
+    wait_refused(d.listen);
     held.shutdown(Shutdown::Write).unwrap();
 }
 
@@ -496,7 +506,15 @@ fn the_demo_balances_and_answers_lbadm() {
     let metrics = format!("127.0.0.1:{}", free_port());
     let mut demo = KillOnDrop(
         Command::new(lbd_binary())
-            .args(["demo", "--listen", &listen, "--admin", &admin, "--metrics", &metrics])
+            .args([
+                "demo",
+                "--listen",
+                &listen,
+                "--admin",
+                &admin,
+                "--metrics",
+                &metrics,
+            ])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()

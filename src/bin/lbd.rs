@@ -69,7 +69,11 @@ fn run(args: Args) -> Result<(), String> {
         .build()
         .map_err(|error| format!("cannot start the control-plane runtime: {error}"))?;
     match args.command {
-        Some(Command::Demo { listen, admin, metrics }) => runtime
+        Some(Command::Demo {
+            listen,
+            admin,
+            metrics,
+        }) => runtime
             .block_on(daemon::demo::run(listen, admin, metrics))
             .map_err(|e| e.to_string()),
         Some(Command::IpipDecap { .. }) => {

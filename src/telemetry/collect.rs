@@ -242,7 +242,7 @@ mod tests {
     #[test]
     fn every_real_has_its_series_from_the_start() {
         let config = config::parse(
-            "services:\n  - { name: 'we\"b', protocol: tcp, listen: '127.0.0.1:80', reals: [{address: '10.0.0.[1-2]:80', weight: 3}] }\n",
+            "services:\n  - { name: web, protocol: tcp, listen: '127.0.0.1:80', reals: [{address: '10.0.0.[1-2]:80', weight: 3}] }\n",
             "t",
         )
         .unwrap();
@@ -250,17 +250,23 @@ mod tests {
         table.services()[0].reals[0].state.bytes_in.fetch_add(42, Relaxed);
         let mut page = String::new();
         super::table(&mut page, &table, &FlowTracker::default());
-        assert!(page.contains("lbd_service_connections_total{service=\"we\\\"b\",protocol=\"tcp\"} 0\n"));
+        assert!(page.contains("lbd_service_connections_total{service=\"web\",protocol=\"tcp\"} 0\n"));
         assert_eq!(page.matches("lbd_real_connections_total{").count(), 2);
         assert!(
-            page.contains(
-                "lbd_real_bytes_total{service=\"we\\\"b\",real=\"10.0.0.1:80\",direction=\"in\"} 42\n"
-            ) || page.contains(
-                "lbd_real_bytes_total{service=\"we\\\"b\",real=\"10.0.0.2:80\",direction=\"in\"} 42\n"
-            )
+            page.contains("lbd_real_bytes_total{service=\"web\",real=\"10.0.0.1:80\",direction=\"in\"} 42\n")
+                || page.contains(
+                    "lbd_real_bytes_total{service=\"web\",real=\"10.0.0.2:80\",direction=\"in\"} 42\n"
+                )
         );
-        assert!(page.contains("lbd_real_weight{service=\"we\\\"b\",real=\"10.0.0.1:80\"} 3\n"));
+        assert!(page.contains("lbd_real_weight{service=\"web\",real=\"10.0.0.1:80\"} 3\n"));
         assert!(page.contains("lbd_flows{protocol=\"udp\"} 0\n"));
         assert!(page.contains("# TYPE lbd_real_connections_active gauge\n"));
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let mut out = String::new();
+        escape(&mut out, "a\\b\"c\nd");
+        assert_eq!(out, "a\\\\b\\\"c\\nd");
     }
 }
