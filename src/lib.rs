@@ -16,6 +16,8 @@ pub mod config;
 pub mod daemon;
 pub mod health;
 pub mod lbadm;
+pub mod lvs;
+pub mod packet;
 pub mod proxy;
 pub mod sched;
 mod sys;

@@ -5,17 +5,17 @@ use std::{io, net::SocketAddr, sync::atomic::Ordering::Relaxed, time::Duration};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Scheduled, Shared,
+    Failed, Shared,
     flows::FlowRecord,
     relay,
     relay::{IdleTimeouts, RelayEnd},
-    schedule,
     stream::{Listener, Stream},
 };
 use crate::{
     clock::Millis,
     config::{Protocol, ServiceKey},
     sched::Flow,
+    table::Scheduled,
 };
 
 /// Reals tried for one client connection: the first choice and up to two more.
@@ -99,7 +99,7 @@ async fn connect(
                 destination: key.listen,
                 now,
             };
-            let scheduled = schedule(service, &flow)?;
+            let scheduled = service.schedule(&flow)?;
             let timeouts = IdleTimeouts {
                 established: table.timeouts.tcp,
                 half_closed: table.timeouts.tcp_fin,

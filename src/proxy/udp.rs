@@ -16,15 +16,15 @@ use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    FlowGuard, Scheduled, Shared,
+    Failed, FlowGuard, Shared,
     flows::{FlowRecord, Registration},
-    pool, schedule,
+    pool,
 };
 use crate::{
     clock::Millis,
     config::{Protocol, ServiceKey},
     sched::Flow,
-    table::TableHandle,
+    table::{Scheduled, TableHandle},
 };
 
 /// Sessions of one service on one worker. Only that worker's thread touches the map, so the
@@ -144,7 +144,7 @@ fn session_for(
         destination: key.listen,
         now: Millis::now(),
     };
-    let scheduled = schedule(service, &flow)?;
+    let scheduled = service.schedule(&flow)?;
     let address = scheduled.address;
     let session_key = SessionKey {
         client,

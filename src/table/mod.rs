@@ -27,7 +27,10 @@ pub use self::{
 use crate::{
     clock::Millis,
     config::{Config, ForwardMethod, ServiceConfig, ServiceKey, Timeouts},
-    sched::{self, Scheduler, persistence::Persistence},
+    sched::{
+        self, Flow, Scheduler,
+        persistence::{Persistence, TemplateHold},
+    },
 };
 
 /// The shared, lock-free view of the service table.
@@ -223,10 +226,60 @@ impl Service {
         self.position(address).map(|i| &self.reals[i])
     }
 
+    /// Schedules `flow` (through the persistence templates, if any) and binds it to the real
+    /// chosen. When no real can take it, the flow goes to the sorry server if there is one;
+    /// otherwise it is refused: `None`, counted as unavailable.
+    pub fn schedule(&self, flow: &Flow) -> Option<Scheduled> {
+        let chosen = match &self.persistence {
+            Some(persistence) => persistence
+                .schedule(
+                    &self.reals,
+                    |address| self.position(address),
+                    self.scheduler.as_ref(),
+                    flow,
+                )
+                .map(|(index, hold)| (index, Some(hold))),
+            None => self.scheduler.pick(&self.reals, flow).map(|index| (index, None)),
+        };
+        let Some((index, template)) = chosen else {
+            if let Some(sorry) = &self.sorry {
+                return Some(Scheduled {
+                    address: sorry.address,
+                    forward: sorry.forward,
+                    binding: sorry.state.bind(),
+                    template: None,
+                });
+            }
+            self.stats.unavailable.fetch_add(1, Relaxed);
+            tracing::debug!(service = self.name(), client = %flow.client, "no real server available");
+            return None;
+        };
+        let real = &self.reals[index];
+        Some(Scheduled {
+            address: real.address,
+            forward: real.forward,
+            binding: real.state.bind(),
+            template,
+        })
+    }
+
     /// The index in `reals` of the real with this address.
     pub fn position(&self, address: SocketAddr) -> Option<usize> {
         self.positions.get(&address).copied()
     }
+}
+
+/// A flow bound to the real chosen for it.
+#[derive(Debug)]
+pub struct Scheduled {
+    /// Where the flow goes.
+    pub address: SocketAddr,
+    /// How it gets there.
+    pub forward: ForwardMethod,
+    /// Its place in the real's ActiveConn / InActConn.
+    pub binding: FlowBinding,
+    /// Its hold on the client's persistence template, if the service is persistent.
+    pub template: Option<TemplateHold>,
 }
 
 /// One real server of a service in a snapshot.

@@ -1,0 +1,559 @@
+//! The connection table of the packet data plane: one entry per flow (client → VIP), with the
+//! real it was scheduled to, its IPVS state and its deadline.
+//!
+//! It is bounded by `max_flows`. When it is full, a new flow first evicts the oldest
+//! half-open entry; established flows are never pushed out, so a flood of spoofed SYNs can
+//! only replace other half-open entries (which also expire after
+//! [`EMBRYONIC_TIMEOUT`](super::tcp_state::EMBRYONIC_TIMEOUT)). One source address may hold
+//! at most a share of the table. Entries are kept in shards chosen by the client's address
+//! (both directions of a flow know it), and expire by sweeping one shard at a time, never the
+//! whole table at once.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    net::{IpAddr, SocketAddr},
+    sync::{
+        Mutex, PoisonError,
+        atomic::{AtomicUsize, Ordering::Relaxed},
+    },
+};
+
+use super::tcp_state::{Direction, TcpState};
+use crate::{
+    clock::Millis,
+    config::{Protocol, Timeouts},
+    packet::TcpFlags,
+    table::Scheduled,
+};
+
+/// Shards of the table.
+const SHARDS: usize = 64;
+
+/// The identity of a flow: protocol, client, and the virtual service it addressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// TCP or UDP.
+    pub protocol: Protocol,
+    /// The client's address and port.
+    pub client: SocketAddr,
+    /// The VIP and port.
+    pub vip: SocketAddr,
+}
+
+/// How a NAT reply names its flow: the real it comes from and the client it goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ReplyKey {
+    /// TCP or UDP.
+    pub protocol: Protocol,
+    /// The real server's address and port.
+    pub real: SocketAddr,
+    /// The client's address and port.
+    pub client: SocketAddr,
+}
+
+/// A flow's state: IPVS's TCP states, or UDP's single one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// TCP.
+    Tcp(TcpState),
+    /// UDP.
+    Udp,
+}
+
+impl State {
+    /// The ipvsadm name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Tcp(state) => state.name(),
+            Self::Udp => "UDP",
+        }
+    }
+
+    fn timeout_ms(self, timeouts: &Timeouts) -> u64 {
+        let timeout = match self {
+            Self::Tcp(state) => state.timeout(timeouts),
+            Self::Udp => timeouts.udp,
+        };
+        u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn is_embryonic(self) -> bool {
+        matches!(self, Self::Tcp(state) if state.is_embryonic())
+    }
+}
+
+/// One flow.
+#[derive(Debug)]
+struct Entry {
+    scheduled: Scheduled,
+    state: State,
+    expires: Millis,
+}
+
+/// What a flow looks like from outside the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowView {
+    /// The flow.
+    pub key: FlowKey,
+    /// The real it goes to.
+    pub real: SocketAddr,
+    /// Its state.
+    pub state: State,
+    /// When it expires without traffic.
+    pub expires: Millis,
+}
+
+/// Why a packet found no flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The table is full of established flows.
+    Full,
+    /// This source address holds its share of the table already.
+    SourceCap,
+    /// The scheduler found no real (or the packet may not start a flow: a TCP packet without
+    /// SYN).
+    NoReal,
+}
+
+#[derive(Debug, Default)]
+struct Shard {
+    flows: HashMap<FlowKey, Entry, ahash::RandomState>,
+    replies: HashMap<ReplyKey, FlowKey, ahash::RandomState>,
+    /// Half-open flows, oldest first (may hold keys that became established or expired).
+    embryonic: VecDeque<FlowKey>,
+    per_source: HashMap<IpAddr, u32, ahash::RandomState>,
+}
+
+/// The connection table.
+#[derive(Debug)]
+pub struct FlowTable {
+    shards: Vec<Mutex<Shard>>,
+    hasher: ahash::RandomState,
+    per_shard: usize,
+    per_source: u32,
+    count: AtomicUsize,
+    next_sweep: AtomicUsize,
+}
+
+impl FlowTable {
+    /// A table of at most `max_flows` flows, and at most `per_source` per source address.
+    pub fn new(max_flows: usize, per_source: u32) -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            hasher: ahash::RandomState::new(),
+            per_shard: max_flows.div_ceil(SHARDS).max(1),
+            per_source: per_source.max(1),
+            count: AtomicUsize::new(0),
+            next_sweep: AtomicUsize::new(0),
+        }
+    }
+
+    /// Flows in the table.
+    pub fn len(&self) -> usize {
+        self.count.load(Relaxed)
+    }
+
+    /// Whether the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn shard(&self, client: &SocketAddr) -> &Mutex<Shard> {
+        let index = (self.hasher.hash_one(client.ip()) as usize) % self.shards.len();
+        &self.shards[index]
+    }
+
+    /// A packet from a client to a VIP: the flow's real, its state advanced by `flags`. With no
+    /// flow yet, `schedule` is asked for a real (TCP: only for a SYN).
+    pub fn inbound(
+        &self,
+        key: FlowKey,
+        flags: Option<TcpFlags>,
+        direction: Direction,
+        now: Millis,
+        timeouts: &Timeouts,
+        schedule: impl FnOnce() -> Option<Scheduled>,
+    ) -> Result<SocketAddr, Refusal> {
+        let mut shard = self
+            .shard(&key.client)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(entry) = shard.flows.get_mut(&key) {
+            let expired = entry.expires <= now;
+            // A new SYN on an expired or closed entry starts a new flow (IPVS conn_reuse_mode).
+            let reuse = flags.is_some_and(|f| f.syn && !f.ack)
+                && (expired || matches!(entry.state, State::Tcp(TcpState::TimeWait | TcpState::Close)));
+            if !reuse {
+                advance(entry, flags, direction, now, timeouts);
+                return Ok(entry.scheduled.address);
+            }
+            self.remove(&mut shard, &key);
+        }
+        if matches!(flags, Some(f) if !f.syn || f.ack) {
+            return Err(Refusal::NoReal);
+        }
+        if shard.per_source.get(&key.client.ip()).copied().unwrap_or(0) >= self.per_source {
+            return Err(Refusal::SourceCap);
+        }
+        if shard.flows.len() >= self.per_shard && !self.evict_embryonic(&mut shard) {
+            return Err(Refusal::Full);
+        }
+        let scheduled = schedule().ok_or(Refusal::NoReal)?;
+        let real = scheduled.address;
+        let state = match key.protocol {
+            Protocol::Tcp => State::Tcp(TcpState::None),
+            Protocol::Udp => State::Udp,
+        };
+        let mut entry = Entry {
+            scheduled,
+            state,
+            expires: now,
+        };
+        advance(&mut entry, flags, direction, now, timeouts);
+        if entry.state.is_embryonic() {
+            shard.embryonic.push_back(key);
+            if shard.embryonic.len() > 2 * self.per_shard {
+                let flows = std::mem::take(&mut shard.flows);
+                shard
+                    .embryonic
+                    .retain(|key| flows.get(key).is_some_and(|e| e.state.is_embryonic()));
+                shard.flows = flows;
+            }
+        }
+        shard.replies.insert(
+            ReplyKey {
+                protocol: key.protocol,
+                real,
+                client: key.client,
+            },
+            key,
+        );
+        *shard.per_source.entry(key.client.ip()).or_insert(0) += 1;
+        shard.flows.insert(key, entry);
+        self.count.fetch_add(1, Relaxed);
+        Ok(real)
+    }
+
+    /// A NAT reply from a real to a client: the flow it belongs to, its state advanced.
+    pub fn reply(
+        &self,
+        reply: ReplyKey,
+        flags: Option<TcpFlags>,
+        now: Millis,
+        timeouts: &Timeouts,
+    ) -> Option<FlowKey> {
+        let mut shard = self
+            .shard(&reply.client)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let key = *shard.replies.get(&reply)?;
+        let entry = shard.flows.get_mut(&key)?;
+        if entry.expires <= now {
+            return None;
+        }
+        advance(entry, flags, Direction::Output, now, timeouts);
+        Some(key)
+    }
+
+    /// The flow a NAT reply belongs to, without touching it (ICMP errors).
+    pub fn find_reply(&self, reply: ReplyKey) -> Option<FlowKey> {
+        let shard = self
+            .shard(&reply.client)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        shard.replies.get(&reply).copied()
+    }
+
+    /// The real of a flow, without touching it (ICMP errors).
+    pub fn real_of(&self, key: &FlowKey) -> Option<SocketAddr> {
+        let shard = self
+            .shard(&key.client)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        shard.flows.get(key).map(|entry| entry.scheduled.address)
+    }
+
+    /// Removes the expired flows of the next shard; call often (every shard is visited once
+    /// per `SHARDS` calls). Returns how many expired.
+    pub fn sweep(&self, now: Millis) -> usize {
+        let index = self.next_sweep.fetch_add(1, Relaxed) % self.shards.len();
+        let mut shard = self.shards[index].lock().unwrap_or_else(PoisonError::into_inner);
+        let expired: Vec<FlowKey> = shard
+            .flows
+            .iter()
+            .filter(|(_, entry)| entry.expires <= now)
+            .map(|(key, _)| *key)
+            .collect();
+        for key in &expired {
+            self.remove(&mut shard, key);
+        }
+        let Shard { flows, embryonic, .. } = &mut *shard;
+        embryonic.retain(|key| flows.get(key).is_some_and(|entry| entry.state.is_embryonic()));
+        expired.len()
+    }
+
+    /// Every flow, for listings.
+    pub fn list(&self) -> Vec<FlowView> {
+        let mut views = Vec::new();
+        for shard in &self.shards {
+            let shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            views.extend(shard.flows.iter().map(|(key, entry)| FlowView {
+                key: *key,
+                real: entry.scheduled.address,
+                state: entry.state,
+                expires: entry.expires,
+            }));
+        }
+        views
+    }
+
+    /// Flows by protocol: (TCP, UDP).
+    pub fn count_by_protocol(&self) -> (usize, usize) {
+        let mut counts = (0, 0);
+        for shard in &self.shards {
+            let shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            for key in shard.flows.keys() {
+                match key.protocol {
+                    Protocol::Tcp => counts.0 += 1,
+                    Protocol::Udp => counts.1 += 1,
+                }
+            }
+        }
+        counts
+    }
+
+    /// Evicts the oldest half-open flow of `shard`; false if it has none.
+    fn evict_embryonic(&self, shard: &mut Shard) -> bool {
+        while let Some(key) = shard.embryonic.pop_front() {
+            if shard
+                .flows
+                .get(&key)
+                .is_some_and(|entry| entry.state.is_embryonic())
+            {
+                self.remove(shard, &key);
+                return true;
+            }
+        }
+        false
+    }
+
+    fn remove(&self, shard: &mut Shard, key: &FlowKey) {
+        let Some(entry) = shard.flows.remove(key) else {
+            return;
+        };
+        shard.replies.remove(&ReplyKey {
+            protocol: key.protocol,
+            real: entry.scheduled.address,
+            client: key.client,
+        });
+        if let Some(count) = shard.per_source.get_mut(&key.client.ip()) {
+            *count -= 1;
+            if *count == 0 {
+                shard.per_source.remove(&key.client.ip());
+            }
+        }
+        self.count.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Moves an entry to its next state and re-arms its deadline; the real's ActiveConn /
+/// InActConn follow.
+fn advance(
+    entry: &mut Entry,
+    flags: Option<TcpFlags>,
+    direction: Direction,
+    now: Millis,
+    timeouts: &Timeouts,
+) {
+    if let (State::Tcp(state), Some(flags)) = (entry.state, flags) {
+        let next = state.next(direction, flags);
+        entry.state = State::Tcp(next);
+        entry.scheduled.binding.set_active(next.is_active());
+    }
+    entry.expires = now.plus(entry.state.timeout_ms(timeouts));
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::{config::ForwardMethod, table::RealState};
+
+    fn flags(syn: bool, ack: bool) -> Option<TcpFlags> {
+        Some(TcpFlags {
+            syn,
+            ack,
+            ..TcpFlags::default()
+        })
+    }
+
+    fn key(client: &str) -> FlowKey {
+        FlowKey {
+            protocol: Protocol::Tcp,
+            client: client.parse().unwrap(),
+            vip: "192.168.77.100:80".parse().unwrap(),
+        }
+    }
+
+    fn real(state: &Arc<RealState>) -> impl FnOnce() -> Option<Scheduled> + '_ {
+        move || {
+            Some(Scheduled {
+                address: "10.77.0.11:80".parse().unwrap(),
+                forward: ForwardMethod::Nat,
+                binding: state.bind(),
+                template: None,
+            })
+        }
+    }
+
+    #[test]
+    fn a_handshake_makes_an_active_flow_and_replies_find_it() {
+        let table = FlowTable::new(100, 100);
+        let state = Arc::new(RealState::default());
+        let timeouts = Timeouts::default();
+        let k = key("192.168.77.2:40000");
+        let got = table.inbound(
+            k,
+            flags(true, false),
+            Direction::Input,
+            Millis(0),
+            &timeouts,
+            real(&state),
+        );
+        assert_eq!(got.unwrap().to_string(), "10.77.0.11:80");
+        assert_eq!((state.active(), state.inactive()), (0, 1));
+        let reply = ReplyKey {
+            protocol: Protocol::Tcp,
+            real: "10.77.0.11:80".parse().unwrap(),
+            client: k.client,
+        };
+        assert_eq!(
+            table.reply(reply, flags(true, true), Millis(1), &timeouts),
+            Some(k)
+        );
+        table
+            .inbound(
+                k,
+                flags(false, true),
+                Direction::Input,
+                Millis(2),
+                &timeouts,
+                || None,
+            )
+            .unwrap();
+        assert_eq!((state.active(), state.inactive()), (1, 0));
+        assert_eq!(table.list()[0].state, State::Tcp(TcpState::Established));
+        // Without traffic it expires after `timeouts.tcp`, and the real's count drops.
+        let late = Millis(2).plus(u64::try_from(timeouts.tcp.as_millis()).unwrap());
+        let swept: usize = (0..SHARDS).map(|_| table.sweep(late)).sum();
+        assert_eq!((swept, table.len()), (1, 0));
+        assert_eq!((state.active(), state.inactive()), (0, 0));
+    }
+
+    #[test]
+    fn a_packet_without_syn_starts_no_tcp_flow() {
+        let table = FlowTable::new(100, 100);
+        let state = Arc::new(RealState::default());
+        let got = table.inbound(
+            key("192.168.77.2:1"),
+            flags(false, true),
+            Direction::Input,
+            Millis(0),
+            &Timeouts::default(),
+            real(&state),
+        );
+        assert_eq!(got, Err(Refusal::NoReal));
+        assert!(table.is_empty());
+    }
+
+    #[test]
+    fn a_syn_flood_evicts_only_half_open_flows() {
+        let table = FlowTable::new(SHARDS * 4, 10_000);
+        let state = Arc::new(RealState::default());
+        let timeouts = Timeouts::default();
+        // Established flows fill part of the table.
+        let established: Vec<FlowKey> = (1..=16).map(|i| key(&format!("10.1.0.{i}:1000"))).collect();
+        for k in &established {
+            table
+                .inbound(
+                    *k,
+                    flags(true, false),
+                    Direction::Input,
+                    Millis(0),
+                    &timeouts,
+                    real(&state),
+                )
+                .unwrap();
+            table
+                .inbound(
+                    *k,
+                    flags(false, true),
+                    Direction::Input,
+                    Millis(0),
+                    &timeouts,
+                    || None,
+                )
+                .unwrap();
+        }
+        // 100k SYNs from many sources.
+        for i in 0..100_000u32 {
+            let source = std::net::Ipv4Addr::from(0x0a00_0000 + i);
+            let k = FlowKey {
+                client: SocketAddr::new(source.into(), 1234),
+                ..key("1.1.1.1:1")
+            };
+            let _ = table.inbound(
+                k,
+                flags(true, false),
+                Direction::Input,
+                Millis(1),
+                &timeouts,
+                real(&state),
+            );
+            assert!(table.len() <= SHARDS * 4);
+        }
+        let views = table.list();
+        for k in &established {
+            assert!(
+                views.iter().any(|view| view.key == *k),
+                "an established flow was pushed out"
+            );
+        }
+        // A legitimate client still gets through.
+        let legit = key("192.168.77.2:5555");
+        assert!(
+            table
+                .inbound(
+                    legit,
+                    flags(true, false),
+                    Direction::Input,
+                    Millis(2),
+                    &timeouts,
+                    real(&state)
+                )
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn one_source_holds_only_its_share() {
+        let table = FlowTable::new(1000, 3);
+        let state = Arc::new(RealState::default());
+        let timeouts = Timeouts::default();
+        let results: Vec<_> = (0..5)
+            .map(|port| {
+                table.inbound(
+                    key(&format!("192.168.77.2:{}", 100 + port)),
+                    flags(true, false),
+                    Direction::Input,
+                    Millis(0),
+                    &timeouts,
+                    real(&state),
+                )
+            })
+            .collect();
+        assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 3);
+        assert_eq!(results[4], Err(Refusal::SourceCap));
+    }
+}

@@ -1,0 +1,6 @@
+//! The packet data plane: LVS's NAT, direct routing and IPIP tunnelling done in user space on
+//! packets read from a TUN device. This module holds its connection table and IPVS's TCP
+//! state machine; the device I/O and the per-mode rewrites build on them.
+
+pub mod flow_table;
+pub mod tcp_state;

@@ -1,0 +1,24 @@
+//! IP packets as the packet data plane sees them: validated on the way in (etherparse), then
+//! rewritten in place with incremental checksum updates (RFC 1624). Pure: no I/O, and nothing
+//! that arrives from the network can make it panic; malformed packets are errors.
+//!
+//! IPv4 only for now; addresses are `IpAddr` at the edges so that IPv6 fits in later.
+
+pub mod checksum;
+mod ipv4;
+
+pub use self::ipv4::{Icmp, Ipv4Packet, L4, TcpFlags};
+
+/// Why a packet was not taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PacketError {
+    /// Not IPv4 (IPv6 and others are not handled yet).
+    #[error("not an IPv4 packet (version {0})")]
+    NotIpv4(u8),
+    /// The IPv4 header or its lengths are invalid.
+    #[error("malformed IPv4 header: {0}")]
+    Malformed(String),
+    /// The transport header is cut short.
+    #[error("truncated {0} header")]
+    Truncated(&'static str),
+}
