@@ -7,6 +7,7 @@
 mod admin;
 mod config_files;
 mod health;
+mod lvs;
 mod metrics;
 mod proxy_tcp;
 mod proxy_udp;

@@ -59,10 +59,30 @@ impl Lbd {
 
     /// Starts `lbd` without waiting.
     pub fn spawn(config: &str) -> Self {
+        Self::spawn_in(None, config)
+    }
+
+    /// Starts `lbd` inside network namespace `netns` (through `ip netns exec`), waiting until
+    /// it logs that it started.
+    pub fn start_in(netns: &str, config: &str) -> Self {
+        let mut lbd = Self::spawn_in(Some(netns), config);
+        lbd.wait_for_log("lbd started", 1);
+        lbd
+    }
+
+    fn spawn_in(netns: Option<&str>, config: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("lbd.yaml");
         std::fs::write(&config_path, config).unwrap();
-        let mut child = Command::new(lbd_binary())
+        let mut command = match netns {
+            Some(netns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", netns, lbd_binary()]);
+                command
+            }
+            None => Command::new(lbd_binary()),
+        };
+        let mut child = command
             .arg("--config")
             .arg(&config_path)
             .env("RUST_LOG", "info")

@@ -188,10 +188,6 @@ fn supported(config: &Config) -> Result<(), Problem> {
         needle: needle.to_owned(),
         occurrence,
     };
-    let sections = [("dataplane", config.dataplane.is_some())];
-    if let Some((key, _)) = sections.iter().find(|(_, present)| *present) {
-        return Err(not_yet(&format!("`{key}`"), &format!("{key}:"), 0));
-    }
     for (service, occurrence) in config.services.iter().zip(listen_occurrences(&config.services)) {
         let at = |what: String| {
             not_yet(
@@ -202,13 +198,25 @@ fn supported(config: &Config) -> Result<(), Problem> {
         };
         let forwards =
             std::iter::once(service.forward).chain(service.reals.iter().map(|real| real.forward_in(service)));
+        let mut forwards: Vec<ForwardMethod> = forwards.collect();
         if let Some(forward) = forwards
-            .into_iter()
-            .find(|forward| *forward != ForwardMethod::Proxy)
+            .iter()
+            .find(|forward| matches!(forward, ForwardMethod::Dr | ForwardMethod::Tun))
         {
             return Err(at(
-                format!("forward `{forward:?}` (implemented: proxy)").to_lowercase()
+                format!("forward `{forward:?}` (implemented: proxy, nat)").to_lowercase()
             ));
+        }
+        forwards.retain(|forward| *forward == ForwardMethod::Nat);
+        if !forwards.is_empty() && config.dataplane.is_none() {
+            return Err(Problem {
+                message: format!(
+                    "service `{}`: forward nat needs a `dataplane:` section (the TUN device and the                      server-side interface, SPEC section 6)",
+                    service.name
+                ),
+                needle: service.listen_text.clone(),
+                occurrence,
+            });
         }
         if service.proxy_protocol != ProxyProtocol::None {
             return Err(at("`proxy_protocol`".to_owned()));

@@ -33,16 +33,9 @@ fn minimal_config_gets_spec_defaults() {
 
 #[test]
 fn later_features_are_rejected_as_not_supported_yet() {
-    let cases = [(
-        "dataplane: { tun: lbtun0 }\n",
-        "lbd.yaml:1:1: `dataplane` is not supported yet",
-    )];
-    for (source, needle) in cases {
-        let message = error_of(source);
-        assert!(message.contains(needle), "{message}");
-    }
     let service_cases = [
-        ("forward: nat", "forward `nat`"),
+        ("forward: dr", "forward `dr`"),
+        ("forward: tun", "forward `tun`"),
         ("proxy_protocol: v2", "`proxy_protocol`"),
     ];
     for (line, needle) in service_cases {
@@ -58,6 +51,13 @@ fn later_features_are_rejected_as_not_supported_yet() {
             "{message}"
         );
     }
+    // nat is implemented, and needs the dataplane section.
+    let message = error_of("services:\n  - protocol: tcp\n    listen: 127.0.0.1:80\n    forward: nat\n");
+    assert!(
+        message.contains("forward nat needs a `dataplane:` section"),
+        "{message}"
+    );
+    assert!(parse("dataplane: { tun: lbtun0 }\nservices:\n  - { protocol: tcp, listen: '127.0.0.1:80', forward: nat }\n", "x").is_ok());
     // Health checks are supported; `type: none` is the same as none at all.
     assert!(
         parse(

@@ -79,6 +79,9 @@ pub enum StartError {
     /// The admin API could not listen.
     #[error(transparent)]
     Admin(#[from] crate::admin::ServeError),
+    /// The packet data plane could not start.
+    #[error(transparent)]
+    Plane(#[from] crate::lvs::plane::PlaneError),
     /// The metrics endpoint could not listen.
     #[error("cannot serve /metrics on {address}: {source}")]
     Metrics {
@@ -109,6 +112,9 @@ pub enum ApplyError {
     /// The state file could not be written.
     #[error(transparent)]
     State(#[from] StateFileError),
+    /// The packet data plane could not start.
+    #[error(transparent)]
+    Plane(#[from] crate::lvs::plane::PlaneError),
 }
 
 /// What a reload changed.
@@ -132,6 +138,8 @@ pub struct Director {
     health: Monitor,
     rates: rates::Estimator,
     started: Instant,
+    packet_flows: Arc<crate::lvs::flow_table::FlowTable>,
+    packets: Option<crate::lvs::plane::PacketPlane>,
 }
 
 impl Director {
@@ -163,8 +171,16 @@ impl Director {
         let bound: Vec<_> = config
             .services
             .iter()
+            .filter(|service| service.forward == config::ForwardMethod::Proxy)
             .map(|service| socket::bind(service.key(), count).map(|listeners| (service.key(), listeners)))
             .collect::<Result<_, _>>()?;
+        let packet_flows = Arc::new(crate::lvs::plane::flow_table(&config));
+        let packets = crate::lvs::plane::PacketPlane::start(
+            &config,
+            Arc::clone(&shared.table),
+            Arc::clone(&packet_flows),
+            count,
+        )?;
         let workers = (0..count)
             .map(|index| Worker::spawn(index, shared.clone()))
             .collect::<Result<Vec<_>, _>>()
@@ -177,6 +193,8 @@ impl Director {
             health,
             rates: rates::Estimator::default(),
             started: Instant::now(),
+            packet_flows,
+            packets,
         };
         for (key, listeners) in bound {
             director.hand_out(key, listeners);
@@ -193,6 +211,11 @@ impl Director {
     /// The shared service table.
     pub fn table(&self) -> &Arc<TableHandle> {
         &self.shared.table
+    }
+
+    /// The packet data plane's connection table.
+    pub fn packet_flows(&self) -> &Arc<crate::lvs::flow_table::FlowTable> {
+        &self.packet_flows
     }
 
     /// Flows in progress.
@@ -232,10 +255,26 @@ impl Director {
             .collect();
         let new: BTreeSet<ServiceKey> = config.services.iter().map(config::ServiceConfig::key).collect();
         // Bind every new address before changing anything, so a failure leaves all as it was.
+        let proxied: BTreeSet<ServiceKey> = config
+            .services
+            .iter()
+            .filter(|service| service.forward == config::ForwardMethod::Proxy)
+            .map(config::ServiceConfig::key)
+            .collect();
         let bound: Vec<_> = new
             .difference(&old)
+            .filter(|key| proxied.contains(key))
             .map(|&key| socket::bind(key, self.workers.len()).map(|listeners| (key, listeners)))
             .collect::<Result<_, _>>()?;
+        let started_plane = match &self.packets {
+            None if crate::lvs::plane::needed(&config) => crate::lvs::plane::PacketPlane::start(
+                &config,
+                Arc::clone(&self.shared.table),
+                Arc::clone(&self.packet_flows),
+                self.workers.len(),
+            )?,
+            _ => None,
+        };
         if let Some(path) = &config.state_file {
             state_file::store(path, &config.services)?;
         }
@@ -261,6 +300,13 @@ impl Director {
         };
         for (key, listeners) in bound {
             self.hand_out(key, listeners);
+        }
+        if started_plane.is_some() {
+            self.packets = started_plane;
+        } else if let Some(plane) = &mut self.packets
+            && let Err(error) = plane.reconfigure(&config)
+        {
+            tracing::error!("{error}");
         }
         for &key in old.difference(&new) {
             for worker in &self.workers {
@@ -360,13 +406,17 @@ pub async fn serve(source: ConfigSource, config: Config) -> Result<(), StartErro
     };
     let _metrics = match &admin_config_metrics {
         Some(address) => {
-            let server =
-                crate::telemetry::serve(*address, Arc::clone(director.table()), director.flows().clone())
-                    .await
-                    .map_err(|source| StartError::Metrics {
-                        address: *address,
-                        source,
-                    })?;
+            let server = crate::telemetry::serve(
+                *address,
+                Arc::clone(director.table()),
+                director.flows().clone(),
+                Arc::clone(director.packet_flows()),
+            )
+            .await
+            .map_err(|source| StartError::Metrics {
+                address: *address,
+                source,
+            })?;
             tracing::info!(address = %server.address, "metrics served at /metrics");
             Some(server)
         }

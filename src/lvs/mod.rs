@@ -3,4 +3,7 @@
 //! state machine; the device I/O and the per-mode rewrites build on them.
 
 pub mod flow_table;
+pub mod nat;
+pub mod plane;
+pub mod setup;
 pub mod tcp_state;

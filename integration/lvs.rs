@@ -1,0 +1,256 @@
+//! The packet data plane in network namespaces built from scratch (reference/netns.md): a
+//! client, the director running the real `lbd`, two real servers. Needs root; without it the
+//! tests say why they skip. Every namespace (and with it every veth, bridge and TUN) is
+//! deleted at the end, pass or fail.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    process::Command,
+    sync::atomic::{AtomicUsize, Ordering},
+    thread,
+    time::Duration,
+};
+
+use crate::support::*;
+
+const VIP: &str = "192.168.77.100";
+const CLIENT: &str = "192.168.77.2";
+
+/// The four namespaces of one test; deleted when dropped.
+struct Topology {
+    client: String,
+    director: String,
+    reals: [String; 2],
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        for namespace in [&self.client, &self.director, &self.reals[0], &self.reals[1]] {
+            let _ = Command::new("ip").args(["netns", "del", namespace]).output();
+        }
+    }
+}
+
+fn root() -> bool {
+    // SAFETY-free: read our effective uid from /proc.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let euid = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1).map(str::to_owned));
+    if euid.as_deref() != Some("0") {
+        eprintln!("skipped: the packet data plane tests need root (network namespaces, TUN)");
+        return false;
+    }
+    true
+}
+
+/// Runs `ip args…`, failing the test with its message if it fails.
+fn ip(args: &str) {
+    let output = Command::new("ip")
+        .args(args.split_whitespace())
+        .output()
+        .expect("ip (iproute2)");
+    assert!(
+        output.status.success(),
+        "ip {args}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn sysctl(namespace: &str, key: &str, value: &str) {
+    ip(&format!("netns exec {namespace} sysctl -qw {key}={value}"));
+}
+
+/// Builds the base topology: client 192.168.77.2 — director (192.168.77.1 / br0 10.77.0.1) —
+/// reals 10.77.0.11 and .12 on the bridge, their gateway the director.
+fn topology() -> Topology {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let tag = format!("u{}x{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst));
+    let topology = Topology {
+        client: format!("{tag}cl"),
+        director: format!("{tag}dir"),
+        reals: [format!("{tag}rs1"), format!("{tag}rs2")],
+    };
+    let (cl, dir) = (&topology.client, &topology.director);
+    for namespace in [cl, dir, &topology.reals[0], &topology.reals[1]] {
+        ip(&format!("netns add {namespace}"));
+        ip(&format!("-n {namespace} link set lo up"));
+    }
+    ip(&format!(
+        "-n {dir} link add dcl0 type veth peer name cl0 netns {cl}"
+    ));
+    ip(&format!("-n {cl} addr add {CLIENT}/24 dev cl0"));
+    ip(&format!("-n {cl} link set cl0 up"));
+    ip(&format!("-n {dir} addr add 192.168.77.1/24 dev dcl0"));
+    ip(&format!("-n {dir} link set dcl0 up"));
+    ip(&format!("-n {cl} route add default via 192.168.77.1"));
+    ip(&format!("-n {dir} link add br0 type bridge"));
+    ip(&format!(
+        "-n {dir} link set br0 type bridge stp_state 0 forward_delay 0"
+    ));
+    ip(&format!("-n {dir} addr add 10.77.0.1/24 dev br0"));
+    ip(&format!("-n {dir} link set br0 up"));
+    for (i, real) in topology.reals.iter().enumerate() {
+        let n = i + 1;
+        ip(&format!(
+            "-n {dir} link add d-rs{n} type veth peer name r0 netns {real}"
+        ));
+        ip(&format!("-n {dir} link set d-rs{n} master br0"));
+        ip(&format!("-n {dir} link set d-rs{n} up"));
+        ip(&format!("-n {real} addr add 10.77.0.1{n}/24 dev r0"));
+        ip(&format!("-n {real} link set r0 up"));
+        ip(&format!("-n {real} route add default via 10.77.0.1"));
+    }
+    sysctl(dir, "net.ipv6.conf.all.disable_ipv6", "1");
+    topology
+}
+
+/// Runs `work` on a thread inside `namespace` (threads it starts stay there too).
+fn in_netns<T: Send + 'static>(namespace: &str, work: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/var/run/netns/{namespace}");
+    thread::spawn(move || {
+        let file = std::fs::File::open(&path).unwrap();
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        work()
+    })
+    .join()
+    .unwrap()
+}
+
+/// A TCP server on port 8080 that greets with its name and the client's address, then echoes;
+/// and a UDP server on 5353 that answers with its name. Runs until the namespace goes.
+fn start_servers(namespace: &str, name: &'static str) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    let stopped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = std::sync::Arc::clone(&stopped);
+    in_netns(namespace, move || {
+        let listener = TcpListener::bind("0.0.0.0:8080").unwrap();
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                if stop.load(Ordering::SeqCst) {
+                    // Stopped: refuse by closing at once (and the health check sees resets).
+                    drop(stream);
+                    break;
+                }
+                thread::spawn(move || {
+                    let peer = stream.peer_addr().unwrap().ip();
+                    if stream.write_all(format!("{name} {peer}\n").as_bytes()).is_err() {
+                        return;
+                    }
+                    let mut buffer = vec![0u8; 64 * 1024];
+                    while let Ok(n) = stream.read(&mut buffer) {
+                        if n == 0 || stream.write_all(&buffer[..n]).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        let socket = UdpSocket::bind("0.0.0.0:5353").unwrap();
+        thread::spawn(move || {
+            let mut buffer = [0u8; 2048];
+            while let Ok((_, peer)) = socket.recv_from(&mut buffer) {
+                let _ = socket.send_to(name.as_bytes(), peer);
+            }
+        });
+    });
+    stopped
+}
+
+fn nat_config() -> String {
+    format!(
+        "workers: 1\ndrain_timeout: 1s\ndataplane: {{ tun: lbtun0, server_interface: br0, setup: auto, max_flows: 10000 }}\nservices:\n  - name: web\n    protocol: tcp\n    listen: {VIP}:80\n    scheduler: rr\n    forward: nat\n    health_check: {{ type: tcp, port: 8080, interval: 300ms, timeout: 300ms, rise: 1, fall: 1 }}\n    reals:\n      - address: 10.77.0.11:8080\n      - address: 10.77.0.12:8080\n  - name: dns\n    protocol: udp\n    listen: {VIP}:53\n    scheduler: rr\n    forward: nat\n    reals:\n      - address: 10.77.0.11:5353\n      - address: 10.77.0.12:5353\n"
+    )
+}
+
+/// Connects from the client namespace; returns the greeting (server name and the client
+/// address it saw) and the stream.
+fn greet(client: &str) -> (String, TcpStream) {
+    in_netns(client, || {
+        let vip: SocketAddr = format!("{VIP}:80").parse().unwrap();
+        let stream = TcpStream::connect_timeout(&vip, Duration::from_secs(5)).expect("connect to the VIP");
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut line = String::new();
+        BufReader::new(stream.try_clone().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        (line.trim().to_owned(), stream)
+    })
+}
+
+#[test]
+fn nat_balances_tcp_and_udp_keeps_the_client_address_and_follows_health() {
+    if !root() {
+        return;
+    }
+    let topology = topology();
+    let _rs1 = start_servers(&topology.reals[0], "rs1");
+    let rs2 = start_servers(&topology.reals[1], "rs2");
+    let mut lbd = Lbd::start_in(&topology.director, &nat_config());
+    lbd.wait_for_log("packet data plane started", 1);
+
+    // rr over both reals; each real sees the client's own address.
+    let greetings: Vec<String> = (0..4).map(|_| greet(&topology.client).0).collect();
+    let mut sorted = greetings.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        [
+            format!("rs1 {CLIENT}"),
+            format!("rs1 {CLIENT}"),
+            format!("rs2 {CLIENT}"),
+            format!("rs2 {CLIENT}")
+        ],
+        "{greetings:?}"
+    );
+
+    // 1 MB up and 1 MB back down on one connection.
+    let (_, mut stream) = greet(&topology.client);
+    let payload: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+    let sent = payload.clone();
+    let mut reader = stream.try_clone().unwrap();
+    let writer = thread::spawn(move || stream.write_all(&sent).unwrap());
+    let mut echoed = vec![0u8; payload.len()];
+    reader.read_exact(&mut echoed).expect("1 MB echoed through NAT");
+    writer.join().unwrap();
+    assert!(echoed == payload, "the echo differs");
+
+    // UDP: new client sockets are spread by rr, and replies come from the VIP.
+    let answers: Vec<(String, SocketAddr)> = in_netns(&topology.client, || {
+        (0..4)
+            .map(|_| {
+                let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+                socket.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                socket.send_to(b"ping", format!("{VIP}:53")).unwrap();
+                let mut buffer = [0u8; 64];
+                let (n, from) = socket.recv_from(&mut buffer).expect("a UDP reply through NAT");
+                (String::from_utf8_lossy(&buffer[..n]).into_owned(), from)
+            })
+            .collect()
+    });
+    assert!(
+        answers
+            .iter()
+            .all(|(_, from)| from.to_string() == format!("{VIP}:53")),
+        "{answers:?}"
+    );
+    assert_eq!(
+        answers.iter().filter(|(name, _)| name == "rs1").count(),
+        2,
+        "{answers:?}"
+    );
+
+    // rs2 stops: its health check takes it out, new flows go to rs1 only.
+    rs2.store(true, Ordering::SeqCst);
+    in_netns(&topology.reals[1], || {
+        // Wakes the accept loop, which sees the flag and closes the listening socket.
+        let _ = TcpStream::connect("127.0.0.1:8080");
+    });
+    lbd.wait_for_log("real server 10.77.0.12:8080 of service web: up -> down", 1);
+    thread::sleep(Duration::from_millis(200));
+    for _ in 0..4 {
+        assert_eq!(greet(&topology.client).0, format!("rs1 {CLIENT}"));
+    }
+}

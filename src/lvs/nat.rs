@@ -1,0 +1,258 @@
+//! LVS/NAT on one packet read from the TUN device: a client's packet to a VIP is sent to its
+//! flow's real (destination rewritten, port mapping allowed); a real's reply comes back with
+//! the VIP as its source; ICMP errors about a flow are translated both ways, the packet they
+//! quote included. Anything else is dropped. Pure apart from the shared tables; never panics
+//! on what arrives.
+
+use std::{
+    net::{SocketAddr, SocketAddrV4},
+    sync::atomic::Ordering::Relaxed,
+};
+
+use super::{
+    flow_table::{FlowKey, FlowTable, ReplyKey},
+    tcp_state::Direction,
+};
+use crate::{
+    clock::Millis,
+    config::{ForwardMethod, Protocol, ServiceKey},
+    packet::{Icmp, Ipv4Packet, L4},
+    sched::Flow,
+    table::ServiceTable,
+};
+
+/// What to do with a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Write it back to the TUN device (rewritten in place).
+    Send,
+    /// Drop it, for this reason.
+    Drop(DropReason),
+}
+
+/// Why a packet was dropped (counted per reason).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// Not a valid IPv4 packet.
+    Malformed,
+    /// A non-first fragment (not followed yet).
+    Fragment,
+    /// No service, flow or real for it.
+    NoFlow,
+    /// The connection table refused a new flow (full, or the source's share used up).
+    TableFull,
+}
+
+/// Handles one packet in `buf`.
+pub fn handle(buf: &mut [u8], table: &ServiceTable, flows: &FlowTable, now: Millis) -> Verdict {
+    let Ok(mut packet) = Ipv4Packet::parse(buf) else {
+        return Verdict::Drop(DropReason::Malformed);
+    };
+    let len = packet.len() as u64;
+    let (protocol, source_port, destination_port, flags) = match packet.l4() {
+        Ok(L4::Tcp {
+            source,
+            destination,
+            flags,
+        }) => (Protocol::Tcp, source, destination, Some(flags)),
+        Ok(L4::Udp { source, destination }) => (Protocol::Udp, source, destination, None),
+        Ok(L4::Icmp(Icmp::Error { .. })) => return icmp_error(&mut packet, table, flows),
+        Ok(L4::Fragment) => return Verdict::Drop(DropReason::Fragment),
+        Ok(_) | Err(_) => return Verdict::Drop(DropReason::Malformed),
+    };
+    let source = SocketAddrV4::new(packet.source(), source_port);
+    let destination = SocketAddrV4::new(packet.destination(), destination_port);
+    let service_key = ServiceKey {
+        protocol,
+        listen: SocketAddr::V4(destination),
+    };
+    if let Some(service) = table
+        .service(&service_key)
+        .filter(|service| service.config.forward == ForwardMethod::Nat)
+    {
+        let key = FlowKey {
+            protocol,
+            client: SocketAddr::V4(source),
+            vip: SocketAddr::V4(destination),
+        };
+        let schedule = || {
+            service.stats.conns.fetch_add(1, Relaxed);
+            service.schedule(&Flow {
+                client: SocketAddr::V4(source),
+                destination: SocketAddr::V4(destination),
+                now,
+            })
+        };
+        return match flows.inbound(key, flags, Direction::Input, now, &table.timeouts, schedule) {
+            Ok(SocketAddr::V4(real)) => {
+                count(table, &service_key, SocketAddr::V4(real), len, true);
+                packet.set_destination(real);
+                Verdict::Send
+            }
+            Ok(SocketAddr::V6(_)) => Verdict::Drop(DropReason::NoFlow),
+            Err(super::flow_table::Refusal::NoReal) => Verdict::Drop(DropReason::NoFlow),
+            Err(_) => Verdict::Drop(DropReason::TableFull),
+        };
+    }
+    // A real's reply to a client?
+    let reply = ReplyKey {
+        protocol,
+        real: SocketAddr::V4(source),
+        client: SocketAddr::V4(destination),
+    };
+    match flows.reply(reply, flags, now, &table.timeouts) {
+        Some(FlowKey {
+            vip: SocketAddr::V4(vip),
+            ..
+        }) => {
+            let service = ServiceKey {
+                protocol,
+                listen: SocketAddr::V4(vip),
+            };
+            count(table, &service, SocketAddr::V4(source), len, false);
+            packet.set_source(vip);
+            Verdict::Send
+        }
+        _ => Verdict::Drop(DropReason::NoFlow),
+    }
+}
+
+/// Adds a packet to the real's counters.
+fn count(table: &ServiceTable, service: &ServiceKey, real: SocketAddr, len: u64, inbound: bool) {
+    let Some(real) = table.service(service).and_then(|service| service.real(real)) else {
+        return;
+    };
+    let state = &real.state;
+    if inbound {
+        state.packets_in.fetch_add(1, Relaxed);
+        state.bytes_in.fetch_add(len, Relaxed);
+    } else {
+        state.packets_out.fetch_add(1, Relaxed);
+        state.bytes_out.fetch_add(len, Relaxed);
+    }
+}
+
+/// An ICMP error about a flow: from the real's side (it quotes client → real) it goes to the
+/// client as if from the VIP; from the client's side (it quotes VIP → client) it goes to the
+/// real.
+fn icmp_error(packet: &mut Ipv4Packet<'_>, table: &ServiceTable, flows: &FlowTable) -> Verdict {
+    let Some((number, quoted_source, quoted_destination)) = packet.quoted_flow() else {
+        return Verdict::Drop(DropReason::Malformed);
+    };
+    let protocol = match number {
+        6 => Protocol::Tcp,
+        17 => Protocol::Udp,
+        _ => return Verdict::Drop(DropReason::NoFlow),
+    };
+    // Real side: the quoted packet went client → real.
+    let reply = ReplyKey {
+        protocol,
+        real: SocketAddr::V4(quoted_destination),
+        client: SocketAddr::V4(quoted_source),
+    };
+    if let Some(FlowKey {
+        vip: SocketAddr::V4(vip),
+        ..
+    }) = flows.find_reply(reply)
+    {
+        packet.rewrite_quoted(false, vip);
+        if packet.source() == *quoted_destination.ip() {
+            packet.set_source(SocketAddrV4::new(*vip.ip(), 0));
+        }
+        return Verdict::Send;
+    }
+    // Client side: the quoted packet went VIP → client.
+    let key = FlowKey {
+        protocol,
+        client: SocketAddr::V4(quoted_destination),
+        vip: SocketAddr::V4(quoted_source),
+    };
+    let nat = ServiceKey {
+        protocol,
+        listen: SocketAddr::V4(quoted_source),
+    };
+    if table.service(&nat).is_some()
+        && let Some(SocketAddr::V4(real)) = flows.real_of(&key)
+    {
+        packet.rewrite_quoted(true, real);
+        packet.set_destination(SocketAddrV4::new(*real.ip(), 0));
+        return Verdict::Send;
+    }
+    Verdict::Drop(DropReason::NoFlow)
+}
+
+#[cfg(test)]
+mod tests {
+    use etherparse::PacketBuilder;
+
+    use super::*;
+    use crate::{config, packet::checksum, table::HealthView};
+
+    fn table() -> ServiceTable {
+        let config = config::parse(
+            "dataplane: { tun: lbtun0 }\nservices:\n  - { protocol: tcp, listen: '192.168.77.100:80', scheduler: rr, forward: nat, reals: [{address: '10.77.0.11:8080'}, {address: '10.77.0.12:8080'}] }\n",
+            "t",
+        )
+        .unwrap();
+        ServiceTable::build(&config, None, &HealthView::default())
+    }
+
+    fn tcp(source: ([u8; 4], u16), destination: ([u8; 4], u16), syn: bool, ack: bool) -> Vec<u8> {
+        let mut builder =
+            PacketBuilder::ipv4(source.0, destination.0, 64).tcp(source.1, destination.1, 1, 1000);
+        if syn {
+            builder = builder.syn();
+        }
+        if ack {
+            builder = builder.ack(1);
+        }
+        let mut out = Vec::new();
+        builder.write(&mut out, b"hello").unwrap();
+        out
+    }
+
+    #[test]
+    fn a_connection_goes_to_a_real_and_its_replies_come_from_the_vip() {
+        let (table, flows) = (table(), FlowTable::new(1000, 100));
+        let mut syn = tcp(([192, 168, 77, 2], 40000), ([192, 168, 77, 100], 80), true, false);
+        assert_eq!(handle(&mut syn, &table, &flows, Millis(0)), Verdict::Send);
+        let packet = Ipv4Packet::parse(&mut syn).unwrap();
+        let real = packet.destination();
+        assert!(real.octets()[..3] == [10, 77, 0]);
+        assert_eq!(checksum::compute(&packet.bytes()[..20]), 0);
+
+        let mut reply = tcp((real.octets(), 8080), ([192, 168, 77, 2], 40000), true, true);
+        assert_eq!(handle(&mut reply, &table, &flows, Millis(1)), Verdict::Send);
+        let packet = Ipv4Packet::parse(&mut reply).unwrap();
+        assert_eq!(packet.source().octets(), [192, 168, 77, 100]);
+        assert!(matches!(packet.l4(), Ok(L4::Tcp { source: 80, .. })));
+
+        // The next connection goes to the other real (rr); a stray ACK starts nothing.
+        let mut second = tcp(([192, 168, 77, 2], 40001), ([192, 168, 77, 100], 80), true, false);
+        handle(&mut second, &table, &flows, Millis(2));
+        assert_ne!(Ipv4Packet::parse(&mut second).unwrap().destination(), real);
+        let mut stray = tcp(([192, 168, 77, 3], 1), ([192, 168, 77, 100], 80), false, true);
+        assert_eq!(
+            handle(&mut stray, &table, &flows, Millis(3)),
+            Verdict::Drop(DropReason::NoFlow)
+        );
+        let service = &table.services()[0];
+        let sent: u64 = service
+            .reals
+            .iter()
+            .map(|real| real.state.packets_in.load(Relaxed))
+            .sum();
+        assert_eq!(sent, 2);
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        let (table, flows) = (table(), FlowTable::new(10, 10));
+        for len in 0..64 {
+            for fill in [0x00u8, 0x45, 0xff] {
+                let mut bytes = vec![fill; len];
+                let _ = handle(&mut bytes, &table, &flows, Millis(0));
+            }
+        }
+    }
+}

@@ -1,0 +1,286 @@
+//! What the host needs for the packet data plane (reference/netns.md): IP forwarding, the VIP
+//! routes into the TUN device, proxy ARP for the VIPs, the policy rules that steer NAT replies
+//! back into the TUN, and relaxed reverse-path filtering. With `setup: auto` lbd applies them
+//! and undoes them at exit; with `manual` it checks them and prints what is missing; `lbd
+//! --check` prints the plan.
+
+use std::{
+    collections::BTreeSet,
+    fmt,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    process::Command,
+};
+
+use crate::config::{Config, ForwardMethod, Protocol};
+
+/// The routing table that sends NAT replies into the TUN device.
+pub const REPLY_TABLE: u32 = 100;
+/// Preference of the first reply-steering rule.
+const RULE_PREF: u32 = 1000;
+
+/// One step of the setup: a sysctl or an `ip` command, with how to undo it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Step {
+    /// Write `value` to `/proc/sys/<key with dots as slashes>`.
+    Sysctl {
+        /// e.g. `net.ipv4.ip_forward`.
+        key: String,
+        /// e.g. `1`.
+        value: String,
+    },
+    /// Run `ip <args>`; undo with `ip <undo>`.
+    Ip {
+        /// Arguments that apply it.
+        args: Vec<String>,
+        /// Arguments that remove it.
+        undo: Vec<String>,
+    },
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Sysctl { key, value } => write!(f, "sysctl -w {key}={value}"),
+            Self::Ip { args, .. } => write!(f, "ip {}", args.join(" ")),
+        }
+    }
+}
+
+fn ip(args: &str, undo: &str) -> Step {
+    Step::Ip {
+        args: args.split_whitespace().map(str::to_owned).collect(),
+        undo: undo.split_whitespace().map(str::to_owned).collect(),
+    }
+}
+
+fn sysctl(key: &str, value: &str) -> Step {
+    Step::Sysctl {
+        key: key.to_owned(),
+        value: value.to_owned(),
+    }
+}
+
+/// The steps a config needs, in order.
+pub fn plan(config: &Config, client_interfaces: &[String]) -> Vec<Step> {
+    let Some(dataplane) = &config.dataplane else {
+        return Vec::new();
+    };
+    let tun = &dataplane.tun;
+    let server = dataplane.server_interface.clone().unwrap_or_default();
+    let mut vips = BTreeSet::new();
+    let mut nat_reals: BTreeSet<(Protocol, SocketAddr)> = BTreeSet::new();
+    for service in &config.services {
+        for real in &service.reals {
+            match real.forward_in(service) {
+                ForwardMethod::Proxy => {}
+                ForwardMethod::Nat => {
+                    vips.insert(service.listen.ip());
+                    nat_reals.insert((service.protocol, real.address));
+                }
+                ForwardMethod::Dr | ForwardMethod::Tun => {
+                    vips.insert(service.listen.ip());
+                }
+            }
+        }
+    }
+    if vips.is_empty() {
+        return Vec::new();
+    }
+    let mut steps = vec![
+        sysctl("net.ipv4.ip_forward", "1"),
+        sysctl("net.ipv4.conf.all.rp_filter", "0"),
+        sysctl(&format!("net.ipv4.conf.{tun}.rp_filter"), "0"),
+    ];
+    if !server.is_empty() {
+        // Replies from the VIP (DR, TUN) come back through the server side: loose at most.
+        steps.push(sysctl(&format!("net.ipv4.conf.{server}.rp_filter"), "2"));
+    }
+    for vip in &vips {
+        let vip = host(vip);
+        steps.push(ip(
+            &format!("route replace {vip} dev {tun}"),
+            &format!("route del {vip} dev {tun}"),
+        ));
+        for interface in client_interfaces {
+            steps.push(ip(
+                &format!("neigh replace proxy {} dev {interface}", strip(&vip)),
+                &format!("neigh del proxy {} dev {interface}", strip(&vip)),
+            ));
+        }
+    }
+    for interface in client_interfaces {
+        steps.push(sysctl(&format!("net.ipv4.neigh.{interface}.proxy_delay"), "0"));
+    }
+    if !nat_reals.is_empty() {
+        steps.push(ip(
+            &format!("route replace default dev {tun} table {REPLY_TABLE}"),
+            &format!("route del default dev {tun} table {REPLY_TABLE}"),
+        ));
+        for (i, (protocol, real)) in nat_reals.iter().enumerate() {
+            let iif = if server.is_empty() {
+                String::new()
+            } else {
+                format!("iif {server} ")
+            };
+            let rule = format!(
+                "pref {} {iif}from {} ipproto {protocol} sport {} lookup {REPLY_TABLE}",
+                RULE_PREF + i as u32,
+                host(&real.ip()),
+                real.port()
+            );
+            steps.push(ip(&format!("rule add {rule}"), &format!("rule del {rule}")));
+        }
+    }
+    steps
+}
+
+fn host(ip: &IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => format!("{v4}/32"),
+        IpAddr::V6(v6) => format!("{v6}/128"),
+    }
+}
+
+fn strip(cidr: &str) -> &str {
+    cidr.split('/').next().unwrap_or(cidr)
+}
+
+/// Interfaces that face the clients: every interface but loopback, the TUN device and the
+/// server-side interface (proxy ARP for the VIPs goes there).
+pub fn client_interfaces(tun: &str, server: Option<&str>) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/sys/class/net") else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .filter(|name| name != "lo" && name != tun && Some(name.as_str()) != server)
+        // Bridge ports of the server side belong to it.
+        .filter(|name| {
+            let master = std::fs::read_link(format!("/sys/class/net/{name}/master")).ok();
+            let master = master.and_then(|path| path.file_name().map(|n| n.to_string_lossy().into_owned()));
+            master.is_none() || master.as_deref() != server
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// Steps applied, to undo at exit.
+#[derive(Debug, Default)]
+pub struct Applied {
+    undo: Vec<Undo>,
+}
+
+#[derive(Debug)]
+enum Undo {
+    Sysctl(PathBuf, String),
+    Ip(Vec<String>),
+}
+
+/// A step could not be applied.
+#[derive(Debug, thiserror::Error)]
+#[error("dataplane setup: `{step}` failed: {reason}")]
+pub struct SetupError {
+    /// The step.
+    pub step: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// Applies `steps`, remembering how to undo each; on a failure, undoes what was applied.
+pub fn apply(steps: &[Step]) -> Result<Applied, SetupError> {
+    let mut applied = Applied::default();
+    for step in steps {
+        match run(step) {
+            Ok(undo) => applied.undo.extend(undo),
+            Err(reason) => {
+                applied.undo_all();
+                return Err(SetupError {
+                    step: step.to_string(),
+                    reason,
+                });
+            }
+        }
+    }
+    Ok(applied)
+}
+
+fn run(step: &Step) -> Result<Option<Undo>, String> {
+    match step {
+        Step::Sysctl { key, value } => {
+            let path = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
+            let old = std::fs::read_to_string(&path).map_err(|error| error.to_string())?;
+            if old.trim() == value {
+                return Ok(None);
+            }
+            std::fs::write(&path, value).map_err(|error| error.to_string())?;
+            Ok(Some(Undo::Sysctl(path, old.trim().to_owned())))
+        }
+        Step::Ip { args, undo } => {
+            let output = Command::new("ip")
+                .args(args)
+                .output()
+                .map_err(|error| format!("cannot run ip (install iproute2): {error}"))?;
+            if !output.status.success() {
+                return Err(String::from_utf8_lossy(&output.stderr).trim().to_owned());
+            }
+            Ok(Some(Undo::Ip(undo.clone())))
+        }
+    }
+}
+
+impl Applied {
+    /// Undoes every step, last first.
+    pub fn undo_all(&mut self) {
+        while let Some(undo) = self.undo.pop() {
+            match undo {
+                Undo::Sysctl(path, old) => {
+                    let _ = std::fs::write(path, old);
+                }
+                Undo::Ip(args) => {
+                    let _ = Command::new("ip").args(&args).output();
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Applied {
+    fn drop(&mut self) {
+        self.undo_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config;
+
+    #[test]
+    fn a_nat_service_needs_routes_rules_and_sysctls() {
+        let config = config::parse(
+            "dataplane: { tun: lbtun0, server_interface: br0 }\nservices:\n  - { protocol: tcp, listen: '192.168.77.100:80', forward: nat, reals: [{address: '10.77.0.11:8080'}] }\n",
+            "t",
+        )
+        .unwrap();
+        let steps: Vec<String> = plan(&config, &["dcl0".to_owned()])
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            steps,
+            [
+                "sysctl -w net.ipv4.ip_forward=1",
+                "sysctl -w net.ipv4.conf.all.rp_filter=0",
+                "sysctl -w net.ipv4.conf.lbtun0.rp_filter=0",
+                "sysctl -w net.ipv4.conf.br0.rp_filter=2",
+                "ip route replace 192.168.77.100/32 dev lbtun0",
+                "ip neigh replace proxy 192.168.77.100 dev dcl0",
+                "sysctl -w net.ipv4.neigh.dcl0.proxy_delay=0",
+                "ip route replace default dev lbtun0 table 100",
+                "ip rule add pref 1000 iif br0 from 10.77.0.11/32 ipproto tcp sport 8080 lookup 100",
+            ]
+        );
+    }
+}
