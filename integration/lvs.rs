@@ -121,7 +121,11 @@ fn in_netns<T: Send + 'static>(namespace: &str, work: impl FnOnce() -> T + Send 
 
 /// A TCP server on port 8080 that greets with its name and the client's address, then echoes;
 /// and a UDP server on 5353 that answers with its name. Runs until the namespace goes.
-fn start_servers(namespace: &str, name: &'static str) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+fn start_servers(
+    namespace: &str,
+    name: &'static str,
+    udp_ip: &'static str,
+) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
     let stopped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop = std::sync::Arc::clone(&stopped);
     in_netns(namespace, move || {
@@ -148,7 +152,8 @@ fn start_servers(namespace: &str, name: &'static str) -> std::sync::Arc<std::syn
                 });
             }
         });
-        let socket = UdpSocket::bind("0.0.0.0:5353").unwrap();
+        // dr and tun: UDP replies must come from the VIP, so the server binds it.
+        let socket = UdpSocket::bind(format!("{udp_ip}:5353")).unwrap();
         thread::spawn(move || {
             let mut buffer = [0u8; 2048];
             while let Ok((_, peer)) = socket.recv_from(&mut buffer) {
@@ -159,17 +164,76 @@ fn start_servers(namespace: &str, name: &'static str) -> std::sync::Arc<std::syn
     stopped
 }
 
-fn nat_config() -> String {
+/// The config of one mode: a TCP service (health-checked) and a UDP one over both reals.
+/// nat maps ports (80 → 8080, 53 → 5353); dr and tun keep them.
+fn config(mode: &str) -> String {
+    let (tcp_port, udp_port) = if mode == "nat" { (80, 53) } else { (8080, 5353) };
     format!(
-        "workers: 1\ndrain_timeout: 1s\ndataplane: {{ tun: lbtun0, server_interface: br0, setup: auto, max_flows: 10000 }}\nservices:\n  - name: web\n    protocol: tcp\n    listen: {VIP}:80\n    scheduler: rr\n    forward: nat\n    health_check: {{ type: tcp, port: 8080, interval: 300ms, timeout: 300ms, rise: 1, fall: 1 }}\n    reals:\n      - address: 10.77.0.11:8080\n      - address: 10.77.0.12:8080\n  - name: dns\n    protocol: udp\n    listen: {VIP}:53\n    scheduler: rr\n    forward: nat\n    reals:\n      - address: 10.77.0.11:5353\n      - address: 10.77.0.12:5353\n"
+        "workers: 2\ndrain_timeout: 1s\ndataplane: {{ tun: lbtun0, server_interface: br0, setup: auto, max_flows: 10000 }}\nservices:\n  - name: web\n    protocol: tcp\n    listen: {VIP}:{tcp_port}\n    scheduler: rr\n    forward: {mode}\n    health_check: {{ type: tcp, port: 8080, interval: 300ms, timeout: 300ms, rise: 1, fall: 1 }}\n    reals:\n      - address: 10.77.0.11:8080\n      - address: 10.77.0.12:8080\n  - name: dns\n    protocol: udp\n    listen: {VIP}:{udp_port}\n    scheduler: rr\n    forward: {mode}\n    reals:\n      - address: 10.77.0.11:5353\n      - address: 10.77.0.12:5353\n"
     )
+}
+
+/// A process killed when the test ends.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The real-server side of dr and tun: the VIP on `lo`, no ARP answers for it; for tun, the
+/// IPIP decapsulator (`lbd ipip-decap`, this kernel has no ipip device).
+fn prepare_reals(topology: &Topology, mode: &str) -> Vec<Running> {
+    let mut helpers = Vec::new();
+    if mode == "nat" {
+        return helpers;
+    }
+    for real in &topology.reals {
+        ip(&format!("-n {real} addr add {VIP}/32 dev lo"));
+        for key in ["all.arp_ignore", "r0.arp_ignore"] {
+            sysctl(real, &format!("net.ipv4.conf.{key}"), "1");
+        }
+        for key in ["all.arp_announce", "r0.arp_announce"] {
+            sysctl(real, &format!("net.ipv4.conf.{key}"), "2");
+        }
+        sysctl(real, "net.ipv4.conf.all.rp_filter", "0");
+        if mode == "tun" {
+            let child = Command::new("ip")
+                .args(["netns", "exec", real, lbd_binary(), "ipip-decap", "--vip", VIP])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            helpers.push(Running(child));
+        }
+    }
+    if mode == "tun" {
+        // Wait for the decapsulators' devices.
+        for real in &topology.reals {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !Command::new("ip")
+                .args(["-n", real, "link", "show", "ipipdecap0"])
+                .output()
+                .is_ok_and(|output| output.status.success())
+            {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "ipip-decap did not start in {real}"
+                );
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+    helpers
 }
 
 /// Connects from the client namespace; returns the greeting (server name and the client
 /// address it saw) and the stream.
-fn greet(client: &str) -> (String, TcpStream) {
-    in_netns(client, || {
-        let vip: SocketAddr = format!("{VIP}:80").parse().unwrap();
+fn greet(client: &str, port: u16) -> (String, TcpStream) {
+    in_netns(client, move || {
+        let vip: SocketAddr = format!("{VIP}:{port}").parse().unwrap();
         let stream = TcpStream::connect_timeout(&vip, Duration::from_secs(5)).expect("connect to the VIP");
         stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let mut line = String::new();
@@ -182,17 +246,36 @@ fn greet(client: &str) -> (String, TcpStream) {
 
 #[test]
 fn nat_balances_tcp_and_udp_keeps_the_client_address_and_follows_health() {
+    forwards("nat");
+}
+
+#[test]
+fn dr_balances_tcp_and_udp_keeps_the_client_address_and_follows_health() {
+    forwards("dr");
+}
+
+#[test]
+fn tun_balances_tcp_and_udp_keeps_the_client_address_and_follows_health() {
+    forwards("tun");
+}
+
+/// Through `mode`: rr over both reals for TCP and UDP, the client's address seen by the real,
+/// 1 MB up and down, and a real stopped mid-test dropped by its health check.
+fn forwards(mode: &str) {
     if !root() {
         return;
     }
     let topology = topology();
-    let _rs1 = start_servers(&topology.reals[0], "rs1");
-    let rs2 = start_servers(&topology.reals[1], "rs2");
-    let mut lbd = Lbd::start_in(&topology.director, &nat_config());
+    let _helpers = prepare_reals(&topology, mode);
+    let udp_ip = if mode == "nat" { "0.0.0.0" } else { VIP };
+    let _rs1 = start_servers(&topology.reals[0], "rs1", udp_ip);
+    let rs2 = start_servers(&topology.reals[1], "rs2", udp_ip);
+    let (tcp_port, udp_port) = if mode == "nat" { (80, 53) } else { (8080, 5353) };
+    let mut lbd = Lbd::start_in(&topology.director, &config(mode));
     lbd.wait_for_log("packet data plane started", 1);
 
     // rr over both reals; each real sees the client's own address.
-    let greetings: Vec<String> = (0..4).map(|_| greet(&topology.client).0).collect();
+    let greetings: Vec<String> = (0..4).map(|_| greet(&topology.client, tcp_port).0).collect();
     let mut sorted = greetings.clone();
     sorted.sort();
     assert_eq!(
@@ -207,25 +290,29 @@ fn nat_balances_tcp_and_udp_keeps_the_client_address_and_follows_health() {
     );
 
     // 1 MB up and 1 MB back down on one connection.
-    let (_, mut stream) = greet(&topology.client);
+    let (_, mut stream) = greet(&topology.client, tcp_port);
     let payload: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
     let sent = payload.clone();
     let mut reader = stream.try_clone().unwrap();
     let writer = thread::spawn(move || stream.write_all(&sent).unwrap());
     let mut echoed = vec![0u8; payload.len()];
-    reader.read_exact(&mut echoed).expect("1 MB echoed through NAT");
+    reader
+        .read_exact(&mut echoed)
+        .expect("1 MB echoed through the director");
     writer.join().unwrap();
     assert!(echoed == payload, "the echo differs");
 
     // UDP: new client sockets are spread by rr, and replies come from the VIP.
-    let answers: Vec<(String, SocketAddr)> = in_netns(&topology.client, || {
+    let answers: Vec<(String, SocketAddr)> = in_netns(&topology.client, move || {
         (0..4)
             .map(|_| {
                 let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
                 socket.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-                socket.send_to(b"ping", format!("{VIP}:53")).unwrap();
+                socket.send_to(b"ping", format!("{VIP}:{udp_port}")).unwrap();
                 let mut buffer = [0u8; 64];
-                let (n, from) = socket.recv_from(&mut buffer).expect("a UDP reply through NAT");
+                let (n, from) = socket
+                    .recv_from(&mut buffer)
+                    .expect("a UDP reply through the director");
                 (String::from_utf8_lossy(&buffer[..n]).into_owned(), from)
             })
             .collect()
@@ -233,7 +320,7 @@ fn nat_balances_tcp_and_udp_keeps_the_client_address_and_follows_health() {
     assert!(
         answers
             .iter()
-            .all(|(_, from)| from.to_string() == format!("{VIP}:53")),
+            .all(|(_, from)| from.to_string() == format!("{VIP}:{udp_port}")),
         "{answers:?}"
     );
     assert_eq!(
@@ -251,6 +338,6 @@ fn nat_balances_tcp_and_udp_keeps_the_client_address_and_follows_health() {
     lbd.wait_for_log("real server 10.77.0.12:8080 of service web: up -> down", 1);
     thread::sleep(Duration::from_millis(200));
     for _ in 0..4 {
-        assert_eq!(greet(&topology.client).0, format!("rs1 {CLIENT}"));
+        assert_eq!(greet(&topology.client, tcp_port).0, format!("rs1 {CLIENT}"));
     }
 }

@@ -76,9 +76,10 @@ fn run(args: Args) -> Result<(), String> {
         }) => runtime
             .block_on(daemon::demo::run(listen, admin, metrics))
             .map_err(|e| e.to_string()),
-        Some(Command::IpipDecap { .. }) => {
-            Err("ipip-decap is not supported yet (planned with the tun forwarding mode)".to_owned())
-        }
+        Some(Command::IpipDecap { vip, dev }) => match vip {
+            std::net::IpAddr::V4(vip) => ulvs::lvs::decap::run(vip, &dev).map_err(|error| error.to_string()),
+            std::net::IpAddr::V6(_) => Err("ipip-decap: IPv6 VIPs are not handled yet".to_owned()),
+        },
         None => {
             let source = ConfigSource::File(args.config.clone());
             let config = source.load().map_err(|error| error.to_string())?;

@@ -198,25 +198,40 @@ fn supported(config: &Config) -> Result<(), Problem> {
         };
         let forwards =
             std::iter::once(service.forward).chain(service.reals.iter().map(|real| real.forward_in(service)));
-        let mut forwards: Vec<ForwardMethod> = forwards.collect();
-        if let Some(forward) = forwards
-            .iter()
-            .find(|forward| matches!(forward, ForwardMethod::Dr | ForwardMethod::Tun))
-        {
-            return Err(at(
-                format!("forward `{forward:?}` (implemented: proxy, nat)").to_lowercase()
+        let forwards: Vec<ForwardMethod> = forwards.collect();
+        let packets = forwards.iter().any(|forward| *forward != ForwardMethod::Proxy);
+        let problem = |message: String| Problem {
+            message: format!("service `{}`: {message}", service.name),
+            needle: service.listen_text.clone(),
+            occurrence,
+        };
+        if packets && config.dataplane.is_none() {
+            return Err(problem(
+                "forward nat, dr and tun need a `dataplane:` section (the TUN device and the \
+                 server-side interface, SPEC section 6)"
+                    .to_owned(),
             ));
         }
-        forwards.retain(|forward| *forward == ForwardMethod::Nat);
-        if !forwards.is_empty() && config.dataplane.is_none() {
-            return Err(Problem {
-                message: format!(
-                    "service `{}`: forward nat needs a `dataplane:` section (the TUN device and the                      server-side interface, SPEC section 6)",
-                    service.name
-                ),
-                needle: service.listen_text.clone(),
-                occurrence,
-            });
+        if forwards.contains(&ForwardMethod::Dr)
+            && config
+                .dataplane
+                .as_ref()
+                .is_some_and(|dataplane| dataplane.server_interface.is_none())
+        {
+            return Err(problem(
+                "forward dr needs `dataplane.server_interface` (where the real servers' MACs are)".to_owned(),
+            ));
+        }
+        if let Some(real) = service.reals.iter().find(|real| {
+            matches!(real.forward_in(service), ForwardMethod::Dr | ForwardMethod::Tun)
+                && real.address.port() != service.listen.port()
+        }) {
+            return Err(problem(format!(
+                "real {}: dr and tun forward packets unchanged, so the real's port must be the \
+                 service's ({}), as ipvsadm requires",
+                real.address,
+                service.listen.port()
+            )));
         }
         if service.proxy_protocol != ProxyProtocol::None {
             return Err(at("`proxy_protocol`".to_owned()));

@@ -33,11 +33,7 @@ fn minimal_config_gets_spec_defaults() {
 
 #[test]
 fn later_features_are_rejected_as_not_supported_yet() {
-    let service_cases = [
-        ("forward: dr", "forward `dr`"),
-        ("forward: tun", "forward `tun`"),
-        ("proxy_protocol: v2", "`proxy_protocol`"),
-    ];
+    let service_cases = [("proxy_protocol: v2", "`proxy_protocol`")];
     for (line, needle) in service_cases {
         let message = error_of(&format!(
             "services:\n  - protocol: tcp\n    listen: 127.0.0.1:80\n    {line}\n"
@@ -51,13 +47,29 @@ fn later_features_are_rejected_as_not_supported_yet() {
             "{message}"
         );
     }
-    // nat is implemented, and needs the dataplane section.
+    // nat, dr and tun need the dataplane section; dr its server interface; dr and tun keep ports.
     let message = error_of("services:\n  - protocol: tcp\n    listen: 127.0.0.1:80\n    forward: nat\n");
+    assert!(message.contains("need a `dataplane:` section"), "{message}");
+    let message =
+        error_of("dataplane: {}\nservices:\n  - { protocol: tcp, listen: '127.0.0.1:80', forward: dr }\n");
     assert!(
-        message.contains("forward nat needs a `dataplane:` section"),
+        message.contains("forward dr needs `dataplane.server_interface`"),
         "{message}"
     );
-    assert!(parse("dataplane: { tun: lbtun0 }\nservices:\n  - { protocol: tcp, listen: '127.0.0.1:80', forward: nat }\n", "x").is_ok());
+    let message = error_of(
+        "dataplane: { server_interface: eth1 }\nservices:\n  - { protocol: tcp, listen: '127.0.0.1:80', forward: tun, reals: [{address: '10.0.0.1:8080'}] }\n",
+    );
+    assert!(
+        message.contains("the real's port must be the service's (80)"),
+        "{message}"
+    );
+    assert!(
+        parse(
+            "dataplane: { tun: lbtun0 }\nservices:\n  - { protocol: tcp, listen: '127.0.0.1:80', forward: nat }\n",
+            "x"
+        )
+        .is_ok()
+    );
     // Health checks are supported; `type: none` is the same as none at all.
     assert!(
         parse(

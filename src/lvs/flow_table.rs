@@ -21,7 +21,7 @@ use std::{
 use super::tcp_state::{Direction, TcpState};
 use crate::{
     clock::Millis,
-    config::{Protocol, Timeouts},
+    config::{ForwardMethod, Protocol, Timeouts},
     packet::TcpFlags,
     table::Scheduled,
 };
@@ -169,11 +169,10 @@ impl FlowTable {
         &self,
         key: FlowKey,
         flags: Option<TcpFlags>,
-        direction: Direction,
         now: Millis,
         timeouts: &Timeouts,
         schedule: impl FnOnce() -> Option<Scheduled>,
-    ) -> Result<SocketAddr, Refusal> {
+    ) -> Result<(SocketAddr, ForwardMethod), Refusal> {
         let mut shard = self
             .shard(&key.client)
             .lock()
@@ -184,8 +183,9 @@ impl FlowTable {
             let reuse = flags.is_some_and(|f| f.syn && !f.ack)
                 && (expired || matches!(entry.state, State::Tcp(TcpState::TimeWait | TcpState::Close)));
             if !reuse {
+                let direction = input_direction(entry.scheduled.forward);
                 advance(entry, flags, direction, now, timeouts);
-                return Ok(entry.scheduled.address);
+                return Ok((entry.scheduled.address, entry.scheduled.forward));
             }
             self.remove(&mut shard, &key);
         }
@@ -199,7 +199,8 @@ impl FlowTable {
             return Err(Refusal::Full);
         }
         let scheduled = schedule().ok_or(Refusal::NoReal)?;
-        let real = scheduled.address;
+        let (real, forward) = (scheduled.address, scheduled.forward);
+        let direction = input_direction(forward);
         let state = match key.protocol {
             Protocol::Tcp => State::Tcp(TcpState::None),
             Protocol::Udp => State::Udp,
@@ -231,7 +232,7 @@ impl FlowTable {
         *shard.per_source.entry(key.client.ip()).or_insert(0) += 1;
         shard.flows.insert(key, entry);
         self.count.fetch_add(1, Relaxed);
-        Ok(real)
+        Ok((real, forward))
     }
 
     /// A NAT reply from a real to a client: the flow it belongs to, its state advanced.
@@ -356,6 +357,16 @@ impl FlowTable {
     }
 }
 
+/// Client packets of a NAT flow use IPVS's INPUT table (the director sees the replies too);
+/// DR and TUN flows its INPUT-ONLY table.
+fn input_direction(forward: ForwardMethod) -> Direction {
+    if forward == ForwardMethod::Nat {
+        Direction::Input
+    } else {
+        Direction::InputOnly
+    }
+}
+
 /// Moves an entry to its next state and re-arms its deadline; the real's ActiveConn /
 /// InActConn follow.
 fn advance(
@@ -378,7 +389,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::{config::ForwardMethod, table::RealState};
+    use crate::table::RealState;
 
     fn flags(syn: bool, ack: bool) -> Option<TcpFlags> {
         Some(TcpFlags {
@@ -413,15 +424,8 @@ mod tests {
         let state = Arc::new(RealState::default());
         let timeouts = Timeouts::default();
         let k = key("192.168.77.2:40000");
-        let got = table.inbound(
-            k,
-            flags(true, false),
-            Direction::Input,
-            Millis(0),
-            &timeouts,
-            real(&state),
-        );
-        assert_eq!(got.unwrap().to_string(), "10.77.0.11:80");
+        let got = table.inbound(k, flags(true, false), Millis(0), &timeouts, real(&state));
+        assert_eq!(got.unwrap().0.to_string(), "10.77.0.11:80");
         assert_eq!((state.active(), state.inactive()), (0, 1));
         let reply = ReplyKey {
             protocol: Protocol::Tcp,
@@ -433,14 +437,7 @@ mod tests {
             Some(k)
         );
         table
-            .inbound(
-                k,
-                flags(false, true),
-                Direction::Input,
-                Millis(2),
-                &timeouts,
-                || None,
-            )
+            .inbound(k, flags(false, true), Millis(2), &timeouts, || None)
             .unwrap();
         assert_eq!((state.active(), state.inactive()), (1, 0));
         assert_eq!(table.list()[0].state, State::Tcp(TcpState::Established));
@@ -458,7 +455,6 @@ mod tests {
         let got = table.inbound(
             key("192.168.77.2:1"),
             flags(false, true),
-            Direction::Input,
             Millis(0),
             &Timeouts::default(),
             real(&state),
@@ -476,24 +472,10 @@ mod tests {
         let established: Vec<FlowKey> = (1..=16).map(|i| key(&format!("10.1.0.{i}:1000"))).collect();
         for k in &established {
             table
-                .inbound(
-                    *k,
-                    flags(true, false),
-                    Direction::Input,
-                    Millis(0),
-                    &timeouts,
-                    real(&state),
-                )
+                .inbound(*k, flags(true, false), Millis(0), &timeouts, real(&state))
                 .unwrap();
             table
-                .inbound(
-                    *k,
-                    flags(false, true),
-                    Direction::Input,
-                    Millis(0),
-                    &timeouts,
-                    || None,
-                )
+                .inbound(*k, flags(false, true), Millis(0), &timeouts, || None)
                 .unwrap();
         }
         // 100k SYNs from many sources.
@@ -503,14 +485,7 @@ mod tests {
                 client: SocketAddr::new(source.into(), 1234),
                 ..key("1.1.1.1:1")
             };
-            let _ = table.inbound(
-                k,
-                flags(true, false),
-                Direction::Input,
-                Millis(1),
-                &timeouts,
-                real(&state),
-            );
+            let _ = table.inbound(k, flags(true, false), Millis(1), &timeouts, real(&state));
             assert!(table.len() <= SHARDS * 4);
         }
         let views = table.list();
@@ -524,14 +499,7 @@ mod tests {
         let legit = key("192.168.77.2:5555");
         assert!(
             table
-                .inbound(
-                    legit,
-                    flags(true, false),
-                    Direction::Input,
-                    Millis(2),
-                    &timeouts,
-                    real(&state)
-                )
+                .inbound(legit, flags(true, false), Millis(2), &timeouts, real(&state))
                 .is_ok()
         );
     }
@@ -546,7 +514,6 @@ mod tests {
                 table.inbound(
                     key(&format!("192.168.77.2:{}", 100 + port)),
                     flags(true, false),
-                    Direction::Input,
                     Millis(0),
                     &timeouts,
                     real(&state),

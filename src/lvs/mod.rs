@@ -2,8 +2,10 @@
 //! packets read from a TUN device. This module holds its connection table and IPVS's TCP
 //! state machine; the device I/O and the per-mode rewrites build on them.
 
+pub mod decap;
 pub mod flow_table;
-pub mod nat;
+pub mod neighbours;
+pub mod path;
 pub mod plane;
 pub mod setup;
 pub mod tcp_state;

@@ -3,6 +3,7 @@
 
 use std::{
     io,
+    net::{Ipv4Addr, SocketAddrV4},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
@@ -15,7 +16,8 @@ use thiserror::Error;
 
 use super::{
     flow_table::FlowTable,
-    nat::{self, DropReason, Verdict},
+    neighbours::Neighbours,
+    path::{self, DropReason, Verdict},
     setup::{self, Applied, SetupError, Step},
 };
 use crate::{
@@ -48,6 +50,14 @@ pub enum PlaneError {
     /// `setup: manual` and the host lacks steps.
     #[error("dataplane setup is manual and these are missing (run them, or set `setup: auto`):\n{0}")]
     Missing(String),
+    /// The server-side interface or a raw socket could not be used.
+    #[error("cannot send packets on {name}: {source}")]
+    Interface {
+        /// The interface or socket.
+        name: String,
+        /// Why.
+        source: io::Error,
+    },
     /// A worker thread could not start.
     #[error("cannot start a packet worker: {0}")]
     Worker(io::Error),
@@ -64,6 +74,8 @@ pub struct Drops {
     pub no_flow: AtomicU64,
     /// The table refused a flow.
     pub table_full: AtomicU64,
+    /// dr: the real's MAC is not known yet (or sending failed); tun: sending failed.
+    pub no_neighbour: AtomicU64,
 }
 
 /// The running packet data plane.
@@ -143,7 +155,9 @@ impl PacketPlane {
         };
         let drops = Arc::new(Drops::default());
         let stop = Arc::new(AtomicBool::new(false));
+        let neighbours = Neighbours::start(Arc::clone(&stop));
         for (index, queue) in queues.into_iter().enumerate() {
+            let egress = Egress::open(config, Arc::clone(&neighbours))?;
             let (table, flows, drops, stop) = (
                 Arc::clone(&table),
                 Arc::clone(&flows),
@@ -152,7 +166,7 @@ impl PacketPlane {
             );
             thread::Builder::new()
                 .name(format!("lbd-packets-{index}"))
-                .spawn(move || run(&queue, &table, &flows, &drops, &stop))
+                .spawn(move || run(&queue, &egress, &table, &flows, &drops, &stop))
                 .map_err(PlaneError::Worker)?;
         }
         let (sweeping, stopping) = (Arc::clone(&flows), Arc::clone(&stop));
@@ -213,9 +227,96 @@ pub fn plan(config: &Config) -> Vec<Step> {
     setup::plan(config, &clients)
 }
 
-/// One worker: read a packet, handle it, write it back.
-fn run(queue: &tun_rs::SyncDevice, table: &TableHandle, flows: &FlowTable, drops: &Drops, stop: &AtomicBool) {
+/// Where dr and tun packets leave: an `AF_PACKET` socket on the server-side interface, and a
+/// raw IPIP socket (the kernel builds the outer header).
+struct Egress {
+    frames: Option<(socket2::Socket, super::neighbours::Mac)>,
+    neighbours: Arc<Neighbours>,
+    ipip: Option<socket2::Socket>,
+}
+
+impl Egress {
+    fn open(config: &Config, neighbours: Arc<Neighbours>) -> Result<Self, PlaneError> {
+        let methods: Vec<ForwardMethod> = config
+            .services
+            .iter()
+            .flat_map(|service| {
+                std::iter::once(service.forward)
+                    .chain(service.reals.iter().map(|real| real.forward_in(service)))
+            })
+            .collect();
+        let frames = match config.dataplane.as_ref().and_then(|d| d.server_interface.clone()) {
+            Some(interface) if methods.contains(&ForwardMethod::Dr) => {
+                let read = |what: &str| std::fs::read_to_string(format!("/sys/class/net/{interface}/{what}"));
+                let failed = |source: io::Error| PlaneError::Interface {
+                    name: interface.clone(),
+                    source,
+                };
+                let index: u32 = read("ifindex").map_err(failed)?.trim().parse().unwrap_or(0);
+                let mac = read("address")
+                    .ok()
+                    .and_then(|text| super::neighbours::parse_mac(&text))
+                    .unwrap_or_default();
+                let socket = crate::sys::packet_socket(index).map_err(failed)?;
+                Some((socket, mac))
+            }
+            _ => None,
+        };
+        let ipip = if methods.contains(&ForwardMethod::Tun) {
+            let socket = socket2::Socket::new(
+                socket2::Domain::IPV4,
+                socket2::Type::RAW,
+                Some(socket2::Protocol::from(libc::IPPROTO_IPIP)),
+            )
+            .map_err(|source| PlaneError::Interface {
+                name: "raw IPIP socket".to_owned(),
+                source,
+            })?;
+            Some(socket)
+        } else {
+            None
+        };
+        Ok(Self {
+            frames,
+            neighbours,
+            ipip,
+        })
+    }
+
+    /// Sends `packet` in an Ethernet frame to `real`'s MAC; false if it is not known yet.
+    fn route(&self, packet: &[u8], real: Ipv4Addr, frame: &mut Vec<u8>) -> bool {
+        let (Some((socket, source)), Some(destination)) = (&self.frames, self.neighbours.mac(real)) else {
+            return false;
+        };
+        frame.clear();
+        frame.extend_from_slice(&destination);
+        frame.extend_from_slice(source);
+        frame.extend_from_slice(&[0x08, 0x00]);
+        frame.extend_from_slice(packet);
+        socket.send(frame).is_ok()
+    }
+
+    /// Sends `packet` inside IPIP to `real`.
+    fn tunnel(&self, packet: &[u8], real: Ipv4Addr) -> bool {
+        let Some(socket) = &self.ipip else {
+            return false;
+        };
+        let to = socket2::SockAddr::from(SocketAddrV4::new(real, 0));
+        socket.send_to(packet, &to).is_ok()
+    }
+}
+
+/// One worker: read a packet, handle it, send it on.
+fn run(
+    queue: &tun_rs::SyncDevice,
+    egress: &Egress,
+    table: &TableHandle,
+    flows: &FlowTable,
+    drops: &Drops,
+    stop: &AtomicBool,
+) {
     let mut buf = vec![0u8; PACKET_MAX];
+    let mut frame = Vec::with_capacity(PACKET_MAX + 14);
     while !stop.load(Relaxed) {
         let len = match queue.recv(&mut buf) {
             Ok(len) => len,
@@ -226,13 +327,25 @@ fn run(queue: &tun_rs::SyncDevice, table: &TableHandle, flows: &FlowTable, drops
             }
         };
         let packet = &mut buf[..len];
-        match nat::handle(packet, &table.load(), flows, Millis::now()) {
+        match path::handle(packet, &table.load(), flows, Millis::now()) {
             Verdict::Send => {
                 if let Err(error) = queue.send(packet) {
                     tracing::debug!(%error, "writing to the TUN device failed");
                 }
             }
+            Verdict::Route(real) => {
+                if !egress.route(packet, real, &mut frame) {
+                    tracing::trace!(%real, "no MAC for the real yet (or the send failed); packet dropped");
+                    drops.no_neighbour.fetch_add(1, Relaxed);
+                }
+            }
+            Verdict::Tunnel(real) => {
+                if !egress.tunnel(packet, real) {
+                    drops.no_neighbour.fetch_add(1, Relaxed);
+                }
+            }
             Verdict::Drop(reason) => {
+                tracing::trace!(?reason, len, "packet dropped");
                 let counter = match reason {
                     DropReason::Malformed => &drops.malformed,
                     DropReason::Fragment => &drops.fragments,

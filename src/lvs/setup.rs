@@ -69,6 +69,7 @@ pub fn plan(config: &Config, client_interfaces: &[String]) -> Vec<Step> {
     let tun = &dataplane.tun;
     let server = dataplane.server_interface.clone().unwrap_or_default();
     let mut vips = BTreeSet::new();
+    let mut tunnelled = BTreeSet::new();
     let mut nat_reals: BTreeSet<(Protocol, SocketAddr)> = BTreeSet::new();
     for service in &config.services {
         for real in &service.reals {
@@ -78,8 +79,12 @@ pub fn plan(config: &Config, client_interfaces: &[String]) -> Vec<Step> {
                     vips.insert(service.listen.ip());
                     nat_reals.insert((service.protocol, real.address));
                 }
-                ForwardMethod::Dr | ForwardMethod::Tun => {
+                ForwardMethod::Dr => {
                     vips.insert(service.listen.ip());
+                }
+                ForwardMethod::Tun => {
+                    vips.insert(service.listen.ip());
+                    tunnelled.insert(service.listen.ip());
                 }
             }
         }

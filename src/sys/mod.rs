@@ -14,3 +14,33 @@ pub(crate) fn register(socket: Socket, interest: Interest) -> io::Result<AsyncFd
     // stays open (and is deregistered before it closes) for the whole registration.
     unsafe { AsyncFd::register_with_interest(socket, interest) }.map_err(io::Error::from)
 }
+
+/// An `AF_PACKET` raw socket bound to interface `ifindex`, for sending whole Ethernet frames
+/// (direct routing). It receives nothing (protocol 0).
+pub(crate) fn packet_socket(ifindex: u32) -> io::Result<Socket> {
+    use std::os::fd::AsRawFd;
+    let socket = Socket::new(
+        socket2::Domain::PACKET,
+        socket2::Type::RAW,
+        Some(socket2::Protocol::from(0)),
+    )?;
+    let index =
+        i32::try_from(ifindex).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "interface index"))?;
+    // SAFETY: an all-zero `sockaddr_ll` is a valid value of that plain C struct.
+    let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    address.sll_family = libc::AF_PACKET as u16;
+    address.sll_ifindex = index;
+    // SAFETY: `address` is a fully initialised `sockaddr_ll` that lives across the call, the
+    // length passed is its size, and the descriptor is the open socket owned by `socket`.
+    let result = unsafe {
+        libc::bind(
+            socket.as_raw_fd(),
+            (&raw const address).cast::<libc::sockaddr>(),
+            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    if result != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(socket)
+}

@@ -1,18 +1,19 @@
-//! LVS/NAT on one packet read from the TUN device: a client's packet to a VIP is sent to its
-//! flow's real (destination rewritten, port mapping allowed); a real's reply comes back with
-//! the VIP as its source; ICMP errors about a flow are translated both ways, the packet they
-//! quote included. Anything else is dropped. Pure apart from the shared tables; never panics
-//! on what arrives.
+//! One packet read from the TUN device, forwarded as its flow's real says:
+//! - **nat**: the destination is rewritten to the real (port mapping allowed) and the packet
+//!   goes back into the TUN for the kernel to route; the real's reply comes back with the VIP
+//!   as its source; ICMP errors about a flow are translated both ways, the packet they quote
+//!   included.
+//! - **dr**: the packet is left as it is, to be sent in an Ethernet frame to the real's MAC.
+//! - **tun**: the packet is left as it is, to be wrapped in IPIP to the real.
+//!
+//! Anything else is dropped. Pure apart from the shared tables; never panics on what arrives.
 
 use std::{
-    net::{SocketAddr, SocketAddrV4},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     sync::atomic::Ordering::Relaxed,
 };
 
-use super::{
-    flow_table::{FlowKey, FlowTable, ReplyKey},
-    tcp_state::Direction,
-};
+use super::flow_table::{FlowKey, FlowTable, ReplyKey};
 use crate::{
     clock::Millis,
     config::{ForwardMethod, Protocol, ServiceKey},
@@ -24,8 +25,12 @@ use crate::{
 /// What to do with a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
-    /// Write it back to the TUN device (rewritten in place).
+    /// Write it back to the TUN device (rewritten in place: nat).
     Send,
+    /// Send it unchanged in an Ethernet frame to this real (dr).
+    Route(Ipv4Addr),
+    /// Send it unchanged inside IPIP to this real (tun).
+    Tunnel(Ipv4Addr),
     /// Drop it, for this reason.
     Drop(DropReason),
 }
@@ -68,7 +73,7 @@ pub fn handle(buf: &mut [u8], table: &ServiceTable, flows: &FlowTable, now: Mill
     };
     if let Some(service) = table
         .service(&service_key)
-        .filter(|service| service.config.forward == ForwardMethod::Nat)
+        .filter(|service| service.config.forward != ForwardMethod::Proxy)
     {
         let key = FlowKey {
             protocol,
@@ -83,13 +88,19 @@ pub fn handle(buf: &mut [u8], table: &ServiceTable, flows: &FlowTable, now: Mill
                 now,
             })
         };
-        return match flows.inbound(key, flags, Direction::Input, now, &table.timeouts, schedule) {
-            Ok(SocketAddr::V4(real)) => {
+        return match flows.inbound(key, flags, now, &table.timeouts, schedule) {
+            Ok((SocketAddr::V4(real), forward)) => {
                 count(table, &service_key, SocketAddr::V4(real), len, true);
-                packet.set_destination(real);
-                Verdict::Send
+                match forward {
+                    ForwardMethod::Nat | ForwardMethod::Proxy => {
+                        packet.set_destination(real);
+                        Verdict::Send
+                    }
+                    ForwardMethod::Dr => Verdict::Route(*real.ip()),
+                    ForwardMethod::Tun => Verdict::Tunnel(*real.ip()),
+                }
             }
-            Ok(SocketAddr::V6(_)) => Verdict::Drop(DropReason::NoFlow),
+            Ok((SocketAddr::V6(_), _)) => Verdict::Drop(DropReason::NoFlow),
             Err(super::flow_table::Refusal::NoReal) => Verdict::Drop(DropReason::NoFlow),
             Err(_) => Verdict::Drop(DropReason::TableFull),
         };
@@ -253,6 +264,47 @@ mod tests {
                 let mut bytes = vec![fill; len];
                 let _ = handle(&mut bytes, &table, &flows, Millis(0));
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod dr_tests {
+    use etherparse::PacketBuilder;
+
+    use super::*;
+    use crate::{config, table::HealthView};
+
+    #[test]
+    fn dr_and_tun_packets_leave_unchanged_for_their_real() {
+        for (mode, expect_tunnel) in [("dr", false), ("tun", true)] {
+            let config = config::parse(
+                &format!("dataplane: {{ server_interface: br0 }}\nservices:\n  - {{ protocol: tcp, listen: '192.168.77.100:8080', scheduler: rr, forward: {mode}, reals: [{{address: '10.77.0.11:8080'}}] }}\n"),
+                "t",
+            )
+            .unwrap();
+            let table = ServiceTable::build(&config, None, &HealthView::default());
+            let flows = FlowTable::new(100, 100);
+            let mut syn = Vec::new();
+            PacketBuilder::ipv4([192, 168, 77, 2], [192, 168, 77, 100], 64)
+                .tcp(40000, 8080, 1, 1000)
+                .syn()
+                .write(&mut syn, b"")
+                .unwrap();
+            let before = syn.clone();
+            let verdict = handle(&mut syn, &table, &flows, Millis(0));
+            let real = Ipv4Addr::new(10, 77, 0, 11);
+            assert_eq!(
+                verdict,
+                if expect_tunnel {
+                    Verdict::Tunnel(real)
+                } else {
+                    Verdict::Route(real)
+                }
+            );
+            assert_eq!(syn, before, "{mode}: unchanged");
+            // Retransmitted SYN: same flow, same real.
+            assert_eq!(handle(&mut syn, &table, &flows, Millis(1)), verdict);
         }
     }
 }
