@@ -341,3 +341,92 @@ fn forwards(mode: &str) {
         assert_eq!(greet(&topology.client, tcp_port).0, format!("rs1 {CLIENT}"));
     }
 }
+
+/// Reads `lbd_flows{protocol=…}` from the director's /metrics.
+fn flows_metric(director: &str, protocol: &'static str) -> u64 {
+    in_netns(director, move || {
+        let mut stream = TcpStream::connect("127.0.0.1:9901").unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut page = String::new();
+        stream.read_to_string(&mut page).unwrap();
+        let needle = format!("lbd_flows{{protocol=\"{protocol}\"}} ");
+        page.lines()
+            .find_map(|line| line.strip_prefix(&needle))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {needle} in /metrics"))
+    })
+}
+
+#[test]
+fn the_flow_table_stays_bounded_under_a_syn_flood_and_expires_idle_flows() {
+    if !root() {
+        return;
+    }
+    let topology = topology();
+    let _rs1 = start_servers(&topology.reals[0], "rs1", "0.0.0.0");
+    let _rs2 = start_servers(&topology.reals[1], "rs2", "0.0.0.0");
+    let max_flows = 1000;
+    let config = config("nat")
+        .replace("max_flows: 10000", &format!("max_flows: {max_flows}"))
+        .replace(
+            "workers: 2\n",
+            "workers: 2\nmetrics: { listen: '127.0.0.1:9901' }\ntimeouts: { udp: 1s }\n",
+        );
+    let mut lbd = Lbd::start_in(&topology.director, &config);
+    lbd.wait_for_log("packet data plane started", 1);
+
+    // A UDP flow lives for `timeouts.udp` without traffic, then expires.
+    in_netns(&topology.client, || {
+        let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+        socket.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        socket.send_to(b"ping", format!("{VIP}:53")).unwrap();
+        let mut buffer = [0u8; 16];
+        socket.recv_from(&mut buffer).expect("a UDP reply");
+    });
+    assert_eq!(flows_metric(&topology.director, "udp"), 1);
+    thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        flows_metric(&topology.director, "udp"),
+        0,
+        "the UDP flow expired after 1 s idle"
+    );
+
+    // 100k SYNs from random spoofed sources.
+    let sent = in_netns(&topology.client, || {
+        let socket = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::RAW,
+            Some(socket2::Protocol::from(255)), // IPPROTO_RAW: we write the IP header
+        )
+        .unwrap();
+        let vip: std::net::Ipv4Addr = VIP.parse().unwrap();
+        let to = socket2::SockAddr::from(SocketAddr::new(vip.into(), 0));
+        let mut state = 0x9e37_79b9_u32;
+        let mut sent = 0;
+        for _ in 0..100_000 {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            let source = std::net::Ipv4Addr::from(0x0b00_0000 | (state & 0x00ff_ffff));
+            let mut packet = Vec::with_capacity(40);
+            etherparse::PacketBuilder::ipv4(source.octets(), vip.octets(), 64)
+                .tcp((state >> 16) as u16 | 1024, 80, state, 1000)
+                .syn()
+                .write(&mut packet, &[])
+                .unwrap();
+            if socket.send_to(&packet, &to).is_ok() {
+                sent += 1;
+            }
+        }
+        sent
+    });
+    assert!(sent > 90_000, "sent {sent} SYNs");
+    let during = flows_metric(&topology.director, "tcp");
+    assert!(during <= max_flows, "{during} flows for max_flows {max_flows}");
+    // A legitimate client still gets through.
+    let (greeting, _) = greet(&topology.client, 80);
+    assert!(greeting.ends_with(CLIENT), "{greeting}");
+    eprintln!("SYN flood: {sent} SYNs sent, {during} flows in the table (max_flows {max_flows})");
+}

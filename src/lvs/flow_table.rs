@@ -130,6 +130,7 @@ pub struct FlowTable {
     shards: Vec<Mutex<Shard>>,
     hasher: ahash::RandomState,
     per_shard: usize,
+    max_flows: usize,
     per_source: u32,
     count: AtomicUsize,
     next_sweep: AtomicUsize,
@@ -142,6 +143,7 @@ impl FlowTable {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             hasher: ahash::RandomState::new(),
             per_shard: max_flows.div_ceil(SHARDS).max(1),
+            max_flows: max_flows.max(1),
             per_source: per_source.max(1),
             count: AtomicUsize::new(0),
             next_sweep: AtomicUsize::new(0),
@@ -195,10 +197,18 @@ impl FlowTable {
         if shard.per_source.get(&key.client.ip()).copied().unwrap_or(0) >= self.per_source {
             return Err(Refusal::SourceCap);
         }
-        if shard.flows.len() >= self.per_shard && !self.evict_embryonic(&mut shard) {
+        // Reserve a place first, so that workers filling other shards at the same time cannot
+        // together pass `max_flows`.
+        let reserved = self.count.fetch_add(1, Relaxed) + 1;
+        let full = shard.flows.len() >= self.per_shard || reserved > self.max_flows;
+        if full && !self.evict_embryonic(&mut shard) {
+            self.count.fetch_sub(1, Relaxed);
             return Err(Refusal::Full);
         }
-        let scheduled = schedule().ok_or(Refusal::NoReal)?;
+        let Some(scheduled) = schedule() else {
+            self.count.fetch_sub(1, Relaxed);
+            return Err(Refusal::NoReal);
+        };
         let (real, forward) = (scheduled.address, scheduled.forward);
         let direction = input_direction(forward);
         let state = match key.protocol {
@@ -231,7 +241,6 @@ impl FlowTable {
         );
         *shard.per_source.entry(key.client.ip()).or_insert(0) += 1;
         shard.flows.insert(key, entry);
-        self.count.fetch_add(1, Relaxed);
         Ok((real, forward))
     }
 
