@@ -88,6 +88,20 @@ fn run(args: Args) -> Result<(), String> {
                 let count = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
                 let (services, reals) = (count(config.services.len(), "service"), count(reals, "real"));
                 println!("{}: OK ({services}, {reals})", args.config.display());
+                if let Some(dataplane) = config
+                    .dataplane
+                    .as_ref()
+                    .filter(|_| ulvs::lvs::plane::needed(&config))
+                {
+                    let who = match dataplane.setup {
+                        ulvs::config::DataplaneSetup::Auto => "lbd applies at start and undoes at exit",
+                        ulvs::config::DataplaneSetup::Manual => "the host must already have (setup: manual)",
+                    };
+                    println!("dataplane setup, which {who}:");
+                    for step in ulvs::lvs::plane::plan(&config) {
+                        println!("  {step}");
+                    }
+                }
                 return Ok(());
             }
             runtime

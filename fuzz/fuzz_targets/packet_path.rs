@@ -1,0 +1,46 @@
+//! Arbitrary bytes through the packet data plane, as if read from the TUN device: parsing,
+//! every rewrite and ICMP translation, against a table with a nat, a dr and a tun service.
+//! Run: `cargo +nightly fuzz run packet_path -- -max_total_time=600`.
+#![no_main]
+
+use std::sync::OnceLock;
+
+use libfuzzer_sys::fuzz_target;
+use ulvs::{
+    clock::Millis,
+    config,
+    lvs::{flow_table::FlowTable, path},
+    packet::Ipv4Packet,
+    table::{HealthView, ServiceTable},
+};
+
+fn table() -> &'static ServiceTable {
+    static TABLE: OnceLock<ServiceTable> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        let config = config::parse(
+            "dataplane: { server_interface: br0 }\nservices:\n  - { protocol: tcp, listen: '192.168.77.100:80', forward: nat, reals: [{address: '10.77.0.11:8080'}] }\n  - { protocol: udp, listen: '192.168.77.100:53', forward: nat, reals: [{address: '10.77.0.11:5353'}] }\n  - { protocol: tcp, listen: '192.168.77.100:8080', forward: dr, reals: [{address: '10.77.0.12:8080'}] }\n  - { protocol: udp, listen: '192.168.77.100:5353', forward: tun, reals: [{address: '10.77.0.12:5353'}] }\n",
+            "fuzz",
+        )
+        .expect("the fuzz config");
+        ServiceTable::build(&config, None, &HealthView::default())
+    })
+}
+
+fn flows() -> &'static FlowTable {
+    static FLOWS: OnceLock<FlowTable> = OnceLock::new();
+    FLOWS.get_or_init(|| FlowTable::new(10_000, 1_000))
+}
+
+fuzz_target!(|data: &[u8]| {
+    let mut bytes = data.to_vec();
+    let _ = path::handle(&mut bytes, table(), flows(), Millis(1));
+    let mut bytes = data.to_vec();
+    if let Ok(mut packet) = Ipv4Packet::parse(&mut bytes) {
+        let _ = packet.l4();
+        let _ = packet.quoted_flow();
+        let _ = packet.rewrite_quoted(true, "10.0.0.1:1".parse().unwrap());
+        packet.set_source("10.0.0.2:2".parse().unwrap());
+        packet.set_destination("10.0.0.3:3".parse().unwrap());
+    }
+    flows().sweep(Millis(1_000_000));
+});
