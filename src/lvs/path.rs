@@ -89,6 +89,14 @@ pub fn handle(buf: &mut [u8], table: &ServiceTable, flows: &FlowTable, now: Mill
             })
         };
         return match flows.inbound(key, flags, now, &table.timeouts, schedule) {
+            // As IPVS with expire_nodest_conn=0: packets of a flow whose real was deleted (or
+            // removed by its health check) are dropped; the entry ages out.
+            Ok((real, _))
+                if !service.real(real).is_some_and(|live| live.up)
+                    && service.sorry.as_ref().is_none_or(|sorry| sorry.address != real) =>
+            {
+                Verdict::Drop(DropReason::NoFlow)
+            }
             Ok((SocketAddr::V4(real), forward)) => {
                 count(table, &service_key, SocketAddr::V4(real), len, true);
                 match forward {
