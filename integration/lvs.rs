@@ -430,3 +430,39 @@ fn the_flow_table_stays_bounded_under_a_syn_flood_and_expires_idle_flows() {
     assert!(greeting.ends_with(CLIENT), "{greeting}");
     eprintln!("SYN flood: {sent} SYNs sent, {during} flows in the table (max_flows {max_flows})");
 }
+
+#[test]
+fn manual_setup_refuses_to_start_and_names_what_is_missing() {
+    if !root() {
+        return;
+    }
+    let topology = topology();
+    let _rs1 = start_servers(&topology.reals[0], "rs1", "0.0.0.0");
+    let _rs2 = start_servers(&topology.reals[1], "rs2", "0.0.0.0");
+    let dir = &topology.director;
+    let config = config("nat").replace("setup: auto", "setup: manual");
+    // A persistent TUN device, as an operator who manages the host would create.
+    ip(&format!("-n {dir} tuntap add dev lbtun0 mode tun multi_queue"));
+    ip(&format!("-n {dir} link set lbtun0 up"));
+    let mut refused = Lbd::spawn_in_netns(dir, &config);
+    let status = refused.wait_exit(Duration::from_secs(10));
+    assert!(!status.success());
+    let log = refused.log_text();
+    assert!(
+        log.contains("dataplane setup is manual and these are missing"),
+        "{log}"
+    );
+    // Apply exactly the commands it printed, then it starts and serves.
+    for line in log.lines().map(str::trim) {
+        if let Some(sysctl) = line.strip_prefix("sysctl -w ") {
+            let (key, value) = sysctl.split_once('=').unwrap();
+            self::sysctl(dir, key, value);
+        } else if let Some(args) = line.strip_prefix("ip ") {
+            ip(&format!("-n {dir} {args}"));
+        }
+    }
+    let mut lbd = Lbd::start_in(dir, &config);
+    lbd.wait_for_log("packet data plane started", 1);
+    let (greeting, _) = greet(&topology.client, 80);
+    assert!(greeting.ends_with(CLIENT), "{greeting}");
+}

@@ -70,6 +70,11 @@ impl Lbd {
         lbd
     }
 
+    /// Starts `lbd` inside network namespace `netns` without waiting.
+    pub fn spawn_in_netns(netns: &str, config: &str) -> Self {
+        Self::spawn_in(Some(netns), config)
+    }
+
     fn spawn_in(netns: Option<&str>, config: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("lbd.yaml");

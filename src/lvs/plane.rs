@@ -143,13 +143,11 @@ impl PacketPlane {
         let setup = match dataplane.setup {
             crate::config::DataplaneSetup::Auto => Some(setup::apply(&plan)?),
             crate::config::DataplaneSetup::Manual => {
-                tracing::warn!(
-                    "dataplane setup is manual: lbd changes nothing on the host; it needs:\n{}",
-                    plan.iter()
-                        .map(|step| format!("  {step}"))
-                        .collect::<Vec<_>>()
-                        .join("\n")
-                );
+                let missing = setup::missing(&plan);
+                if !missing.is_empty() {
+                    let commands: Vec<String> = missing.iter().map(|step| format!("  {step}")).collect();
+                    return Err(PlaneError::Missing(commands.join("\n")));
+                }
                 None
             }
         };

@@ -171,6 +171,75 @@ pub fn client_interfaces(tun: &str, server: Option<&str>) -> Vec<String> {
     names
 }
 
+/// The steps the host does not have yet (for `setup: manual`): sysctls with another value,
+/// routes, proxy entries and rules not listed by `ip`.
+pub fn missing(steps: &[Step]) -> Vec<Step> {
+    steps.iter().filter(|step| !present(step)).cloned().collect()
+}
+
+fn present(step: &Step) -> bool {
+    match step {
+        Step::Sysctl { key, value } => {
+            let path = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
+            std::fs::read_to_string(path).is_ok_and(|current| current.trim() == value)
+        }
+        Step::Ip { args, .. } => {
+            let Some((list, expected)) = listing_of(args) else {
+                return false;
+            };
+            let Ok(output) = Command::new("ip").args(&list).output() else {
+                return false;
+            };
+            let listing = String::from_utf8_lossy(&output.stdout);
+            listing.lines().map(squeeze).any(|line| {
+                expected
+                    .iter()
+                    .all(|fragment| format!(" {line} ").contains(&format!(" {} ", squeeze(fragment))))
+            })
+        }
+    }
+}
+
+/// For an `ip` step, the `ip … show` command that lists such objects and the fragments its
+/// line for this one contains (`ip rule show` prints the selectors in its own order).
+fn listing_of(args: &[String]) -> Option<(Vec<String>, Vec<String>)> {
+    let words: Vec<&str> = args.iter().map(String::as_str).collect();
+    let owned = |list: &[&str]| list.iter().map(|word| (*word).to_owned()).collect::<Vec<_>>();
+    match words.as_slice() {
+        ["route", "replace", rest @ ..] => {
+            let table = rest
+                .iter()
+                .position(|word| *word == "table")
+                .and_then(|i| rest.get(i + 1));
+            let list = match table {
+                Some(table) => owned(&["route", "show", "table", table]),
+                None => owned(&["route", "show"]),
+            };
+            let object: Vec<&str> = rest
+                .iter()
+                .take_while(|word| **word != "table" && **word != "mtu")
+                .copied()
+                .collect();
+            Some((list, vec![object.join(" ").replace("/32", "")]))
+        }
+        ["neigh", "replace", "proxy", address, "dev", device] => Some((
+            owned(&["neigh", "show", "proxy"]),
+            vec![format!("{address} dev {device}")],
+        )),
+        ["rule", "add", "pref", pref, rest @ ..] => {
+            let mut fragments = vec![format!("{pref}:")];
+            fragments.extend(rest.chunks(2).map(|pair| pair.join(" ").replace("/32", "")));
+            Some((owned(&["rule", "show"]), fragments))
+        }
+        _ => None,
+    }
+}
+
+/// Collapses runs of blanks, so that `ip`'s column spacing does not matter.
+fn squeeze(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 /// Steps applied, to undo at exit.
 #[derive(Debug, Default)]
 pub struct Applied {
