@@ -79,14 +79,7 @@ pub struct Ipv4Packet<'a> {
 impl<'a> Ipv4Packet<'a> {
     /// Validates `buf` as one IPv4 packet; bytes past its total length are ignored.
     pub fn parse(buf: &'a mut [u8]) -> Result<Self, PacketError> {
-        let version = buf.first().map_or(0, |byte| byte >> 4);
-        if version != 4 {
-            return Err(PacketError::NotIpv4(version));
-        }
-        let header = etherparse::Ipv4HeaderSlice::from_slice(buf)
-            .map_err(|error| PacketError::Malformed(error.to_string()))?;
-        let header_len = header.slice().len();
-        let total_len = usize::from(header.total_len());
+        let (header_len, total_len) = header_lengths(buf)?;
         if total_len < header_len || total_len > buf.len() {
             return Err(PacketError::Malformed(format!(
                 "total length {total_len} does not fit the {} bytes read",
@@ -211,13 +204,7 @@ impl<'a> Ipv4Packet<'a> {
     /// Parses a quoted packet: only its header and 8 bytes are present, so its total length
     /// may exceed the buffer.
     fn parse_quoted(buf: &'a mut [u8]) -> Result<Self, PacketError> {
-        let version = buf.first().map_or(0, |byte| byte >> 4);
-        if version != 4 {
-            return Err(PacketError::NotIpv4(version));
-        }
-        let header = etherparse::Ipv4HeaderSlice::from_slice(buf)
-            .map_err(|error| PacketError::Malformed(error.to_string()))?;
-        let header_len = header.slice().len();
+        let (header_len, _) = header_lengths(buf)?;
         let total_len = buf.len();
         if total_len < header_len + 8 {
             return Err(PacketError::Truncated("quoted packet"));
@@ -346,6 +333,17 @@ impl<'a> Ipv4Packet<'a> {
             SocketAddrV4::new(inner.destination(), destination_port),
         ))
     }
+}
+
+/// Validates an IPv4 header at the start of `buf`: (header length, declared total length).
+fn header_lengths(buf: &[u8]) -> Result<(usize, usize), PacketError> {
+    let version = buf.first().map_or(0, |byte| byte >> 4);
+    if version != 4 {
+        return Err(PacketError::NotIpv4(version));
+    }
+    let header = etherparse::Ipv4HeaderSlice::from_slice(buf)
+        .map_err(|error| PacketError::Malformed(error.to_string()))?;
+    Ok((header.slice().len(), usize::from(header.total_len())))
 }
 
 #[cfg(test)]
