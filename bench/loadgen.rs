@@ -88,7 +88,11 @@ async fn udp_flood(
     let deadline = tokio::time::Instant::now() + length;
     let mut tasks = Vec::new();
     for _ in 0..clients {
-        let local = if target.ip().is_loopback() { "127.0.0.1:0" } else { "0.0.0.0:0" };
+        let local = if target.ip().is_loopback() {
+            "127.0.0.1:0"
+        } else {
+            "0.0.0.0:0"
+        };
         let socket = UdpSocket::bind(local).await?;
         socket.connect(target).await?;
         let replies = Arc::clone(&replies);
