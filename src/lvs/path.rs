@@ -88,29 +88,28 @@ pub fn handle(buf: &mut [u8], table: &ServiceTable, flows: &FlowTable, now: Mill
                 now,
             })
         };
-        return match flows.inbound(key, flags, now, &table.timeouts, schedule) {
-            // As IPVS with expire_nodest_conn=0: packets of a flow whose real was deleted (or
-            // removed by its health check) are dropped; the entry ages out.
-            Ok((real, _))
-                if !service.real(real).is_some_and(|live| live.up)
-                    && service.sorry.as_ref().is_none_or(|sorry| sorry.address != real) =>
-            {
-                Verdict::Drop(DropReason::NoFlow)
+        let (real, forward) = match flows.inbound(key, flags, now, &table.timeouts, schedule) {
+            Ok(found) => found,
+            Err(super::flow_table::Refusal::NoReal) => return Verdict::Drop(DropReason::NoFlow),
+            Err(_) => return Verdict::Drop(DropReason::TableFull),
+        };
+        // As IPVS with expire_nodest_conn=0: packets of a flow whose real was deleted (or
+        // removed by its health check) are dropped; the entry ages out.
+        let live = service
+            .real(real)
+            .or(service.sorry.as_ref().filter(|sorry| sorry.address == real));
+        let (Some(live), SocketAddr::V4(real)) = (live.filter(|live| live.up), real) else {
+            return Verdict::Drop(DropReason::NoFlow);
+        };
+        live.state.packets_in.fetch_add(1, Relaxed);
+        live.state.bytes_in.fetch_add(len, Relaxed);
+        return match forward {
+            ForwardMethod::Nat | ForwardMethod::Proxy => {
+                packet.set_destination(real);
+                Verdict::Send
             }
-            Ok((SocketAddr::V4(real), forward)) => {
-                count(table, &service_key, SocketAddr::V4(real), len, true);
-                match forward {
-                    ForwardMethod::Nat | ForwardMethod::Proxy => {
-                        packet.set_destination(real);
-                        Verdict::Send
-                    }
-                    ForwardMethod::Dr => Verdict::Route(*real.ip()),
-                    ForwardMethod::Tun => Verdict::Tunnel(*real.ip()),
-                }
-            }
-            Ok((SocketAddr::V6(_), _)) => Verdict::Drop(DropReason::NoFlow),
-            Err(super::flow_table::Refusal::NoReal) => Verdict::Drop(DropReason::NoFlow),
-            Err(_) => Verdict::Drop(DropReason::TableFull),
+            ForwardMethod::Dr => Verdict::Route(*real.ip()),
+            ForwardMethod::Tun => Verdict::Tunnel(*real.ip()),
         };
     }
     // A real's reply to a client?
@@ -128,7 +127,7 @@ pub fn handle(buf: &mut [u8], table: &ServiceTable, flows: &FlowTable, now: Mill
                 protocol,
                 listen: SocketAddr::V4(vip),
             };
-            count(table, &service, SocketAddr::V4(source), len, false);
+            count_reply(table, &service, SocketAddr::V4(source), len);
             packet.set_source(vip);
             Verdict::Send
         }
@@ -136,18 +135,11 @@ pub fn handle(buf: &mut [u8], table: &ServiceTable, flows: &FlowTable, now: Mill
     }
 }
 
-/// Adds a packet to the real's counters.
-fn count(table: &ServiceTable, service: &ServiceKey, real: SocketAddr, len: u64, inbound: bool) {
-    let Some(real) = table.service(service).and_then(|service| service.real(real)) else {
-        return;
-    };
-    let state = &real.state;
-    if inbound {
-        state.packets_in.fetch_add(1, Relaxed);
-        state.bytes_in.fetch_add(len, Relaxed);
-    } else {
-        state.packets_out.fetch_add(1, Relaxed);
-        state.bytes_out.fetch_add(len, Relaxed);
+/// Adds a NAT reply to its real's counters.
+fn count_reply(table: &ServiceTable, service: &ServiceKey, real: SocketAddr, len: u64) {
+    if let Some(real) = table.service(service).and_then(|service| service.real(real)) {
+        real.state.packets_out.fetch_add(1, Relaxed);
+        real.state.bytes_out.fetch_add(len, Relaxed);
     }
 }
 
