@@ -110,9 +110,10 @@ pub enum Refusal {
     Full,
     /// This source address holds its share of the table already.
     SourceCap,
-    /// The scheduler found no real (or the packet may not start a flow: a TCP packet without
-    /// SYN).
+    /// The scheduler found no real for a new flow.
     NoReal,
+    /// The packet may not start a flow: a TCP packet without SYN.
+    NotNew,
 }
 
 #[derive(Debug, Default)]
@@ -192,7 +193,7 @@ impl FlowTable {
             self.remove(&mut shard, &key);
         }
         if matches!(flags, Some(f) if !f.syn || f.ack) {
-            return Err(Refusal::NoReal);
+            return Err(Refusal::NotNew);
         }
         if shard.per_source.get(&key.client.ip()).copied().unwrap_or(0) >= self.per_source {
             return Err(Refusal::SourceCap);
@@ -468,7 +469,7 @@ mod tests {
             &Timeouts::default(),
             real(&state),
         );
-        assert_eq!(got, Err(Refusal::NoReal));
+        assert_eq!(got, Err(Refusal::NotNew));
         assert!(table.is_empty());
     }
 

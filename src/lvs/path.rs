@@ -31,6 +31,9 @@ pub enum Verdict {
     Route(Ipv4Addr),
     /// Send it unchanged inside IPIP to this real (tun).
     Tunnel(Ipv4Addr),
+    /// No real can take this new flow: answer the client with ICMP port unreachable from
+    /// this VIP, as IPVS does (the packet itself is dropped).
+    Unreachable(Ipv4Addr),
     /// Drop it, for this reason.
     Drop(DropReason),
 }
@@ -90,7 +93,8 @@ pub fn handle(buf: &mut [u8], table: &ServiceTable, flows: &FlowTable, now: Mill
         };
         let (real, forward) = match flows.inbound(key, flags, now, &table.timeouts, schedule) {
             Ok(found) => found,
-            Err(super::flow_table::Refusal::NoReal) => return Verdict::Drop(DropReason::NoFlow),
+            Err(super::flow_table::Refusal::NoReal) => return Verdict::Unreachable(*destination.ip()),
+            Err(super::flow_table::Refusal::NotNew) => return Verdict::Drop(DropReason::NoFlow),
             Err(_) => return Verdict::Drop(DropReason::TableFull),
         };
         // As IPVS with expire_nodest_conn=0: packets of a flow whose real was deleted (or

@@ -315,6 +315,7 @@ fn run(
 ) {
     let mut buf = vec![0u8; PACKET_MAX];
     let mut frame = Vec::with_capacity(PACKET_MAX + 14);
+    let mut icmp = Vec::with_capacity(128);
     while !stop.load(Relaxed) {
         let len = match queue.recv(&mut buf) {
             Ok(len) => len,
@@ -335,6 +336,12 @@ fn run(
                 if !egress.route(packet, real, &mut frame) {
                     tracing::trace!(%real, "no MAC for the real yet (or the send failed); packet dropped");
                     drops.no_neighbour.fetch_add(1, Relaxed);
+                }
+            }
+            Verdict::Unreachable(vip) => {
+                if let Ok(refused) = crate::packet::Ipv4Packet::parse(packet) {
+                    crate::packet::port_unreachable(&refused, vip, &mut icmp);
+                    let _ = queue.send(&icmp);
                 }
             }
             Verdict::Tunnel(real) => {

@@ -335,6 +335,20 @@ impl<'a> Ipv4Packet<'a> {
     }
 }
 
+/// Writes into `out` the ICMP "port unreachable" that `from` sends back to the source of
+/// `original` (quoting its IP header and first 8 payload bytes, as RFC 792 asks), as IPVS
+/// does when no real server can take a new flow. `out` is cleared first; reusing it avoids an
+/// allocation per packet.
+pub fn port_unreachable(original: &Ipv4Packet<'_>, from: Ipv4Addr, out: &mut Vec<u8>) {
+    let quoted = &original.bytes()[..(original.header_len + 8).min(original.len())];
+    out.clear();
+    let builder = etherparse::PacketBuilder::ipv4(from.octets(), original.source().octets(), 64).icmpv4(
+        etherparse::Icmpv4Type::DestinationUnreachable(etherparse::icmpv4::DestUnreachableHeader::Port),
+    );
+    // Writing into a Vec cannot fail for lack of room.
+    let _ = builder.write(out, quoted);
+}
+
 /// Validates an IPv4 header at the start of `buf`: (header length, declared total length).
 fn header_lengths(buf: &[u8]) -> Result<(usize, usize), PacketError> {
     let version = buf.first().map_or(0, |byte| byte >> 4);
@@ -461,6 +475,31 @@ mod tests {
                 prop_assert_eq!((packet.destination(), got_destination), (*t.ip(), t.port()));
             }
         }
+    }
+
+    #[test]
+    fn a_refused_flow_gets_a_port_unreachable() {
+        let mut bytes = udp(
+            address([192, 168, 77, 2], 5000),
+            address([192, 168, 77, 100], 53),
+            b"query",
+        );
+        let packet = Ipv4Packet::parse(&mut bytes).unwrap();
+        let mut out = Vec::new();
+        port_unreachable(&packet, Ipv4Addr::new(192, 168, 77, 100), &mut out);
+        let mut reply = out.clone();
+        let mut reply = Ipv4Packet::parse(&mut reply).unwrap();
+        assert_eq!(reply.destination(), Ipv4Addr::new(192, 168, 77, 2));
+        assert_eq!(reply.l4().unwrap(), L4::Icmp(Icmp::Error { kind: 3, code: 3 }));
+        assert_eq!(
+            reply.quoted_flow(),
+            Some((
+                17,
+                address([192, 168, 77, 2], 5000),
+                address([192, 168, 77, 100], 53)
+            ))
+        );
+        assert_eq!(checksum::compute(&out[20..]), 0, "ICMP checksum");
     }
 
     #[test]

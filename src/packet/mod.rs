@@ -7,7 +7,7 @@
 pub mod checksum;
 mod ipv4;
 
-pub use self::ipv4::{Icmp, Ipv4Packet, L4, TcpFlags};
+pub use self::ipv4::{Icmp, Ipv4Packet, L4, TcpFlags, port_unreachable};
 
 /// Why a packet was not taken.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
