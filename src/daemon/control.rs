@@ -326,7 +326,7 @@ impl Director {
         let timeouts = self.config.timeouts;
         let mut flows = self.shared.flows.list();
         flows.sort_by_key(|flow| flow.last_activity());
-        let packets = self.packet_flows.list().into_iter().map(|flow| api::Connection {
+        let packets = self.packet.flows.list().into_iter().map(|flow| api::Connection {
             protocol: flow.key.protocol.to_string(),
             state: flow.state.name().to_owned(),
             expires_seconds: flow.expires.0.saturating_sub(now.0) / 1000,

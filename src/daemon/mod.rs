@@ -138,7 +138,7 @@ pub struct Director {
     health: Monitor,
     rates: rates::Estimator,
     started: Instant,
-    packet_flows: Arc<crate::lvs::flow_table::FlowTable>,
+    packet: Arc<crate::lvs::plane::PacketShared>,
     packets: Option<crate::lvs::plane::PacketPlane>,
 }
 
@@ -174,11 +174,11 @@ impl Director {
             .filter(|service| service.forward == config::ForwardMethod::Proxy)
             .map(|service| socket::bind(service.key(), count).map(|listeners| (service.key(), listeners)))
             .collect::<Result<_, _>>()?;
-        let packet_flows = Arc::new(crate::lvs::plane::flow_table(&config));
+        let packet = Arc::new(crate::lvs::plane::shared(&config));
         let packets = crate::lvs::plane::PacketPlane::start(
             &config,
             Arc::clone(&shared.table),
-            Arc::clone(&packet_flows),
+            Arc::clone(&packet),
             count,
         )?;
         let workers = (0..count)
@@ -193,7 +193,7 @@ impl Director {
             health,
             rates: rates::Estimator::default(),
             started: Instant::now(),
-            packet_flows,
+            packet,
             packets,
         };
         for (key, listeners) in bound {
@@ -213,9 +213,9 @@ impl Director {
         &self.shared.table
     }
 
-    /// The packet data plane's connection table.
-    pub fn packet_flows(&self) -> &Arc<crate::lvs::flow_table::FlowTable> {
-        &self.packet_flows
+    /// The packet data plane's connection table and drop counters.
+    pub fn packet(&self) -> &Arc<crate::lvs::plane::PacketShared> {
+        &self.packet
     }
 
     /// Flows in progress.
@@ -270,7 +270,7 @@ impl Director {
             None if crate::lvs::plane::needed(&config) => crate::lvs::plane::PacketPlane::start(
                 &config,
                 Arc::clone(&self.shared.table),
-                Arc::clone(&self.packet_flows),
+                Arc::clone(&self.packet),
                 self.workers.len(),
             )?,
             _ => None,
@@ -410,7 +410,7 @@ pub async fn serve(source: ConfigSource, config: Config) -> Result<(), StartErro
                 *address,
                 Arc::clone(director.table()),
                 director.flows().clone(),
-                Arc::clone(director.packet_flows()),
+                Arc::clone(director.packet()),
             )
             .await
             .map_err(|source| StartError::Metrics {

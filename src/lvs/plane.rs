@@ -78,27 +78,36 @@ pub struct Drops {
     pub no_neighbour: AtomicU64,
 }
 
+/// What the packet data plane shares with the control plane (listings, metrics): its
+/// connection table and its drop counters. It exists before (and without) the plane itself.
+#[derive(Debug)]
+pub struct PacketShared {
+    /// The connection table.
+    pub flows: FlowTable,
+    /// Packets dropped, by reason.
+    pub drops: Drops,
+}
+
 /// The running packet data plane.
 #[derive(Debug)]
 pub struct PacketPlane {
-    /// The connection table.
-    pub flows: Arc<FlowTable>,
-    /// Drop counters.
-    pub drops: Arc<Drops>,
     stop: Arc<AtomicBool>,
     plan: Vec<Step>,
     setup: Option<Applied>,
 }
 
-/// The connection table `config` asks for (`dataplane.max_flows`; one source may hold a
-/// sixteenth of it).
-pub fn flow_table(config: &Config) -> FlowTable {
+/// The shared state `config` asks for: a connection table of `dataplane.max_flows` (one source
+/// may hold a sixteenth of it) and zeroed drop counters.
+pub fn shared(config: &Config) -> PacketShared {
     let max_flows = config
         .dataplane
         .as_ref()
         .map_or(1_000_000, |dataplane| dataplane.max_flows) as usize;
     let per_source = (max_flows / SOURCE_SHARE).max(64);
-    FlowTable::new(max_flows, u32::try_from(per_source).unwrap_or(u32::MAX))
+    PacketShared {
+        flows: FlowTable::new(max_flows, u32::try_from(per_source).unwrap_or(u32::MAX)),
+        drops: Drops::default(),
+    }
 }
 
 /// Whether any service forwards packets (nat, dr, tun) rather than proxying.
@@ -116,7 +125,7 @@ impl PacketPlane {
     pub fn start(
         config: &Config,
         table: Arc<TableHandle>,
-        flows: Arc<FlowTable>,
+        shared: Arc<PacketShared>,
         workers: usize,
     ) -> Result<Option<Self>, PlaneError> {
         let Some(dataplane) = config.dataplane.as_ref().filter(|_| needed(config)) else {
@@ -151,30 +160,24 @@ impl PacketPlane {
                 None
             }
         };
-        let drops = Arc::new(Drops::default());
         let stop = Arc::new(AtomicBool::new(false));
         let neighbours = Neighbours::start(Arc::clone(&stop));
         for (index, queue) in queues.into_iter().enumerate() {
             let egress = Egress::open(config, Arc::clone(&neighbours))?;
-            let (table, flows, drops, stop) = (
-                Arc::clone(&table),
-                Arc::clone(&flows),
-                Arc::clone(&drops),
-                Arc::clone(&stop),
-            );
+            let (table, shared, stop) = (Arc::clone(&table), Arc::clone(&shared), Arc::clone(&stop));
             thread::Builder::new()
                 .name(format!("lbd-packets-{index}"))
-                .spawn(move || run(&queue, &egress, &table, &flows, &drops, &stop))
+                .spawn(move || run(&queue, &egress, &table, &shared.flows, &shared.drops, &stop))
                 .map_err(PlaneError::Worker)?;
         }
-        let (sweeping, stopping) = (Arc::clone(&flows), Arc::clone(&stop));
+        let (sweeping, stopping) = (Arc::clone(&shared), Arc::clone(&stop));
         thread::Builder::new()
             .name("lbd-flow-sweeper".to_owned())
             .spawn(move || {
                 while !stopping.load(Relaxed) {
                     thread::sleep(Duration::from_millis(50));
                     for _ in 0..4 {
-                        sweeping.sweep(Millis::now());
+                        sweeping.flows.sweep(Millis::now());
                     }
                 }
             })
@@ -186,13 +189,7 @@ impl PacketPlane {
             steps = plan.len(),
             "packet data plane started"
         );
-        Ok(Some(Self {
-            flows,
-            drops,
-            stop,
-            plan,
-            setup,
-        }))
+        Ok(Some(Self { stop, plan, setup }))
     }
 
     /// Brings the host setup in line with a new config (after a reload or an admin change).

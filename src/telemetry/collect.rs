@@ -4,6 +4,7 @@ use std::{fmt::Write, sync::atomic::Ordering::Relaxed};
 
 use crate::{
     config::Protocol,
+    lvs::plane::Drops,
     table::{Real, Service, ServiceTable},
 };
 
@@ -191,6 +192,32 @@ pub(super) fn table(out: &mut String, table: &ServiceTable, flows: (usize, usize
                     "lbd_flows",
                     &[("protocol", &protocol.to_string())],
                     count as u64,
+                );
+            }
+        },
+    );
+}
+
+/// Writes the packet data plane's drop counters.
+pub(super) fn drops(out: &mut String, drops: &Drops) {
+    family(
+        out,
+        "lbd_packets_dropped_total",
+        "counter",
+        "Packets the packet data plane (nat, dr, tun) dropped, by reason.",
+        |out| {
+            for (reason, counter) in [
+                ("malformed", &drops.malformed),
+                ("fragment", &drops.fragments),
+                ("no_flow", &drops.no_flow),
+                ("table_full", &drops.table_full),
+                ("no_neighbour", &drops.no_neighbour),
+            ] {
+                sample(
+                    out,
+                    "lbd_packets_dropped_total",
+                    &[("reason", reason)],
+                    counter.load(Relaxed),
                 );
             }
         },

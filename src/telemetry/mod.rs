@@ -18,7 +18,7 @@ use std::sync::OnceLock;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub use self::server::{MetricsServer, serve};
-use crate::{lvs::flow_table::FlowTable, proxy::FlowTracker, table::TableHandle};
+use crate::{lvs::plane::PacketShared, proxy::FlowTracker, table::TableHandle};
 
 /// Histogram buckets of health check latency: 1 ms to 10 s.
 pub const CHECK_BUCKETS: [f64; 13] = [
@@ -70,10 +70,11 @@ pub fn count_reload(success: bool) {
 }
 
 /// The whole `/metrics` page: the facade's metrics, then the table's.
-pub fn render(table: &TableHandle, flows: &FlowTracker, packet_flows: &FlowTable) -> String {
+pub fn render(table: &TableHandle, flows: &FlowTracker, packet: &PacketShared) -> String {
     let mut page = recorder().render();
     let (tcp, udp) = flows.count_by_protocol();
-    let (packet_tcp, packet_udp) = packet_flows.count_by_protocol();
+    let (packet_tcp, packet_udp) = packet.flows.count_by_protocol();
     collect::table(&mut page, &table.load(), (tcp + packet_tcp, udp + packet_udp));
+    collect::drops(&mut page, &packet.drops);
     page
 }

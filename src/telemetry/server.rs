@@ -6,7 +6,7 @@ use std::{io, net::SocketAddr, sync::Arc};
 use axum::{Router, extract::State, http::header, response::IntoResponse, routing::get};
 use tokio_util::task::AbortOnDropHandle;
 
-use crate::{lvs::flow_table::FlowTable, proxy::FlowTracker, table::TableHandle};
+use crate::{lvs::plane::PacketShared, proxy::FlowTracker, table::TableHandle};
 
 /// The running endpoint; dropping it stops it.
 #[derive(Debug)]
@@ -20,7 +20,7 @@ pub struct MetricsServer {
 struct Sources {
     table: Arc<TableHandle>,
     flows: FlowTracker,
-    packet_flows: Arc<FlowTable>,
+    packet: Arc<PacketShared>,
 }
 
 /// Serves `GET /metrics` on `address`. Must run inside a tokio runtime.
@@ -28,16 +28,14 @@ pub async fn serve(
     address: SocketAddr,
     table: Arc<TableHandle>,
     flows: FlowTracker,
-    packet_flows: Arc<FlowTable>,
+    packet: Arc<PacketShared>,
 ) -> io::Result<MetricsServer> {
     super::recorder();
     let listener = tokio::net::TcpListener::bind(address).await?;
     let address = listener.local_addr()?;
-    let app = Router::new().route("/metrics", get(metrics)).with_state(Sources {
-        table,
-        flows,
-        packet_flows,
-    });
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(Sources { table, flows, packet });
     let server = tokio::spawn(async move {
         if let Err(error) = axum::serve(listener, app).await {
             tracing::error!(%error, "metrics endpoint stopped");
@@ -52,6 +50,6 @@ pub async fn serve(
 async fn metrics(State(sources): State<Sources>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        super::render(&sources.table, &sources.flows, &sources.packet_flows),
+        super::render(&sources.table, &sources.flows, &sources.packet),
     )
 }
