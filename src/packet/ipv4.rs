@@ -283,7 +283,11 @@ impl<'a> Ipv4Packet<'a> {
         let Some(inner) = self.quoted() else {
             return false;
         };
-        let before = inner.bytes().to_vec();
+        // Only the quoted header and its first 8 payload bytes change: at most 68 bytes, and an
+        // even count (the header length is a multiple of 4).
+        let span = inner.header_len + 8;
+        let mut before = [0u8; 68];
+        before[..span].copy_from_slice(&inner.buf[..span]);
         let (address_at, port_at) = if quoted_source { (12, 0) } else { (16, 2) };
         // Update the quoted IP header checksum, address and (if quoted) L4 checksum.
         let old_address: [u8; 4] = inner.buf[address_at..address_at + 4]
@@ -308,16 +312,12 @@ impl<'a> Ipv4Packet<'a> {
                 }
             }
         }
-        let after = inner.bytes().to_vec();
+        let mut after = [0u8; 68];
+        after[..span].copy_from_slice(&inner.buf[..span]);
         // The ICMP checksum covers the quote (at offset 8 of the message, so 16-bit aligned):
         // adjust it by every word that changed.
-        let mut icmp_sum = u16::from_be_bytes([self.buf[icmp_start + 2], self.buf[icmp_start + 3]]);
-        let even = before.len() & !1;
-        icmp_sum = checksum::adjust(icmp_sum, &before[..even], &after[..even]);
-        if before.len() % 2 == 1 {
-            let (old, new) = ([before[even], 0], [after[even], 0]);
-            icmp_sum = checksum::adjust(icmp_sum, &old, &new);
-        }
+        let icmp_sum = u16::from_be_bytes([self.buf[icmp_start + 2], self.buf[icmp_start + 3]]);
+        let icmp_sum = checksum::adjust(icmp_sum, &before[..span], &after[..span]);
         self.buf[icmp_start + 2..icmp_start + 4].copy_from_slice(&icmp_sum.to_be_bytes());
         true
     }
