@@ -87,6 +87,14 @@ fn director(reals: &[SocketAddr], extra: &str) -> Director {
     Director { lbd, admin, listen }
 }
 
+/// `director` with a `state_file` in a temporary directory (kept alive by the first value).
+fn director_with_state_file(reals: &[SocketAddr]) -> (tempfile::TempDir, std::path::PathBuf, Director) {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.yaml");
+    let d = director(reals, &format!("state_file: {}\n", state.display()));
+    (dir, state, d)
+}
+
 fn names(counts: &HashMap<String, usize>) -> Vec<&str> {
     let mut names: Vec<&str> = counts.keys().map(String::as_str).collect();
     names.sort_unstable();
@@ -316,10 +324,7 @@ fn rejected_requests_change_nothing() {
 fn runtime_changes_survive_a_restart_through_the_state_file() {
     let a = TcpBackend::start("a");
     let b = TcpBackend::start("b");
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state.yaml");
-    let extra = format!("state_file: {}\n", state.display());
-    let d = director(&[a.address], &extra);
+    let (_dir, state, d) = director_with_state_file(&[a.address]);
     let svc = format!("127.0.0.1:{}", d.listen.port());
     ok(
         &d.admin,
@@ -354,10 +359,7 @@ fn runtime_changes_survive_a_restart_through_the_state_file() {
 #[test]
 fn a_crash_during_a_burst_of_changes_leaves_a_prefix() {
     let a = TcpBackend::start("a");
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state.yaml");
-    let extra = format!("state_file: {}\n", state.display());
-    let d = director(&[a.address], &extra);
+    let (dir, state, d) = director_with_state_file(&[a.address]);
     let svc = format!("127.0.0.1:{}", d.listen.port());
     let admin = d.admin.clone();
     // 200 add-reals, one after another; lbd is killed part way.

@@ -245,11 +245,13 @@ impl FlowTable {
         Ok((real, forward))
     }
 
-    /// A NAT reply from a real to a client: the flow it belongs to, its state advanced.
+    /// A NAT reply from a real to a client: the flow it belongs to, its state advanced;
+    /// `bytes` are added to the real's outbound counters.
     pub fn reply(
         &self,
         reply: ReplyKey,
         flags: Option<TcpFlags>,
+        bytes: u64,
         now: Millis,
         timeouts: &Timeouts,
     ) -> Option<FlowKey> {
@@ -263,6 +265,9 @@ impl FlowTable {
             return None;
         }
         advance(entry, flags, Direction::Output, now, timeouts);
+        let real = entry.scheduled.binding.real();
+        real.packets_out.fetch_add(1, Relaxed);
+        real.bytes_out.fetch_add(bytes, Relaxed);
         Some(key)
     }
 
@@ -443,7 +448,7 @@ mod tests {
             client: k.client,
         };
         assert_eq!(
-            table.reply(reply, flags(true, true), Millis(1), &timeouts),
+            table.reply(reply, flags(true, true), 60, Millis(1), &timeouts),
             Some(k)
         );
         table

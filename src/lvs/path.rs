@@ -122,28 +122,15 @@ pub fn handle(buf: &mut [u8], table: &ServiceTable, flows: &FlowTable, now: Mill
         real: SocketAddr::V4(source),
         client: SocketAddr::V4(destination),
     };
-    match flows.reply(reply, flags, now, &table.timeouts) {
+    match flows.reply(reply, flags, len, now, &table.timeouts) {
         Some(FlowKey {
             vip: SocketAddr::V4(vip),
             ..
         }) => {
-            let service = ServiceKey {
-                protocol,
-                listen: SocketAddr::V4(vip),
-            };
-            count_reply(table, &service, SocketAddr::V4(source), len);
             packet.set_source(vip);
             Verdict::Send
         }
         _ => Verdict::Drop(DropReason::NoFlow),
-    }
-}
-
-/// Adds a NAT reply to its real's counters.
-fn count_reply(table: &ServiceTable, service: &ServiceKey, real: SocketAddr, len: u64) {
-    if let Some(real) = table.service(service).and_then(|service| service.real(real)) {
-        real.state.packets_out.fetch_add(1, Relaxed);
-        real.state.bytes_out.fetch_add(len, Relaxed);
     }
 }
 

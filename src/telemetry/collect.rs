@@ -106,34 +106,34 @@ pub(super) fn table(out: &mut String, table: &ServiceTable, flows: (usize, usize
             }
         }
     };
-    family(
-        out,
-        "lbd_real_bytes_total",
-        "counter",
-        "Bytes relayed: in = client to real, out = real to client.",
-        |out| {
-            per_direction(out, "lbd_real_bytes_total", &|real| {
+    type Pair = fn(&Real) -> (u64, u64);
+    let traffic: [(&str, &str, Pair); 2] = [
+        (
+            "lbd_real_bytes_total",
+            "Bytes relayed: in = client to real, out = real to client.",
+            |real| {
                 (
                     real.state.bytes_in.load(Relaxed),
                     real.state.bytes_out.load(Relaxed),
                 )
-            });
-        },
-    );
-    family(
-        out,
-        "lbd_real_packets_total",
-        "counter",
-        "Packets relayed (proxy mode: UDP datagrams): in = client to real, out = real to client.",
-        |out| {
-            per_direction(out, "lbd_real_packets_total", &|real| {
+            },
+        ),
+        (
+            "lbd_real_packets_total",
+            "Packets forwarded (proxy mode: UDP datagrams only): in = client to real, out = real to client.",
+            |real| {
                 (
                     real.state.packets_in.load(Relaxed),
                     real.state.packets_out.load(Relaxed),
                 )
-            });
-        },
-    );
+            },
+        ),
+    ];
+    for (name, help, counters) in traffic {
+        family(out, name, "counter", help, |out| {
+            per_direction(out, name, &counters)
+        });
+    }
     family(
         out,
         "lbd_real_weight",
