@@ -1,5 +1,6 @@
 //! Arbitrary bytes through the packet data plane, as if read from the TUN device: parsing,
-//! every rewrite and ICMP translation, against a table with a nat, a dr and a tun service.
+//! every rewrite and ICMP translation, against a table with a nat, a dr and a tun service;
+//! once plain, once behind a `virtio_net_hdr` taken from the first bytes (offloaded packets).
 //! Run: `cargo +nightly fuzz run packet_path -- -max_total_time=600`.
 #![no_main]
 
@@ -10,7 +11,7 @@ use ulvs::{
     clock::Millis,
     config,
     lvs::{flow_table::FlowTable, path},
-    packet::Ipv4Packet,
+    packet::{Ipv4Packet, Offload, VNET_HEADER_LEN, checksum},
     table::{HealthView, ServiceTable},
 };
 
@@ -34,6 +35,14 @@ fn flows() -> &'static FlowTable {
 fuzz_target!(|data: &[u8]| {
     let mut bytes = data.to_vec();
     let _ = path::handle(&mut bytes, table(), flows(), Millis(1));
+    // As an offloading TUN device hands packets over: a virtio_net_hdr, then the packet.
+    if let Some(offload) = Offload::decode(data) {
+        let mut bytes = data[VNET_HEADER_LEN..].to_vec();
+        let _ = path::handle_offloaded(&mut bytes, offload, table(), flows(), Millis(1));
+        let header = offload.with_header_len(&bytes).shifted(14);
+        let _ = header.segments(bytes.len());
+        let _ = checksum::complete_partial(&mut bytes, usize::from(offload.csum_start), usize::from(offload.csum_offset));
+    }
     let mut bytes = data.to_vec();
     if let Ok(mut packet) = Ipv4Packet::parse(&mut bytes) {
         let _ = packet.l4();

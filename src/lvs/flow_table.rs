@@ -246,12 +246,12 @@ impl FlowTable {
     }
 
     /// A NAT reply from a real to a client: the flow it belongs to, its state advanced;
-    /// `bytes` are added to the real's outbound counters.
+    /// `(packets, bytes)` are added to the real's outbound counters.
     pub fn reply(
         &self,
         reply: ReplyKey,
         flags: Option<TcpFlags>,
-        bytes: u64,
+        (packets, bytes): (u64, u64),
         now: Millis,
         timeouts: &Timeouts,
     ) -> Option<FlowKey> {
@@ -266,7 +266,7 @@ impl FlowTable {
         }
         advance(entry, flags, Direction::Output, now, timeouts);
         let real = entry.scheduled.binding.real();
-        real.packets_out.fetch_add(1, Relaxed);
+        real.packets_out.fetch_add(packets, Relaxed);
         real.bytes_out.fetch_add(bytes, Relaxed);
         Some(key)
     }
@@ -448,7 +448,7 @@ mod tests {
             client: k.client,
         };
         assert_eq!(
-            table.reply(reply, flags(true, true), 60, Millis(1), &timeouts),
+            table.reply(reply, flags(true, true), (1, 60), Millis(1), &timeouts),
             Some(k)
         );
         table

@@ -17,7 +17,7 @@ use super::flow_table::{FlowKey, FlowTable, ReplyKey};
 use crate::{
     clock::Millis,
     config::{ForwardMethod, Protocol, ServiceKey},
-    packet::{Icmp, Ipv4Packet, L4},
+    packet::{Icmp, Ipv4Packet, L4, Offload, checksum},
     sched::Flow,
     table::ServiceTable,
 };
@@ -51,12 +51,35 @@ pub enum DropReason {
     TableFull,
 }
 
-/// Handles one packet in `buf`.
+/// Handles one plain packet in `buf`: one wire packet, checksums complete.
 pub fn handle(buf: &mut [u8], table: &ServiceTable, flows: &FlowTable, now: Millis) -> Verdict {
-    let Ok(mut packet) = Ipv4Packet::parse(buf) else {
+    handle_offloaded(buf, Offload::PLAIN, table, flows, now)
+}
+
+/// Handles one packet as an offloading TUN device hands it over: `offload` says whether its
+/// transport checksum is partial (then only the pseudo-header part is updated) and how many
+/// wire packets it stands for (a TCP or UDP super-packet: its headers are rewritten once, and
+/// the counters count the wire packets).
+pub fn handle_offloaded(
+    buf: &mut [u8],
+    offload: Offload,
+    table: &ServiceTable,
+    flows: &FlowTable,
+    now: Millis,
+) -> Verdict {
+    let partial = offload.checksum_partial();
+    if partial && !matches!(buf.get(9), Some(6 | 17)) {
+        // Not TCP or UDP: finish the checksum here, the rewrites below expect it whole.
+        let (start, offset) = (usize::from(offload.csum_start), usize::from(offload.csum_offset));
+        if !checksum::complete_partial(buf, start, offset) {
+            return Verdict::Drop(DropReason::Malformed);
+        }
+    }
+    let Ok(mut packet) = Ipv4Packet::parse(buf).map(|packet| packet.with_partial_checksum(partial)) else {
         return Verdict::Drop(DropReason::Malformed);
     };
     let len = packet.len() as u64;
+    let segments = offload.segments(packet.len());
     let (protocol, source_port, destination_port, flags) = match packet.l4() {
         Ok(L4::Tcp {
             source,
@@ -105,7 +128,7 @@ pub fn handle(buf: &mut [u8], table: &ServiceTable, flows: &FlowTable, now: Mill
         let (Some(live), SocketAddr::V4(real)) = (live.filter(|live| live.up), real) else {
             return Verdict::Drop(DropReason::NoFlow);
         };
-        live.state.packets_in.fetch_add(1, Relaxed);
+        live.state.packets_in.fetch_add(segments, Relaxed);
         live.state.bytes_in.fetch_add(len, Relaxed);
         return match forward {
             ForwardMethod::Nat | ForwardMethod::Proxy => {
@@ -122,7 +145,7 @@ pub fn handle(buf: &mut [u8], table: &ServiceTable, flows: &FlowTable, now: Mill
         real: SocketAddr::V4(source),
         client: SocketAddr::V4(destination),
     };
-    match flows.reply(reply, flags, len, now, &table.timeouts) {
+    match flows.reply(reply, flags, (segments, len), now, &table.timeouts) {
         Some(FlowKey {
             vip: SocketAddr::V4(vip),
             ..

@@ -15,6 +15,7 @@ use std::{
 use thiserror::Error;
 
 use super::{
+    coalesce::{Coalescer, Offer, Outlet},
     flow_table::FlowTable,
     neighbours::Neighbours,
     path::{self, DropReason, Verdict},
@@ -23,11 +24,22 @@ use super::{
 use crate::{
     clock::Millis,
     config::{Config, ForwardMethod},
+    packet::{Offload, VNET_HEADER_LEN, checksum},
     table::TableHandle,
 };
 
-/// The largest packet read from the TUN device.
+/// The largest packet read from the TUN device (a TCP or UDP super-packet at most).
 const PACKET_MAX: usize = 65_536;
+/// Bytes of an Ethernet header (dr frames).
+const ETHERNET_LEN: usize = 14;
+/// Where a packet starts in a worker's buffer: its `virtio_net_hdr` is read just before it, and
+/// in front of that there is room for the Ethernet header (and the header moved in front of
+/// that) of a dr frame, so no packet is ever copied to be framed.
+pub(crate) const PACKET_AT: usize = ETHERNET_LEN + VNET_HEADER_LEN;
+/// Wire packets a super-packet may stand for when it must be cut up here (tun egress).
+const SEGMENTS_MAX: usize = 64;
+/// The largest segment cut here.
+const SEGMENT_MAX: usize = 9_216;
 /// Flows a single source address may hold: this share of the table.
 const SOURCE_SHARE: usize = 16;
 
@@ -131,8 +143,11 @@ impl PacketPlane {
         let Some(dataplane) = config.dataplane.as_ref().filter(|_| needed(config)) else {
             return Ok(None);
         };
+        // Offload: the kernel hands over TCP/UDP super-packets (GSO) with partial checksums,
+        // and takes them back the same way; each is rewritten once, not once per wire packet.
         let first = tun_rs::DeviceBuilder::new()
             .name(&dataplane.tun)
+            .offload(true)
             .multi_queue(true)
             .tx_queue_len(4096)
             .build_sync()
@@ -278,30 +293,76 @@ impl Egress {
         })
     }
 
-    /// Sends `packet` in an Ethernet frame to `real`'s MAC; false if it is not known yet.
-    fn route(&self, packet: &[u8], real: Ipv4Addr, frame: &mut Vec<u8>) -> bool {
+    /// Sends the packet at [`PACKET_AT`] of `buf` in an Ethernet frame to `real`'s MAC, built
+    /// in the room in front of it; false if the MAC is not known yet or sending failed.
+    fn route(&self, buf: &mut [u8], offload: Offload, real: Ipv4Addr) -> bool {
         let (Some((socket, source)), Some(destination)) = (&self.frames, self.neighbours.mac(real)) else {
             return false;
         };
-        frame.clear();
-        frame.extend_from_slice(&destination);
-        frame.extend_from_slice(source);
-        frame.extend_from_slice(&[0x08, 0x00]);
-        frame.extend_from_slice(packet);
-        socket.send(frame).is_ok()
+        let Some((front, packet)) = buf.split_at_mut_checked(PACKET_AT) else {
+            return false;
+        };
+        let header = offload.with_header_len(packet).shifted(ETHERNET_LEN as u16);
+        let (vnet, ethernet) = front.split_at_mut(VNET_HEADER_LEN);
+        let Ok(vnet) = <&mut [u8; VNET_HEADER_LEN]>::try_from(vnet) else {
+            return false;
+        };
+        header.encode(vnet);
+        ethernet[..6].copy_from_slice(&destination);
+        ethernet[6..12].copy_from_slice(source);
+        ethernet[12..14].copy_from_slice(&[0x08, 0x00]);
+        socket.send(buf).is_ok()
     }
 
-    /// Sends `packet` inside IPIP to `real`.
-    fn tunnel(&self, packet: &[u8], real: Ipv4Addr) -> bool {
+    /// Sends `packet` inside IPIP to `real`. The raw socket takes whole wire packets only: a
+    /// partial checksum is finished here, and a super-packet is cut into its wire packets.
+    fn tunnel(&self, packet: &mut [u8], offload: Offload, real: Ipv4Addr, cut: &mut Segments) -> bool {
         let Some(socket) = &self.ipip else {
             return false;
         };
         let to = socket2::SockAddr::from(SocketAddrV4::new(real, 0));
-        socket.send_to(packet, &to).is_ok()
+        if !offload.is_segmented() {
+            let (start, offset) = (usize::from(offload.csum_start), usize::from(offload.csum_offset));
+            if offload.checksum_partial() && !checksum::complete_partial(packet, start, offset) {
+                return false;
+            }
+            return socket.send_to(packet, &to).is_ok();
+        }
+        let header = offload.with_header_len(packet);
+        let split = tun_rs::VirtioNetHdr {
+            flags: header.flags,
+            gso_type: header.gso_type,
+            hdr_len: header.hdr_len,
+            gso_size: header.gso_size,
+            csum_start: header.csum_start,
+            csum_offset: header.csum_offset,
+        };
+        let cut = cut.buffers();
+        let Ok(count) = tun_rs::gso_split(packet, split, &mut cut.0, &mut cut.1, 0, false) else {
+            return false;
+        };
+        cut.0
+            .iter()
+            .zip(cut.1.iter())
+            .take(count)
+            .all(|(segment, &len)| socket.send_to(&segment[..len], &to).is_ok())
     }
 }
 
-/// One worker: read a packet, handle it, send it on.
+/// Buffers for the wire packets of a super-packet cut up for tun egress, allocated on first
+/// use (only tun services need them).
+#[derive(Default)]
+struct Segments(Option<(Vec<Vec<u8>>, Vec<usize>)>);
+
+impl Segments {
+    fn buffers(&mut self) -> &mut (Vec<Vec<u8>>, Vec<usize>) {
+        self.0
+            .get_or_insert_with(|| (vec![vec![0; SEGMENT_MAX]; SEGMENTS_MAX], vec![0; SEGMENTS_MAX]))
+    }
+}
+
+/// One worker: read packets (or super-packets) until the queue is empty, handle each, send
+/// each on (UDP datagrams of one flow joined), then wait for more.
 fn run(
     queue: &tun_rs::SyncDevice,
     egress: &Egress,
@@ -310,44 +371,59 @@ fn run(
     drops: &Drops,
     stop: &AtomicBool,
 ) {
-    let mut buf = vec![0u8; PACKET_MAX];
-    let mut frame = Vec::with_capacity(PACKET_MAX + 14);
+    let mut buf = vec![0u8; PACKET_AT + PACKET_MAX];
     let mut icmp = Vec::with_capacity(128);
+    let mut cut = Segments::default();
+    // Joining needs the kernel to take UDP super-packets (Linux 6.2, TUN_F_USO4).
+    let mut joined = queue.udp_gso().then(Coalescer::default);
+    if let Err(error) = queue.set_nonblocking(true) {
+        tracing::error!(%error, "cannot make the TUN queue non-blocking; this packet worker stops");
+        return;
+    }
     while !stop.load(Relaxed) {
-        let len = match queue.recv(&mut buf) {
-            Ok(len) => len,
+        let read = match queue.recv(&mut buf[ETHERNET_LEN..]) {
+            Ok(read) => read,
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                if let Some(coalescer) = joined.as_mut() {
+                    coalescer.take_all(|batch| {
+                        deliver(queue, egress, batch.buf, batch.offload, batch.outlet, drops)
+                    });
+                }
+                wait_readable(queue);
+                continue;
+            }
             Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
             Err(error) => {
                 tracing::error!(%error, "reading the TUN device failed; this packet worker stops");
                 return;
             }
         };
-        let packet = &mut buf[..len];
-        match path::handle(packet, &table.load(), flows, Millis::now()) {
-            Verdict::Send => {
-                if let Err(error) = queue.send(packet) {
-                    tracing::debug!(%error, "writing to the TUN device failed");
-                }
-            }
-            Verdict::Route(real) => {
-                if !egress.route(packet, real, &mut frame) {
-                    tracing::trace!(%real, "no MAC for the real yet (or the send failed); packet dropped");
-                    drops.no_neighbour.fetch_add(1, Relaxed);
-                }
-            }
+        let end = ETHERNET_LEN + read;
+        let Some(offload) = Offload::decode(&buf[ETHERNET_LEN..end]).filter(|_| end > PACKET_AT) else {
+            drops.malformed.fetch_add(1, Relaxed);
+            continue;
+        };
+        let packet = &mut buf[PACKET_AT..end];
+        let to = match path::handle_offloaded(packet, offload, &table.load(), flows, Millis::now()) {
+            Verdict::Send => Outlet::Tun,
+            Verdict::Route(real) => Outlet::Frame(real),
             Verdict::Unreachable(vip) => {
                 if let Ok(refused) = crate::packet::Ipv4Packet::parse(packet) {
+                    icmp.clear();
+                    icmp.extend_from_slice(&[0; VNET_HEADER_LEN]);
                     crate::packet::port_unreachable(&refused, vip, &mut icmp);
                     let _ = queue.send(&icmp);
                 }
+                continue;
             }
             Verdict::Tunnel(real) => {
-                if !egress.tunnel(packet, real) {
+                if !egress.tunnel(packet, offload, real, &mut cut) {
                     drops.no_neighbour.fetch_add(1, Relaxed);
                 }
+                continue;
             }
             Verdict::Drop(reason) => {
-                tracing::trace!(?reason, len, "packet dropped");
+                tracing::trace!(?reason, read, "packet dropped");
                 let counter = match reason {
                     DropReason::Malformed => &drops.malformed,
                     DropReason::Fragment => &drops.fragments,
@@ -355,7 +431,78 @@ fn run(
                     DropReason::TableFull => &drops.table_full,
                 };
                 counter.fetch_add(1, Relaxed);
+                continue;
+            }
+        };
+        let Some(coalescer) = joined.as_mut() else {
+            deliver(queue, egress, &mut buf[..end], offload, to, drops);
+            continue;
+        };
+        let mut offer = coalescer.offer(packet, offload, to);
+        if let Offer::Flush(slot) = offer {
+            // The flow's batch (or the one in its place) leaves first, keeping order.
+            if let Some(batch) = coalescer.take(slot) {
+                deliver(queue, egress, batch.buf, batch.offload, batch.outlet, drops);
+            }
+            offer = coalescer.offer(packet, offload, to);
+        }
+        match offer {
+            Offer::Taken => {}
+            Offer::Full(slot) => {
+                if let Some(batch) = coalescer.take(slot) {
+                    deliver(queue, egress, batch.buf, batch.offload, batch.outlet, drops);
+                }
+            }
+            Offer::Flush(_) | Offer::Refused => {
+                if packet.get(9) == Some(&17) {
+                    // UDP that cannot be joined (a fragment, a super-packet): its flow may
+                    // have a batch pending, which leaves first.
+                    coalescer.take_all(|batch| {
+                        deliver(queue, egress, batch.buf, batch.offload, batch.outlet, drops)
+                    });
+                }
+                deliver(queue, egress, &mut buf[..end], offload, to, drops);
             }
         }
     }
+}
+
+/// Sends the packet at [`PACKET_AT`] of `buf` (rewritten, or joined) where it goes: back into
+/// the TUN device, or framed to a real.
+fn deliver(
+    queue: &tun_rs::SyncDevice,
+    egress: &Egress,
+    buf: &mut [u8],
+    offload: Offload,
+    to: Outlet,
+    drops: &Drops,
+) {
+    match to {
+        Outlet::Tun => {
+            let Some((front, packet)) = buf.split_at_mut_checked(PACKET_AT) else {
+                return;
+            };
+            let header = offload.with_header_len(packet);
+            if let Ok(vnet) = <&mut [u8; VNET_HEADER_LEN]>::try_from(&mut front[ETHERNET_LEN..]) {
+                header.encode(vnet);
+            }
+            if let Err(error) = queue.send(&buf[ETHERNET_LEN..]) {
+                tracing::debug!(%error, "writing to the TUN device failed");
+            }
+        }
+        Outlet::Frame(real) => {
+            if !egress.route(buf, offload, real) {
+                tracing::trace!(%real, "no MAC for the real yet (or the send failed); packet dropped");
+                drops.no_neighbour.fetch_add(1, Relaxed);
+            }
+        }
+    }
+}
+
+/// Blocks until the TUN queue has a packet, or 100 ms passed (to see the stop flag).
+fn wait_readable(queue: &tun_rs::SyncDevice) {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd;
+    let mut fds = [PollFd::new(queue.as_fd(), PollFlags::POLLIN)];
+    let _ = poll(&mut fds, PollTimeout::from(100u16));
 }

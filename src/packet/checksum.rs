@@ -41,6 +41,38 @@ pub fn adjust(checksum: u16, old: &[u8], new: &[u8]) -> u16 {
     !fold(total)
 }
 
+/// A partial transport checksum (`CHECKSUM_PARTIAL`: the field holds the folded pseudo-header
+/// sum, not complemented; the sending device adds the data and complements) after the
+/// pseudo-header bytes `old` became `new`: `P' = P + ~m + m'`. Only the addresses are in the
+/// pseudo-header; a port change needs no update.
+pub fn adjust_partial(partial: u16, old: &[u8], new: &[u8]) -> u16 {
+    debug_assert_eq!(old.len(), new.len());
+    let mut total = u32::from(partial);
+    for (before, after) in old.chunks_exact(2).zip(new.chunks_exact(2)) {
+        total += u32::from(!u16::from_be_bytes([before[0], before[1]]));
+        total += u32::from(u16::from_be_bytes([after[0], after[1]]));
+    }
+    fold(total)
+}
+
+/// Finishes a partial transport checksum, as the sending device would: the sum of the bytes
+/// from `start` on (the partial value in the field at `start + offset` included) is
+/// complemented into that field. False (nothing changed) if the field lies outside `packet`.
+pub fn complete_partial(packet: &mut [u8], start: usize, offset: usize) -> bool {
+    let at = start.saturating_add(offset);
+    if at.saturating_add(2) > packet.len() || start > at {
+        return false;
+    }
+    let partial = u32::from(u16::from_be_bytes([packet[at], packet[at + 1]]));
+    packet[at..at + 2].fill(0);
+    let mut total = sum(&packet[start..]);
+    // `sum` may wrap only past 128 KiB of data; fold it before adding the partial value.
+    total = u32::from(fold(total)) + partial;
+    let checksum = !fold(total);
+    packet[at..at + 2].copy_from_slice(&checksum.to_be_bytes());
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -79,5 +111,43 @@ mod tests {
             prop_assert!(updated == full || (updated, full) == (0xffff, 0) || (updated, full) == (0, 0xffff),
                 "updated {updated:#06x} full {full:#06x}");
         }
+
+        /// A partial checksum moved to new addresses, then finished, equals the checksum
+        /// computed from scratch over the new pseudo-header and the data.
+        #[test]
+        fn partial_update_then_finish_equals_full_recompute(
+            mut segment in proptest::collection::vec(any::<u8>(), 20..300),
+            old_address in any::<[u8; 4]>(),
+            new_address in any::<[u8; 4]>(),
+            other in any::<[u8; 4]>(),
+        ) {
+            let length = u16::try_from(segment.len()).unwrap();
+            let pseudo = |address: [u8; 4]| {
+                let mut bytes = address.to_vec();
+                bytes.extend_from_slice(&other);
+                bytes.extend_from_slice(&[0, 6]);
+                bytes.extend_from_slice(&length.to_be_bytes());
+                bytes
+            };
+            // The field (at 16, as TCP's) holds the pseudo-header sum, as the kernel leaves it.
+            segment[16..18].copy_from_slice(&fold(sum(&pseudo(old_address))).to_be_bytes());
+            let partial = u16::from_be_bytes([segment[16], segment[17]]);
+            let moved = adjust_partial(partial, &old_address, &new_address);
+            segment[16..18].copy_from_slice(&moved.to_be_bytes());
+            prop_assert!(complete_partial(&mut segment, 0, 16));
+            let finished = u16::from_be_bytes([segment[16], segment[17]]);
+            let mut whole = pseudo(new_address);
+            whole.extend_from_slice(&segment);
+            // With the finished checksum in place, the whole sums to zero (RFC 1071 check).
+            let check = compute(&whole);
+            prop_assert!(check == 0 || check == 0xffff, "finished {finished:#06x}, check {check:#06x}");
+        }
+    }
+
+    #[test]
+    fn finishing_refuses_a_field_outside_the_packet() {
+        let mut short = [0u8; 10];
+        assert!(!complete_partial(&mut short, 4, 6));
+        assert_eq!(short, [0u8; 10]);
     }
 }

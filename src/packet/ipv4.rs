@@ -74,6 +74,8 @@ pub struct Ipv4Packet<'a> {
     buf: &'a mut [u8],
     header_len: usize,
     total_len: usize,
+    /// The transport checksum is partial (offloaded): it covers the pseudo-header only.
+    partial_checksum: bool,
 }
 
 impl<'a> Ipv4Packet<'a> {
@@ -81,16 +83,24 @@ impl<'a> Ipv4Packet<'a> {
     pub fn parse(buf: &'a mut [u8]) -> Result<Self, PacketError> {
         let (header_len, total_len) = header_lengths(buf)?;
         if total_len < header_len || total_len > buf.len() {
-            return Err(PacketError::Malformed(format!(
-                "total length {total_len} does not fit the {} bytes read",
-                buf.len()
-            )));
+            return Err(PacketError::TotalLength {
+                declared: total_len,
+                read: buf.len(),
+            });
         }
         Ok(Self {
             buf,
             header_len,
             total_len,
+            partial_checksum: false,
         })
+    }
+
+    /// Marks the transport checksum as partial (`CHECKSUM_PARTIAL`, from an offloading
+    /// device): rewrites then update only its pseudo-header part.
+    pub fn with_partial_checksum(mut self, partial: bool) -> Self {
+        self.partial_checksum = partial;
+        self
     }
 
     /// The packet's bytes.
@@ -213,6 +223,7 @@ impl<'a> Ipv4Packet<'a> {
             buf,
             header_len,
             total_len,
+            partial_checksum: false,
         })
     }
 
@@ -264,6 +275,11 @@ impl<'a> Ipv4Packet<'a> {
         let new_port = to.port().to_be_bytes();
         self.buf[port..port + 2].copy_from_slice(&new_port);
         let old_sum = u16::from_be_bytes([self.buf[checksum_at], self.buf[checksum_at + 1]]);
+        if self.partial_checksum {
+            let sum = checksum::adjust_partial(old_sum, &old_address, &new_address);
+            self.buf[checksum_at..checksum_at + 2].copy_from_slice(&sum.to_be_bytes());
+            return;
+        }
         if self.protocol() == UDP && old_sum == 0 {
             return; // no UDP checksum
         }
@@ -337,11 +353,10 @@ impl<'a> Ipv4Packet<'a> {
 
 /// Writes into `out` the ICMP "port unreachable" that `from` sends back to the source of
 /// `original` (quoting its IP header and first 8 payload bytes, as RFC 792 asks), as IPVS
-/// does when no real server can take a new flow. `out` is cleared first; reusing it avoids an
-/// allocation per packet.
+/// does when no real server can take a new flow, appended to `out` (reusing it avoids an
+/// allocation per packet).
 pub fn port_unreachable(original: &Ipv4Packet<'_>, from: Ipv4Addr, out: &mut Vec<u8>) {
     let quoted = &original.bytes()[..(original.header_len + 8).min(original.len())];
-    out.clear();
     let builder = etherparse::PacketBuilder::ipv4(from.octets(), original.source().octets(), 64).icmpv4(
         etherparse::Icmpv4Type::DestinationUnreachable(etherparse::icmpv4::DestUnreachableHeader::Port),
     );
@@ -355,8 +370,7 @@ fn header_lengths(buf: &[u8]) -> Result<(usize, usize), PacketError> {
     if version != 4 {
         return Err(PacketError::NotIpv4(version));
     }
-    let header = etherparse::Ipv4HeaderSlice::from_slice(buf)
-        .map_err(|error| PacketError::Malformed(error.to_string()))?;
+    let header = etherparse::Ipv4HeaderSlice::from_slice(buf).map_err(PacketError::Header)?;
     Ok((header.slice().len(), usize::from(header.total_len())))
 }
 

@@ -6,8 +6,12 @@
 
 pub mod checksum;
 mod ipv4;
+pub mod offload;
 
-pub use self::ipv4::{Icmp, Ipv4Packet, L4, TcpFlags, port_unreachable};
+pub use self::{
+    ipv4::{Icmp, Ipv4Packet, L4, TcpFlags, port_unreachable},
+    offload::{Offload, VNET_HEADER_LEN},
+};
 
 /// Why a packet was not taken.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -15,9 +19,17 @@ pub enum PacketError {
     /// Not IPv4 (IPv6 and others are not handled yet).
     #[error("not an IPv4 packet (version {0})")]
     NotIpv4(u8),
-    /// The IPv4 header or its lengths are invalid.
+    /// The IPv4 header is invalid.
     #[error("malformed IPv4 header: {0}")]
-    Malformed(String),
+    Header(etherparse::err::ipv4::HeaderSliceError),
+    /// The header's total length is shorter than the header or longer than what was read.
+    #[error("IPv4 total length {declared} does not fit the {read} bytes read")]
+    TotalLength {
+        /// The header's total length.
+        declared: usize,
+        /// Bytes read.
+        read: usize,
+    },
     /// The transport header is cut short.
     #[error("truncated {0} header")]
     Truncated(&'static str),

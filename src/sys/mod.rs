@@ -16,7 +16,9 @@ pub(crate) fn register(socket: Socket, interest: Interest) -> io::Result<AsyncFd
 }
 
 /// An `AF_PACKET` raw socket bound to interface `ifindex`, for sending whole Ethernet frames
-/// (direct routing). It receives nothing (protocol 0).
+/// (direct routing). It receives nothing (protocol 0). Every frame sent starts with a
+/// `virtio_net_hdr` (`PACKET_VNET_HDR`), so TCP/UDP super-packets and partial checksums from
+/// the TUN device go out as they came in, segmented (if at all) by the kernel.
 pub(crate) fn packet_socket(ifindex: u32) -> io::Result<Socket> {
     use std::os::fd::AsRawFd;
     let socket = Socket::new(
@@ -37,6 +39,21 @@ pub(crate) fn packet_socket(ifindex: u32) -> io::Result<Socket> {
             socket.as_raw_fd(),
             (&raw const address).cast::<libc::sockaddr>(),
             std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    if result != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let on: libc::c_int = 1;
+    // SAFETY: `on` is a live `c_int` for the whole call and the length passed is its size;
+    // the descriptor is the open socket owned by `socket`.
+    let result = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_VNET_HDR,
+            (&raw const on).cast::<libc::c_void>(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
     if result != 0 {
