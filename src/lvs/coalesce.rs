@@ -10,7 +10,7 @@
 //! the same datagrams are joined: IPv4 without options or fragments, same addresses, ports,
 //! TOS, TTL and DF, every payload the size of the first but the last, which may be shorter.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use super::plane::PACKET_AT;
 use crate::packet::{
@@ -33,7 +33,7 @@ pub enum Outlet {
     /// Back into the TUN device (nat).
     Tun,
     /// In an Ethernet frame to this real (dr).
-    Frame(Ipv4Addr),
+    Frame(IpAddr),
 }
 
 /// A super-packet ready to send: its `virtio_net_hdr`, and a buffer holding it at
@@ -354,7 +354,7 @@ mod tests {
         let Offer::Flush(slot) = coalescer.offer(&datagram(1, &[0; 33]), Offload::PLAIN, Outlet::Tun) else {
             panic!("a longer datagram cannot follow");
         };
-        let real = Outlet::Frame(Ipv4Addr::new(10, 77, 0, 11));
+        let real = Outlet::Frame(IpAddr::from([10, 77, 0, 11]));
         assert_eq!(
             coalescer.offer(&datagram(1, &[0; 32]), Offload::PLAIN, real),
             Offer::Flush(slot)

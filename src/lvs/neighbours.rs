@@ -5,7 +5,7 @@
 
 use std::{
     collections::HashMap,
-    net::{Ipv4Addr, UdpSocket},
+    net::{IpAddr, Ipv4Addr, UdpSocket},
     sync::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicBool, Ordering::Relaxed},
@@ -46,8 +46,11 @@ impl Neighbours {
     }
 
     /// The MAC of `ip`, or `None` after asking the kernel to resolve it (at most once a
-    /// second per address).
-    pub fn mac(&self, ip: Ipv4Addr) -> Option<Mac> {
+    /// second per address). IPv4 only for now (the ARP table): IPv6 gives `None`.
+    pub fn mac(&self, ip: IpAddr) -> Option<Mac> {
+        let IpAddr::V4(ip) = ip else {
+            return None;
+        };
         if let Some(mac) = self.table.load().get(&ip) {
             return Some(*mac);
         }

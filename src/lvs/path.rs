@@ -9,7 +9,7 @@
 //! Anything else is dropped. Pure apart from the shared tables; never panics on what arrives.
 
 use std::{
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    net::{IpAddr, SocketAddr, SocketAddrV4},
     sync::atomic::Ordering::Relaxed,
 };
 
@@ -28,12 +28,12 @@ pub enum Verdict {
     /// Write it back to the TUN device (rewritten in place: nat).
     Send,
     /// Send it unchanged in an Ethernet frame to this real (dr).
-    Route(Ipv4Addr),
+    Route(IpAddr),
     /// Send it unchanged inside IPIP to this real (tun).
-    Tunnel(Ipv4Addr),
+    Tunnel(IpAddr),
     /// No real can take this new flow: answer the client with ICMP port unreachable from
     /// this VIP, as IPVS does (the packet itself is dropped).
-    Unreachable(Ipv4Addr),
+    Unreachable(IpAddr),
     /// Drop it, for this reason.
     Drop(DropReason),
 }
@@ -116,7 +116,9 @@ pub fn handle_offloaded(
         };
         let (real, forward) = match flows.inbound(key, flags, now, &table.timeouts, schedule) {
             Ok(found) => found,
-            Err(super::flow_table::Refusal::NoReal) => return Verdict::Unreachable(*destination.ip()),
+            Err(super::flow_table::Refusal::NoReal) => {
+                return Verdict::Unreachable(IpAddr::V4(*destination.ip()));
+            }
             Err(super::flow_table::Refusal::NotNew) => return Verdict::Drop(DropReason::NoFlow),
             Err(_) => return Verdict::Drop(DropReason::TableFull),
         };
@@ -135,8 +137,8 @@ pub fn handle_offloaded(
                 packet.set_destination(real);
                 Verdict::Send
             }
-            ForwardMethod::Dr => Verdict::Route(*real.ip()),
-            ForwardMethod::Tun => Verdict::Tunnel(*real.ip()),
+            ForwardMethod::Dr => Verdict::Route(IpAddr::V4(*real.ip())),
+            ForwardMethod::Tun => Verdict::Tunnel(IpAddr::V4(*real.ip())),
         };
     }
     // A real's reply to a client?
@@ -307,7 +309,7 @@ mod dr_tests {
                 .unwrap();
             let before = syn.clone();
             let verdict = handle(&mut syn, &table, &flows, Millis(0));
-            let real = Ipv4Addr::new(10, 77, 0, 11);
+            let real = IpAddr::from([10, 77, 0, 11]);
             assert_eq!(
                 verdict,
                 if expect_tunnel {

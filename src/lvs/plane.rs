@@ -3,7 +3,7 @@
 
 use std::{
     io,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, SocketAddr},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
@@ -295,7 +295,7 @@ impl Egress {
 
     /// Sends the packet at [`PACKET_AT`] of `buf` in an Ethernet frame to `real`'s MAC, built
     /// in the room in front of it; false if the MAC is not known yet or sending failed.
-    fn route(&self, buf: &mut [u8], offload: Offload, real: Ipv4Addr) -> bool {
+    fn route(&self, buf: &mut [u8], offload: Offload, real: IpAddr) -> bool {
         let (Some((socket, source)), Some(destination)) = (&self.frames, self.neighbours.mac(real)) else {
             return false;
         };
@@ -316,11 +316,11 @@ impl Egress {
 
     /// Sends `packet` inside IPIP to `real`. The raw socket takes whole wire packets only: a
     /// partial checksum is finished here, and a super-packet is cut into its wire packets.
-    fn tunnel(&self, packet: &mut [u8], offload: Offload, real: Ipv4Addr, cut: &mut Segments) -> bool {
+    fn tunnel(&self, packet: &mut [u8], offload: Offload, real: IpAddr, cut: &mut Segments) -> bool {
         let Some(socket) = &self.ipip else {
             return false;
         };
-        let to = socket2::SockAddr::from(SocketAddrV4::new(real, 0));
+        let to = socket2::SockAddr::from(SocketAddr::new(real, 0));
         if !offload.is_segmented() {
             let (start, offset) = (usize::from(offload.csum_start), usize::from(offload.csum_offset));
             if offload.checksum_partial() && !checksum::complete_partial(packet, start, offset) {
@@ -408,7 +408,7 @@ fn run(
             Verdict::Send => Outlet::Tun,
             Verdict::Route(real) => Outlet::Frame(real),
             Verdict::Unreachable(vip) => {
-                if let Ok(refused) = crate::packet::Ipv4Packet::parse(packet) {
+                if let (IpAddr::V4(vip), Ok(refused)) = (vip, crate::packet::Ipv4Packet::parse(packet)) {
                     icmp.clear();
                     icmp.extend_from_slice(&[0; VNET_HEADER_LEN]);
                     crate::packet::port_unreachable(&refused, vip, &mut icmp);
