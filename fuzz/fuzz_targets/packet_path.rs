@@ -11,7 +11,7 @@ use ulvs::{
     clock::Millis,
     config,
     lvs::{flow_table::FlowTable, path},
-    packet::{Ipv4Packet, Offload, VNET_HEADER_LEN, checksum},
+    packet::{Ipv4Packet, Offload, VNET_HEADER_LEN},
     table::{HealthView, ServiceTable},
 };
 
@@ -41,7 +41,7 @@ fuzz_target!(|data: &[u8]| {
         let _ = path::handle_offloaded(&mut bytes, offload, table(), flows(), Millis(1));
         let header = offload.with_header_len(&bytes).shifted(14);
         let _ = header.segments(bytes.len());
-        let _ = checksum::complete_partial(&mut bytes, usize::from(offload.csum_start), usize::from(offload.csum_offset));
+        let _ = offload.complete_checksum(&mut bytes);
     }
     let mut bytes = data.to_vec();
     if let Ok(mut packet) = Ipv4Packet::parse(&mut bytes) {

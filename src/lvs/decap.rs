@@ -34,12 +34,7 @@ pub fn run(vip: Ipv4Addr, dev: &str) -> Result<(), DecapError> {
     for key in [format!("conf/{dev}/rp_filter"), "conf/all/rp_filter".to_owned()] {
         let _ = std::fs::write(format!("/proc/sys/net/ipv4/{key}"), "0");
     }
-    let socket = socket2::Socket::new(
-        socket2::Domain::IPV4,
-        socket2::Type::RAW,
-        Some(socket2::Protocol::from(libc::IPPROTO_IPIP)),
-    )
-    .map_err(|source| DecapError::Open {
+    let socket = crate::sys::ipip_socket().map_err(|source| DecapError::Open {
         what: "a raw IPIP socket".to_owned(),
         source,
     })?;

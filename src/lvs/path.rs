@@ -17,7 +17,7 @@ use super::flow_table::{FlowKey, FlowTable, ReplyKey};
 use crate::{
     clock::Millis,
     config::{ForwardMethod, Protocol, ServiceKey},
-    packet::{Icmp, Ipv4Packet, L4, Offload, checksum},
+    packet::{Icmp, Ipv4Packet, L4, Offload},
     sched::Flow,
     table::ServiceTable,
 };
@@ -68,12 +68,9 @@ pub fn handle_offloaded(
     now: Millis,
 ) -> Verdict {
     let partial = offload.checksum_partial();
-    if partial && !matches!(buf.get(9), Some(6 | 17)) {
-        // Not TCP or UDP: finish the checksum here, the rewrites below expect it whole.
-        let (start, offset) = (usize::from(offload.csum_start), usize::from(offload.csum_offset));
-        if !checksum::complete_partial(buf, start, offset) {
-            return Verdict::Drop(DropReason::Malformed);
-        }
+    if partial && !matches!(buf.get(9), Some(6 | 17)) && !offload.complete_checksum(buf) {
+        // Not TCP or UDP: the rewrites below expect its checksum whole, and it cannot be.
+        return Verdict::Drop(DropReason::Malformed);
     }
     let Ok(mut packet) = Ipv4Packet::parse(buf).map(|packet| packet.with_partial_checksum(partial)) else {
         return Verdict::Drop(DropReason::Malformed);

@@ -15,7 +15,7 @@ use std::{
 use thiserror::Error;
 
 use super::{
-    coalesce::{Coalescer, Offer, Outlet},
+    coalesce::{Coalescer, Joined, Offer, Outlet},
     flow_table::FlowTable,
     neighbours::Neighbours,
     path::{self, DropReason, Verdict},
@@ -24,7 +24,7 @@ use super::{
 use crate::{
     clock::Millis,
     config::{Config, ForwardMethod},
-    packet::{Offload, VNET_HEADER_LEN, checksum},
+    packet::{Offload, VNET_HEADER_LEN},
     table::TableHandle,
 };
 
@@ -273,12 +273,7 @@ impl Egress {
             _ => None,
         };
         let ipip = if methods.contains(&ForwardMethod::Tun) {
-            let socket = socket2::Socket::new(
-                socket2::Domain::IPV4,
-                socket2::Type::RAW,
-                Some(socket2::Protocol::from(libc::IPPROTO_IPIP)),
-            )
-            .map_err(|source| PlaneError::Interface {
+            let socket = crate::sys::ipip_socket().map_err(|source| PlaneError::Interface {
                 name: "raw IPIP socket".to_owned(),
                 source,
             })?;
@@ -322,11 +317,7 @@ impl Egress {
         };
         let to = socket2::SockAddr::from(SocketAddr::new(real, 0));
         if !offload.is_segmented() {
-            let (start, offset) = (usize::from(offload.csum_start), usize::from(offload.csum_offset));
-            if offload.checksum_partial() && !checksum::complete_partial(packet, start, offset) {
-                return false;
-            }
-            return socket.send_to(packet, &to).is_ok();
+            return offload.complete_checksum(packet) && socket.send_to(packet, &to).is_ok();
         }
         let header = offload.with_header_len(packet);
         let split = tun_rs::VirtioNetHdr {
@@ -376,6 +367,8 @@ fn run(
     let mut cut = Segments::default();
     // Joining needs the kernel to take UDP super-packets (Linux 6.2, TUN_F_USO4).
     let mut joined = queue.udp_gso().then(Coalescer::default);
+    let send_batch =
+        |batch: Joined<'_>| deliver(queue, egress, batch.buf, batch.offload, batch.outlet, drops);
     if let Err(error) = queue.set_nonblocking(true) {
         tracing::error!(%error, "cannot make the TUN queue non-blocking; this packet worker stops");
         return;
@@ -385,9 +378,7 @@ fn run(
             Ok(read) => read,
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
                 if let Some(coalescer) = joined.as_mut() {
-                    coalescer.take_all(|batch| {
-                        deliver(queue, egress, batch.buf, batch.offload, batch.outlet, drops)
-                    });
+                    coalescer.take_all(&send_batch);
                 }
                 wait_readable(queue);
                 continue;
@@ -442,7 +433,7 @@ fn run(
         if let Offer::Flush(slot) = offer {
             // The flow's batch (or the one in its place) leaves first, keeping order.
             if let Some(batch) = coalescer.take(slot) {
-                deliver(queue, egress, batch.buf, batch.offload, batch.outlet, drops);
+                send_batch(batch);
             }
             offer = coalescer.offer(packet, offload, to);
         }
@@ -450,16 +441,14 @@ fn run(
             Offer::Taken => {}
             Offer::Full(slot) => {
                 if let Some(batch) = coalescer.take(slot) {
-                    deliver(queue, egress, batch.buf, batch.offload, batch.outlet, drops);
+                    send_batch(batch);
                 }
             }
             Offer::Flush(_) | Offer::Refused => {
                 if packet.get(9) == Some(&17) {
                     // UDP that cannot be joined (a fragment, a super-packet): its flow may
                     // have a batch pending, which leaves first.
-                    coalescer.take_all(|batch| {
-                        deliver(queue, egress, batch.buf, batch.offload, batch.outlet, drops)
-                    });
+                    coalescer.take_all(&send_batch);
                 }
                 deliver(queue, egress, &mut buf[..end], offload, to, drops);
             }

@@ -84,6 +84,18 @@ impl Offload {
         self.flags & F_NEEDS_CSUM != 0
     }
 
+    /// Finishes a partial transport checksum in `packet` (the IP packet this header came
+    /// with), as the sending device would; true when there was nothing to finish. False if the
+    /// checksum field lies outside the packet.
+    pub fn complete_checksum(&self, packet: &mut [u8]) -> bool {
+        !self.checksum_partial()
+            || super::checksum::complete_partial(
+                packet,
+                usize::from(self.csum_start),
+                usize::from(self.csum_offset),
+            )
+    }
+
     /// Whether this is a super-packet that stands for several wire packets.
     pub fn is_segmented(&self) -> bool {
         self.gso_type & !GSO_ECN != GSO_NONE

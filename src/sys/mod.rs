@@ -15,6 +15,16 @@ pub(crate) fn register(socket: Socket, interest: Interest) -> io::Result<AsyncFd
     unsafe { AsyncFd::register_with_interest(socket, interest) }.map_err(io::Error::from)
 }
 
+/// A raw IPv4 socket for IPIP (protocol 4): what is sent is wrapped by the kernel in an outer
+/// IPv4 header to the destination; what is read is a whole IPIP packet, outer header included.
+pub(crate) fn ipip_socket() -> io::Result<Socket> {
+    Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::RAW,
+        Some(socket2::Protocol::from(libc::IPPROTO_IPIP)),
+    )
+}
+
 /// An `AF_PACKET` raw socket bound to interface `ifindex`, for sending whole Ethernet frames
 /// (direct routing). It receives nothing (protocol 0). Every frame sent starts with a
 /// `virtio_net_hdr` (`PACKET_VNET_HDR`), so TCP/UDP super-packets and partial checksums from
