@@ -344,6 +344,11 @@ fn forwards(mode: &str) {
 
 /// Reads `lbd_flows{protocol=…}` from the director's /metrics.
 fn flows_metric(director: &str, protocol: &'static str) -> u64 {
+    metric(director, format!("lbd_flows{{protocol=\"{protocol}\"}}"))
+}
+
+/// Reads the value of one sample (`name{labels}`) from the director's /metrics.
+fn metric(director: &str, sample: String) -> u64 {
     in_netns(director, move || {
         let mut stream = TcpStream::connect("127.0.0.1:9901").unwrap();
         stream
@@ -351,12 +356,82 @@ fn flows_metric(director: &str, protocol: &'static str) -> u64 {
             .unwrap();
         let mut page = String::new();
         stream.read_to_string(&mut page).unwrap();
-        let needle = format!("lbd_flows{{protocol=\"{protocol}\"}} ");
+        let needle = format!("{sample} ");
         page.lines()
             .find_map(|line| line.strip_prefix(&needle))
             .and_then(|value| value.trim().parse().ok())
             .unwrap_or_else(|| panic!("no {needle} in /metrics"))
     })
+}
+
+/// With two packet workers, every client's packets (both directions of nat) reach the worker
+/// that owns its flows: the kernel steers them with lbd's eBPF program, so no packet is
+/// handled by another worker (`lbd_packets_misqueued_total` stays 0).
+#[test]
+fn nat_steers_each_client_to_the_worker_that_owns_its_flows() {
+    if !root() {
+        return;
+    }
+    let topology = topology();
+    let _rs1 = start_servers(&topology.reals[0], "rs1", "0.0.0.0");
+    let _rs2 = start_servers(&topology.reals[1], "rs2", "0.0.0.0");
+    let clients: Vec<String> = (3..19).map(|n| format!("192.168.77.{n}")).collect();
+    for client in &clients {
+        ip(&format!("-n {} addr add {client}/24 dev cl0", topology.client));
+    }
+    let owners: std::collections::BTreeSet<usize> = clients
+        .iter()
+        .map(|client| ulvs::lvs::steering::owner(client.parse().unwrap(), 2))
+        .collect();
+    assert_eq!(owners.len(), 2, "the test's clients belong to both workers");
+    let config = config("nat").replace(
+        "workers: 2\n",
+        "workers: 2\nmetrics: { listen: '127.0.0.1:9901' }\n",
+    );
+    let mut lbd = Lbd::start_in(&topology.director, &config);
+    lbd.wait_for_log("packet data plane started", 1);
+    assert!(
+        lbd.log_text().contains("steered=true"),
+        "the steering program is attached: {}",
+        lbd.log_text()
+    );
+    let served = in_netns(&topology.client, move || {
+        let mut served = 0;
+        for client in &clients {
+            let from: SocketAddr = format!("{client}:0").parse().unwrap();
+            // TCP: greeting, then an echo.
+            let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            socket.bind(&from.into()).unwrap();
+            let vip: SocketAddr = format!("{VIP}:80").parse().unwrap();
+            socket
+                .connect_timeout(&vip.into(), Duration::from_secs(5))
+                .expect("connect to the VIP");
+            let mut stream = TcpStream::from(socket);
+            stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            assert!(line.trim().ends_with(client.as_str()), "{line}");
+            stream.write_all(b"echo\n").unwrap();
+            line.clear();
+            reader.read_line(&mut line).unwrap();
+            assert_eq!(line, "echo\n");
+            // UDP: one datagram and its answer.
+            let udp = UdpSocket::bind(from).unwrap();
+            udp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            udp.send_to(b"ping", format!("{VIP}:53")).unwrap();
+            let mut buffer = [0u8; 16];
+            udp.recv_from(&mut buffer).expect("a UDP reply");
+            served += 1;
+        }
+        served
+    });
+    assert_eq!(served, 16);
+    assert_eq!(
+        metric(&topology.director, "lbd_packets_misqueued_total".to_owned()),
+        0,
+        "packets reached another worker than their flow's"
+    );
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! Arbitrary bytes through the packet data plane, as if read from the TUN device: parsing,
 //! every rewrite and ICMP translation, against a table with a nat, a dr and a tun service;
-//! once plain, once behind a `virtio_net_hdr` taken from the first bytes (offloaded packets).
+//! from either of two workers' partitions; once plain, once behind a `virtio_net_hdr` taken from the first bytes (offloaded packets).
 //! Run: `cargo +nightly fuzz run packet_path -- -max_total_time=600`.
 #![no_main]
 
@@ -29,16 +29,18 @@ fn table() -> &'static ServiceTable {
 
 fn flows() -> &'static FlowTable {
     static FLOWS: OnceLock<FlowTable> = OnceLock::new();
-    FLOWS.get_or_init(|| FlowTable::new(10_000, 1_000))
+    FLOWS.get_or_init(|| FlowTable::new(10_000, 1_000, 2))
 }
 
 fuzz_target!(|data: &[u8]| {
+    // Two workers' partitions; a packet may reach either (as without steering).
+    let flows = flows().partition(data.len() % 2);
     let mut bytes = data.to_vec();
-    let _ = path::handle(&mut bytes, table(), flows(), Millis(1));
+    let _ = path::handle(&mut bytes, table(), flows, Millis(1));
     // As an offloading TUN device hands packets over: a virtio_net_hdr, then the packet.
     if let Some(offload) = Offload::decode(data) {
         let mut bytes = data[VNET_HEADER_LEN..].to_vec();
-        let _ = path::handle_offloaded(&mut bytes, offload, table(), flows(), Millis(1));
+        let _ = path::handle_offloaded(&mut bytes, offload, table(), flows, Millis(1));
         let header = offload.with_header_len(&bytes).shifted(14);
         let _ = header.segments(bytes.len());
         let _ = offload.complete_checksum(&mut bytes);

@@ -174,13 +174,9 @@ impl Director {
             .filter(|service| service.forward == config::ForwardMethod::Proxy)
             .map(|service| socket::bind(service.key(), count).map(|listeners| (service.key(), listeners)))
             .collect::<Result<_, _>>()?;
-        let packet = Arc::new(crate::lvs::plane::shared(&config));
-        let packets = crate::lvs::plane::PacketPlane::start(
-            &config,
-            Arc::clone(&shared.table),
-            Arc::clone(&packet),
-            count,
-        )?;
+        let packet = Arc::new(crate::lvs::plane::shared(&config, count));
+        let packets =
+            crate::lvs::plane::PacketPlane::start(&config, Arc::clone(&shared.table), Arc::clone(&packet))?;
         let workers = (0..count)
             .map(|index| Worker::spawn(index, shared.clone()))
             .collect::<Result<Vec<_>, _>>()
@@ -271,7 +267,6 @@ impl Director {
                 &config,
                 Arc::clone(&self.shared.table),
                 Arc::clone(&self.packet),
-                self.workers.len(),
             )?,
             _ => None,
         };

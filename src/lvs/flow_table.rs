@@ -5,16 +5,22 @@
 //! half-open entry; established flows are never pushed out, so a flood of spoofed SYNs can
 //! only replace other half-open entries (which also expire after
 //! [`EMBRYONIC_TIMEOUT`](super::tcp_state::EMBRYONIC_TIMEOUT)). One source address may hold
-//! at most a share of the table. Entries are kept in shards chosen by the client's address
-//! (both directions of a flow know it), and expire by sweeping one shard at a time, never the
-//! whole table at once.
+//! at most a share of the table.
+//!
+//! The table is split into one [`Partition`] per packet worker: a flow lives in the partition
+//! of its client's [owner](super::steering::owner), which both directions of the flow know.
+//! The kernel's steering program sends every packet to its owner's worker, so each worker
+//! takes only its own partition's locks (the control plane takes them too, for listings).
+//! A packet that reaches another worker is still handled, and counted as misqueued. Each
+//! partition is split into shards, and its worker expires flows by sweeping one shard at a
+//! time, never the whole table at once.
 
 use std::{
     collections::{HashMap, VecDeque},
     net::{IpAddr, SocketAddr},
     sync::{
         Mutex, PoisonError,
-        atomic::{AtomicUsize, Ordering::Relaxed},
+        atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
     },
 };
 
@@ -26,7 +32,7 @@ use crate::{
     table::Scheduled,
 };
 
-/// Shards of the table.
+/// Shards of each partition.
 const SHARDS: usize = 64;
 
 /// The identity of a flow: protocol, client, and the virtual service it addressed.
@@ -128,27 +134,61 @@ struct Shard {
 /// The connection table.
 #[derive(Debug)]
 pub struct FlowTable {
+    /// `SHARDS` per partition, partition by partition.
     shards: Vec<Mutex<Shard>>,
+    partitions: usize,
     hasher: ahash::RandomState,
     per_shard: usize,
     max_flows: usize,
     per_source: u32,
     count: AtomicUsize,
-    next_sweep: AtomicUsize,
+    /// The next shard each partition's sweep visits.
+    next_sweep: Vec<AtomicUsize>,
+    misqueued: AtomicU64,
+}
+
+/// One worker's view of the table: lookups from that worker. Cheap to make.
+#[derive(Debug, Clone, Copy)]
+pub struct Partition<'a> {
+    table: &'a FlowTable,
+    index: usize,
 }
 
 impl FlowTable {
-    /// A table of at most `max_flows` flows, and at most `per_source` per source address.
-    pub fn new(max_flows: usize, per_source: u32) -> Self {
+    /// A table of at most `max_flows` flows, and at most `per_source` per source address,
+    /// in one partition per packet worker.
+    pub fn new(max_flows: usize, per_source: u32, partitions: usize) -> Self {
+        let partitions = partitions.max(1);
         Self {
-            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            shards: (0..SHARDS * partitions).map(|_| Mutex::default()).collect(),
+            partitions,
             hasher: ahash::RandomState::new(),
-            per_shard: max_flows.div_ceil(SHARDS).max(1),
+            per_shard: max_flows.div_ceil(SHARDS * partitions).max(1),
             max_flows: max_flows.max(1),
             per_source: per_source.max(1),
             count: AtomicUsize::new(0),
-            next_sweep: AtomicUsize::new(0),
+            next_sweep: (0..partitions).map(|_| AtomicUsize::new(0)).collect(),
+            misqueued: AtomicU64::new(0),
         }
+    }
+
+    /// The partition of worker `index` (taken modulo the number of partitions).
+    pub fn partition(&self, index: usize) -> Partition<'_> {
+        Partition {
+            table: self,
+            index: index % self.partitions,
+        }
+    }
+
+    /// How many partitions (packet workers) the table was made for.
+    pub fn partitions(&self) -> usize {
+        self.partitions
+    }
+
+    /// Packets handled by a worker other than the owner of their flow (none while the kernel
+    /// steers packets with [`steering::program`](super::steering::program)).
+    pub fn misqueued(&self) -> u64 {
+        self.misqueued.load(Relaxed)
     }
 
     /// Flows in the table.
@@ -161,151 +201,14 @@ impl FlowTable {
         self.len() == 0
     }
 
-    fn shard(&self, client: &SocketAddr) -> &Mutex<Shard> {
-        let index = (self.hasher.hash_one(client.ip()) as usize) % self.shards.len();
-        &self.shards[index]
-    }
-
-    /// A packet from a client to a VIP: the flow's real, its state advanced by `flags`. With no
-    /// flow yet, `schedule` is asked for a real (TCP: only for a SYN).
-    pub fn inbound(
-        &self,
-        key: FlowKey,
-        flags: Option<TcpFlags>,
-        now: Millis,
-        timeouts: &Timeouts,
-        schedule: impl FnOnce() -> Option<Scheduled>,
-    ) -> Result<(SocketAddr, ForwardMethod), Refusal> {
-        let mut shard = self
-            .shard(&key.client)
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(entry) = shard.flows.get_mut(&key) {
-            let expired = entry.expires <= now;
-            // A new SYN on an expired or closed entry starts a new flow (IPVS conn_reuse_mode).
-            let reuse = flags.is_some_and(|f| f.syn && !f.ack)
-                && (expired || matches!(entry.state, State::Tcp(TcpState::TimeWait | TcpState::Close)));
-            if !reuse {
-                let direction = input_direction(entry.scheduled.forward);
-                advance(entry, flags, direction, now, timeouts);
-                return Ok((entry.scheduled.address, entry.scheduled.forward));
-            }
-            self.remove(&mut shard, &key);
+    /// The shard of `client`'s flows, looked up from worker `from`.
+    fn shard(&self, client: &SocketAddr, from: usize) -> &Mutex<Shard> {
+        let owner = super::steering::owner(client.ip(), self.partitions);
+        if owner != from {
+            self.misqueued.fetch_add(1, Relaxed);
         }
-        if matches!(flags, Some(f) if !f.syn || f.ack) {
-            return Err(Refusal::NotNew);
-        }
-        if shard.per_source.get(&key.client.ip()).copied().unwrap_or(0) >= self.per_source {
-            return Err(Refusal::SourceCap);
-        }
-        // Reserve a place first, so that workers filling other shards at the same time cannot
-        // together pass `max_flows`.
-        let reserved = self.count.fetch_add(1, Relaxed) + 1;
-        let full = shard.flows.len() >= self.per_shard || reserved > self.max_flows;
-        if full && !self.evict_embryonic(&mut shard) {
-            self.count.fetch_sub(1, Relaxed);
-            return Err(Refusal::Full);
-        }
-        let Some(scheduled) = schedule() else {
-            self.count.fetch_sub(1, Relaxed);
-            return Err(Refusal::NoReal);
-        };
-        let (real, forward) = (scheduled.address, scheduled.forward);
-        let direction = input_direction(forward);
-        let state = match key.protocol {
-            Protocol::Tcp => State::Tcp(TcpState::None),
-            Protocol::Udp => State::Udp,
-        };
-        let mut entry = Entry {
-            scheduled,
-            state,
-            expires: now,
-        };
-        advance(&mut entry, flags, direction, now, timeouts);
-        if entry.state.is_embryonic() {
-            shard.embryonic.push_back(key);
-            if shard.embryonic.len() > 2 * self.per_shard {
-                let flows = std::mem::take(&mut shard.flows);
-                shard
-                    .embryonic
-                    .retain(|key| flows.get(key).is_some_and(|e| e.state.is_embryonic()));
-                shard.flows = flows;
-            }
-        }
-        shard.replies.insert(
-            ReplyKey {
-                protocol: key.protocol,
-                real,
-                client: key.client,
-            },
-            key,
-        );
-        *shard.per_source.entry(key.client.ip()).or_insert(0) += 1;
-        shard.flows.insert(key, entry);
-        Ok((real, forward))
-    }
-
-    /// A NAT reply from a real to a client: the flow it belongs to, its state advanced;
-    /// `(packets, bytes)` are added to the real's outbound counters.
-    pub fn reply(
-        &self,
-        reply: ReplyKey,
-        flags: Option<TcpFlags>,
-        (packets, bytes): (u64, u64),
-        now: Millis,
-        timeouts: &Timeouts,
-    ) -> Option<FlowKey> {
-        let mut shard = self
-            .shard(&reply.client)
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let key = *shard.replies.get(&reply)?;
-        let entry = shard.flows.get_mut(&key)?;
-        if entry.expires <= now {
-            return None;
-        }
-        advance(entry, flags, Direction::Output, now, timeouts);
-        let real = entry.scheduled.binding.real();
-        real.packets_out.fetch_add(packets, Relaxed);
-        real.bytes_out.fetch_add(bytes, Relaxed);
-        Some(key)
-    }
-
-    /// The flow a NAT reply belongs to, without touching it (ICMP errors).
-    pub fn find_reply(&self, reply: ReplyKey) -> Option<FlowKey> {
-        let shard = self
-            .shard(&reply.client)
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        shard.replies.get(&reply).copied()
-    }
-
-    /// The real of a flow, without touching it (ICMP errors).
-    pub fn real_of(&self, key: &FlowKey) -> Option<SocketAddr> {
-        let shard = self
-            .shard(&key.client)
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        shard.flows.get(key).map(|entry| entry.scheduled.address)
-    }
-
-    /// Removes the expired flows of the next shard; call often (every shard is visited once
-    /// per `SHARDS` calls). Returns how many expired.
-    pub fn sweep(&self, now: Millis) -> usize {
-        let index = self.next_sweep.fetch_add(1, Relaxed) % self.shards.len();
-        let mut shard = self.shards[index].lock().unwrap_or_else(PoisonError::into_inner);
-        let expired: Vec<FlowKey> = shard
-            .flows
-            .iter()
-            .filter(|(_, entry)| entry.expires <= now)
-            .map(|(key, _)| *key)
-            .collect();
-        for key in &expired {
-            self.remove(&mut shard, key);
-        }
-        let Shard { flows, embryonic, .. } = &mut *shard;
-        embryonic.retain(|key| flows.get(key).is_some_and(|entry| entry.state.is_embryonic()));
-        expired.len()
+        let within = (self.hasher.hash_one(client.ip()) as usize) % SHARDS;
+        &self.shards[owner * SHARDS + within]
     }
 
     /// Every flow, for listings.
@@ -357,18 +260,186 @@ impl FlowTable {
         let Some(entry) = shard.flows.remove(key) else {
             return;
         };
-        shard.replies.remove(&ReplyKey {
-            protocol: key.protocol,
-            real: entry.scheduled.address,
-            client: key.client,
-        });
-        if let Some(count) = shard.per_source.get_mut(&key.client.ip()) {
-            *count -= 1;
-            if *count == 0 {
-                shard.per_source.remove(&key.client.ip());
+        forget(&mut shard.replies, &mut shard.per_source, key, &entry);
+        self.count.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Removes what a shard keeps about a flow besides its entry: its reply key and its share
+/// of its source's count.
+fn forget(
+    replies: &mut HashMap<ReplyKey, FlowKey, ahash::RandomState>,
+    per_source: &mut HashMap<IpAddr, u32, ahash::RandomState>,
+    key: &FlowKey,
+    entry: &Entry,
+) {
+    replies.remove(&ReplyKey {
+        protocol: key.protocol,
+        real: entry.scheduled.address,
+        client: key.client,
+    });
+    if let Some(count) = per_source.get_mut(&key.client.ip()) {
+        *count -= 1;
+        if *count == 0 {
+            per_source.remove(&key.client.ip());
+        }
+    }
+}
+
+impl Partition<'_> {
+    /// A packet from a client to a VIP: the flow's real, its state advanced by `flags`. With no
+    /// flow yet, `schedule` is asked for a real (TCP: only for a SYN).
+    pub fn inbound(
+        &self,
+        key: FlowKey,
+        flags: Option<TcpFlags>,
+        now: Millis,
+        timeouts: &Timeouts,
+        schedule: impl FnOnce() -> Option<Scheduled>,
+    ) -> Result<(SocketAddr, ForwardMethod), Refusal> {
+        let table = self.table;
+        let mut shard = table
+            .shard(&key.client, self.index)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(entry) = shard.flows.get_mut(&key) {
+            let expired = entry.expires <= now;
+            // A new SYN on an expired or closed entry starts a new flow (IPVS conn_reuse_mode).
+            let reuse = flags.is_some_and(|f| f.syn && !f.ack)
+                && (expired || matches!(entry.state, State::Tcp(TcpState::TimeWait | TcpState::Close)));
+            if !reuse {
+                let direction = input_direction(entry.scheduled.forward);
+                advance(entry, flags, direction, now, timeouts);
+                return Ok((entry.scheduled.address, entry.scheduled.forward));
+            }
+            table.remove(&mut shard, &key);
+        }
+        if matches!(flags, Some(f) if !f.syn || f.ack) {
+            return Err(Refusal::NotNew);
+        }
+        if shard.per_source.get(&key.client.ip()).copied().unwrap_or(0) >= table.per_source {
+            return Err(Refusal::SourceCap);
+        }
+        // Reserve a place first, so that workers filling other shards at the same time cannot
+        // together pass `max_flows`.
+        let reserved = table.count.fetch_add(1, Relaxed) + 1;
+        let full = shard.flows.len() >= table.per_shard || reserved > table.max_flows;
+        if full && !table.evict_embryonic(&mut shard) {
+            table.count.fetch_sub(1, Relaxed);
+            return Err(Refusal::Full);
+        }
+        let Some(scheduled) = schedule() else {
+            table.count.fetch_sub(1, Relaxed);
+            return Err(Refusal::NoReal);
+        };
+        let (real, forward) = (scheduled.address, scheduled.forward);
+        let direction = input_direction(forward);
+        let state = match key.protocol {
+            Protocol::Tcp => State::Tcp(TcpState::None),
+            Protocol::Udp => State::Udp,
+        };
+        let mut entry = Entry {
+            scheduled,
+            state,
+            expires: now,
+        };
+        advance(&mut entry, flags, direction, now, timeouts);
+        if entry.state.is_embryonic() {
+            shard.embryonic.push_back(key);
+            if shard.embryonic.len() > 2 * table.per_shard {
+                let flows = std::mem::take(&mut shard.flows);
+                shard
+                    .embryonic
+                    .retain(|key| flows.get(key).is_some_and(|e| e.state.is_embryonic()));
+                shard.flows = flows;
             }
         }
-        self.count.fetch_sub(1, Relaxed);
+        shard.replies.insert(
+            ReplyKey {
+                protocol: key.protocol,
+                real,
+                client: key.client,
+            },
+            key,
+        );
+        *shard.per_source.entry(key.client.ip()).or_insert(0) += 1;
+        shard.flows.insert(key, entry);
+        Ok((real, forward))
+    }
+
+    /// A NAT reply from a real to a client: the flow it belongs to, its state advanced;
+    /// `(packets, bytes)` are added to the real's outbound counters.
+    pub fn reply(
+        &self,
+        reply: ReplyKey,
+        flags: Option<TcpFlags>,
+        (packets, bytes): (u64, u64),
+        now: Millis,
+        timeouts: &Timeouts,
+    ) -> Option<FlowKey> {
+        let table = self.table;
+        let mut shard = table
+            .shard(&reply.client, self.index)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let key = *shard.replies.get(&reply)?;
+        let entry = shard.flows.get_mut(&key)?;
+        if entry.expires <= now {
+            return None;
+        }
+        advance(entry, flags, Direction::Output, now, timeouts);
+        let real = entry.scheduled.binding.real();
+        real.packets_out.fetch_add(packets, Relaxed);
+        real.bytes_out.fetch_add(bytes, Relaxed);
+        Some(key)
+    }
+
+    /// The flow a NAT reply belongs to, without touching it (ICMP errors).
+    pub fn find_reply(&self, reply: ReplyKey) -> Option<FlowKey> {
+        let table = self.table;
+        let shard = table
+            .shard(&reply.client, self.index)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        shard.replies.get(&reply).copied()
+    }
+
+    /// The real of a flow, without touching it (ICMP errors).
+    pub fn real_of(&self, key: &FlowKey) -> Option<SocketAddr> {
+        let table = self.table;
+        let shard = table
+            .shard(&key.client, self.index)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        shard.flows.get(key).map(|entry| entry.scheduled.address)
+    }
+
+    /// Removes the expired flows of this partition's next shard; its worker calls it often
+    /// (each of its shards is visited once per `SHARDS` calls). Returns how many expired.
+    pub fn sweep(&self, now: Millis) -> usize {
+        let table = self.table;
+        let next = table.next_sweep[self.index].fetch_add(1, Relaxed) % SHARDS;
+        let mut shard = table.shards[self.index * SHARDS + next]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let Shard {
+            flows,
+            replies,
+            embryonic,
+            per_source,
+        } = &mut *shard;
+        let before = flows.len();
+        flows.retain(|key, entry| {
+            if entry.expires > now {
+                return true;
+            }
+            forget(replies, per_source, key, entry);
+            false
+        });
+        let expired = before - flows.len();
+        table.count.fetch_sub(expired, Relaxed);
+        embryonic.retain(|key| flows.get(key).is_some_and(|entry| entry.state.is_embryonic()));
+        expired
     }
 }
 
@@ -435,11 +506,13 @@ mod tests {
 
     #[test]
     fn a_handshake_makes_an_active_flow_and_replies_find_it() {
-        let table = FlowTable::new(100, 100);
+        let table = FlowTable::new(100, 100, 1);
         let state = Arc::new(RealState::default());
         let timeouts = Timeouts::default();
         let k = key("192.168.77.2:40000");
-        let got = table.inbound(k, flags(true, false), Millis(0), &timeouts, real(&state));
+        let got = table
+            .partition(0)
+            .inbound(k, flags(true, false), Millis(0), &timeouts, real(&state));
         assert_eq!(got.unwrap().0.to_string(), "10.77.0.11:80");
         assert_eq!((state.active(), state.inactive()), (0, 1));
         let reply = ReplyKey {
@@ -448,26 +521,29 @@ mod tests {
             client: k.client,
         };
         assert_eq!(
-            table.reply(reply, flags(true, true), (1, 60), Millis(1), &timeouts),
+            table
+                .partition(0)
+                .reply(reply, flags(true, true), (1, 60), Millis(1), &timeouts),
             Some(k)
         );
         table
+            .partition(0)
             .inbound(k, flags(false, true), Millis(2), &timeouts, || None)
             .unwrap();
         assert_eq!((state.active(), state.inactive()), (1, 0));
         assert_eq!(table.list()[0].state, State::Tcp(TcpState::Established));
         // Without traffic it expires after `timeouts.tcp`, and the real's count drops.
         let late = Millis(2).plus(u64::try_from(timeouts.tcp.as_millis()).unwrap());
-        let swept: usize = (0..SHARDS).map(|_| table.sweep(late)).sum();
+        let swept: usize = (0..SHARDS).map(|_| table.partition(0).sweep(late)).sum();
         assert_eq!((swept, table.len()), (1, 0));
         assert_eq!((state.active(), state.inactive()), (0, 0));
     }
 
     #[test]
     fn a_packet_without_syn_starts_no_tcp_flow() {
-        let table = FlowTable::new(100, 100);
+        let table = FlowTable::new(100, 100, 1);
         let state = Arc::new(RealState::default());
-        let got = table.inbound(
+        let got = table.partition(0).inbound(
             key("192.168.77.2:1"),
             flags(false, true),
             Millis(0),
@@ -480,16 +556,18 @@ mod tests {
 
     #[test]
     fn a_syn_flood_evicts_only_half_open_flows() {
-        let table = FlowTable::new(SHARDS * 4, 10_000);
+        let table = FlowTable::new(SHARDS * 4, 10_000, 1);
         let state = Arc::new(RealState::default());
         let timeouts = Timeouts::default();
         // Established flows fill part of the table.
         let established: Vec<FlowKey> = (1..=16).map(|i| key(&format!("10.1.0.{i}:1000"))).collect();
         for k in &established {
             table
+                .partition(0)
                 .inbound(*k, flags(true, false), Millis(0), &timeouts, real(&state))
                 .unwrap();
             table
+                .partition(0)
                 .inbound(*k, flags(false, true), Millis(0), &timeouts, || None)
                 .unwrap();
         }
@@ -500,7 +578,9 @@ mod tests {
                 client: SocketAddr::new(source.into(), 1234),
                 ..key("1.1.1.1:1")
             };
-            let _ = table.inbound(k, flags(true, false), Millis(1), &timeouts, real(&state));
+            let _ = table
+                .partition(0)
+                .inbound(k, flags(true, false), Millis(1), &timeouts, real(&state));
             assert!(table.len() <= SHARDS * 4);
         }
         let views = table.list();
@@ -514,19 +594,51 @@ mod tests {
         let legit = key("192.168.77.2:5555");
         assert!(
             table
+                .partition(0)
                 .inbound(legit, flags(true, false), Millis(2), &timeouts, real(&state))
                 .is_ok()
         );
     }
 
     #[test]
+    fn a_flow_lives_in_its_owners_partition_and_other_workers_still_find_it() {
+        let table = FlowTable::new(1000, 100, 2);
+        let state = Arc::new(RealState::default());
+        let timeouts = Timeouts::default();
+        let k = key("192.168.77.2:40000");
+        let owner = crate::lvs::steering::owner(k.client.ip(), 2);
+        let other = 1 - owner;
+        table
+            .partition(owner)
+            .inbound(k, flags(true, false), Millis(0), &timeouts, real(&state))
+            .unwrap();
+        assert_eq!(table.misqueued(), 0);
+        let reply = ReplyKey {
+            protocol: Protocol::Tcp,
+            real: "10.77.0.11:80".parse().unwrap(),
+            client: k.client,
+        };
+        // The reply reached the other worker: found all the same, and counted.
+        let found = table
+            .partition(other)
+            .reply(reply, flags(true, true), (1, 60), Millis(1), &timeouts);
+        assert_eq!((found, table.misqueued()), (Some(k), 1));
+        // Only the owner's sweeps expire it.
+        let late = Millis(1).plus(60_000);
+        let swept: usize = (0..SHARDS).map(|_| table.partition(other).sweep(late)).sum();
+        assert_eq!((swept, table.len()), (0, 1));
+        let swept: usize = (0..SHARDS).map(|_| table.partition(owner).sweep(late)).sum();
+        assert_eq!((swept, table.len()), (1, 0));
+    }
+
+    #[test]
     fn one_source_holds_only_its_share() {
-        let table = FlowTable::new(1000, 3);
+        let table = FlowTable::new(1000, 3, 1);
         let state = Arc::new(RealState::default());
         let timeouts = Timeouts::default();
         let results: Vec<_> = (0..5)
             .map(|port| {
-                table.inbound(
+                table.partition(0).inbound(
                     key(&format!("192.168.77.2:{}", 100 + port)),
                     flags(true, false),
                     Millis(0),

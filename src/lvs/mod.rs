@@ -9,4 +9,5 @@ pub mod neighbours;
 pub mod path;
 pub mod plane;
 pub mod setup;
+pub mod steering;
 pub mod tcp_state;

@@ -13,7 +13,7 @@ use std::{
     sync::atomic::Ordering::Relaxed,
 };
 
-use super::flow_table::{FlowKey, FlowTable, ReplyKey};
+use super::flow_table::{FlowKey, Partition, ReplyKey};
 use crate::{
     clock::Millis,
     config::{ForwardMethod, Protocol, ServiceKey},
@@ -52,7 +52,7 @@ pub enum DropReason {
 }
 
 /// Handles one plain packet in `buf`: one wire packet, checksums complete.
-pub fn handle(buf: &mut [u8], table: &ServiceTable, flows: &FlowTable, now: Millis) -> Verdict {
+pub fn handle(buf: &mut [u8], table: &ServiceTable, flows: Partition<'_>, now: Millis) -> Verdict {
     handle_offloaded(buf, Offload::PLAIN, table, flows, now)
 }
 
@@ -64,7 +64,7 @@ pub fn handle_offloaded(
     buf: &mut [u8],
     offload: Offload,
     table: &ServiceTable,
-    flows: &FlowTable,
+    flows: Partition<'_>,
     now: Millis,
 ) -> Verdict {
     let partial = offload.checksum_partial();
@@ -138,7 +138,10 @@ pub fn handle_offloaded(
             ForwardMethod::Tun => Verdict::Tunnel(IpAddr::V4(*real.ip())),
         };
     }
-    // A real's reply to a client?
+    // A real's reply to a client? (Never to a VIP: that is a port no service has.)
+    if table.is_packet_vip(IpAddr::V4(packet.destination())) {
+        return Verdict::Drop(DropReason::NoFlow);
+    }
     let reply = ReplyKey {
         protocol,
         real: SocketAddr::V4(source),
@@ -159,7 +162,7 @@ pub fn handle_offloaded(
 /// An ICMP error about a flow: from the real's side (it quotes client → real) it goes to the
 /// client as if from the VIP; from the client's side (it quotes VIP → client) it goes to the
 /// real.
-fn icmp_error(packet: &mut Ipv4Packet<'_>, table: &ServiceTable, flows: &FlowTable) -> Verdict {
+fn icmp_error(packet: &mut Ipv4Packet<'_>, table: &ServiceTable, flows: Partition<'_>) -> Verdict {
     let Some((number, quoted_source, quoted_destination)) = packet.quoted_flow() else {
         return Verdict::Drop(DropReason::Malformed);
     };
@@ -168,41 +171,42 @@ fn icmp_error(packet: &mut Ipv4Packet<'_>, table: &ServiceTable, flows: &FlowTab
         17 => Protocol::Udp,
         _ => return Verdict::Drop(DropReason::NoFlow),
     };
+    let nat = ServiceKey {
+        protocol,
+        listen: SocketAddr::V4(quoted_source),
+    };
+    if table.service(&nat).is_some() {
+        // Client side: the quoted packet went VIP → client.
+        let key = FlowKey {
+            protocol,
+            client: SocketAddr::V4(quoted_destination),
+            vip: SocketAddr::V4(quoted_source),
+        };
+        let Some(SocketAddr::V4(real)) = flows.real_of(&key) else {
+            return Verdict::Drop(DropReason::NoFlow);
+        };
+        packet.rewrite_quoted(true, real);
+        packet.set_destination(SocketAddrV4::new(*real.ip(), 0));
+        return Verdict::Send;
+    }
     // Real side: the quoted packet went client → real.
     let reply = ReplyKey {
         protocol,
         real: SocketAddr::V4(quoted_destination),
         client: SocketAddr::V4(quoted_source),
     };
-    if let Some(FlowKey {
+    let Some(FlowKey {
         vip: SocketAddr::V4(vip),
         ..
     }) = flows.find_reply(reply)
-    {
-        packet.rewrite_quoted(false, vip);
-        if packet.source() == *quoted_destination.ip() {
-            packet.set_source(SocketAddrV4::new(*vip.ip(), 0));
-        }
-        return Verdict::Send;
-    }
-    // Client side: the quoted packet went VIP → client.
-    let key = FlowKey {
-        protocol,
-        client: SocketAddr::V4(quoted_destination),
-        vip: SocketAddr::V4(quoted_source),
+    else {
+        return Verdict::Drop(DropReason::NoFlow);
     };
-    let nat = ServiceKey {
-        protocol,
-        listen: SocketAddr::V4(quoted_source),
-    };
-    if table.service(&nat).is_some()
-        && let Some(SocketAddr::V4(real)) = flows.real_of(&key)
-    {
-        packet.rewrite_quoted(true, real);
-        packet.set_destination(SocketAddrV4::new(*real.ip(), 0));
-        return Verdict::Send;
+    packet.rewrite_quoted(false, vip);
+    if packet.source() == *quoted_destination.ip() {
+        packet.set_source(SocketAddrV4::new(*vip.ip(), 0));
     }
-    Verdict::Drop(DropReason::NoFlow)
+    Verdict::Send
 }
 
 #[cfg(test)]
@@ -210,6 +214,7 @@ mod tests {
     use etherparse::PacketBuilder;
 
     use super::*;
+    use crate::lvs::flow_table::FlowTable;
     use crate::{config, packet::checksum, table::HealthView};
 
     fn table() -> ServiceTable {
@@ -237,27 +242,33 @@ mod tests {
 
     #[test]
     fn a_connection_goes_to_a_real_and_its_replies_come_from_the_vip() {
-        let (table, flows) = (table(), FlowTable::new(1000, 100));
+        let (table, flows) = (table(), FlowTable::new(1000, 100, 1));
         let mut syn = tcp(([192, 168, 77, 2], 40000), ([192, 168, 77, 100], 80), true, false);
-        assert_eq!(handle(&mut syn, &table, &flows, Millis(0)), Verdict::Send);
+        assert_eq!(
+            handle(&mut syn, &table, flows.partition(0), Millis(0)),
+            Verdict::Send
+        );
         let packet = Ipv4Packet::parse(&mut syn).unwrap();
         let real = packet.destination();
         assert!(real.octets()[..3] == [10, 77, 0]);
         assert_eq!(checksum::compute(&packet.bytes()[..20]), 0);
 
         let mut reply = tcp((real.octets(), 8080), ([192, 168, 77, 2], 40000), true, true);
-        assert_eq!(handle(&mut reply, &table, &flows, Millis(1)), Verdict::Send);
+        assert_eq!(
+            handle(&mut reply, &table, flows.partition(0), Millis(1)),
+            Verdict::Send
+        );
         let packet = Ipv4Packet::parse(&mut reply).unwrap();
         assert_eq!(packet.source().octets(), [192, 168, 77, 100]);
         assert!(matches!(packet.l4(), Ok(L4::Tcp { source: 80, .. })));
 
         // The next connection goes to the other real (rr); a stray ACK starts nothing.
         let mut second = tcp(([192, 168, 77, 2], 40001), ([192, 168, 77, 100], 80), true, false);
-        handle(&mut second, &table, &flows, Millis(2));
+        handle(&mut second, &table, flows.partition(0), Millis(2));
         assert_ne!(Ipv4Packet::parse(&mut second).unwrap().destination(), real);
         let mut stray = tcp(([192, 168, 77, 3], 1), ([192, 168, 77, 100], 80), false, true);
         assert_eq!(
-            handle(&mut stray, &table, &flows, Millis(3)),
+            handle(&mut stray, &table, flows.partition(0), Millis(3)),
             Verdict::Drop(DropReason::NoFlow)
         );
         let service = &table.services()[0];
@@ -271,11 +282,11 @@ mod tests {
 
     #[test]
     fn garbage_never_panics() {
-        let (table, flows) = (table(), FlowTable::new(10, 10));
+        let (table, flows) = (table(), FlowTable::new(10, 10, 1));
         for len in 0..64 {
             for fill in [0x00u8, 0x45, 0xff] {
                 let mut bytes = vec![fill; len];
-                let _ = handle(&mut bytes, &table, &flows, Millis(0));
+                let _ = handle(&mut bytes, &table, flows.partition(0), Millis(0));
             }
         }
     }
@@ -286,7 +297,7 @@ mod dr_tests {
     use etherparse::PacketBuilder;
 
     use super::*;
-    use crate::{config, table::HealthView};
+    use crate::{config, lvs::flow_table::FlowTable, table::HealthView};
 
     #[test]
     fn dr_and_tun_packets_leave_unchanged_for_their_real() {
@@ -297,7 +308,7 @@ mod dr_tests {
             )
             .unwrap();
             let table = ServiceTable::build(&config, None, &HealthView::default());
-            let flows = FlowTable::new(100, 100);
+            let flows = FlowTable::new(100, 100, 1);
             let mut syn = Vec::new();
             PacketBuilder::ipv4([192, 168, 77, 2], [192, 168, 77, 100], 64)
                 .tcp(40000, 8080, 1, 1000)
@@ -305,7 +316,7 @@ mod dr_tests {
                 .write(&mut syn, b"")
                 .unwrap();
             let before = syn.clone();
-            let verdict = handle(&mut syn, &table, &flows, Millis(0));
+            let verdict = handle(&mut syn, &table, flows.partition(0), Millis(0));
             let real = IpAddr::from([10, 77, 0, 11]);
             assert_eq!(
                 verdict,
@@ -317,7 +328,7 @@ mod dr_tests {
             );
             assert_eq!(syn, before, "{mode}: unchanged");
             // Retransmitted SYN: same flow, same real.
-            assert_eq!(handle(&mut syn, &table, &flows, Millis(1)), verdict);
+            assert_eq!(handle(&mut syn, &table, flows.partition(0), Millis(1)), verdict);
         }
     }
 }

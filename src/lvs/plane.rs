@@ -1,5 +1,6 @@
-//! The packet data plane at run time: the TUN device (one queue per worker thread), the
-//! connection table and its sweeper, and the host setup, all stopped and undone when dropped.
+//! The packet data plane at run time: the TUN device (one queue per worker thread, packets
+//! steered to the worker owning their flow), the connection table, and the host setup, all
+//! stopped and undone when dropped.
 
 use std::{
     io,
@@ -9,14 +10,13 @@ use std::{
         atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
     },
     thread,
-    time::Duration,
 };
 
 use thiserror::Error;
 
 use super::{
     coalesce::{Coalescer, Joined, Offer, Outlet},
-    flow_table::FlowTable,
+    flow_table::{FlowTable, Partition},
     neighbours::Neighbours,
     path::{self, DropReason, Verdict},
     setup::{self, Applied, SetupError, Step},
@@ -42,6 +42,10 @@ const SEGMENTS_MAX: usize = 64;
 const SEGMENT_MAX: usize = 9_216;
 /// Flows a single source address may hold: this share of the table.
 const SOURCE_SHARE: usize = 16;
+/// How often a worker sweeps expired flows out of its partition (a few shards each time).
+const SWEEP_EVERY_MS: u64 = 50;
+/// Shards swept each time: every shard is visited about every 0.8 s.
+const SHARDS_PER_SWEEP: usize = 4;
 
 /// The packet data plane could not start.
 #[derive(Debug, Error)]
@@ -106,18 +110,20 @@ pub struct PacketPlane {
     stop: Arc<AtomicBool>,
     plan: Vec<Step>,
     setup: Option<Applied>,
+    steering: Option<Steering>,
 }
 
-/// The shared state `config` asks for: a connection table of `dataplane.max_flows` (one source
-/// may hold a sixteenth of it) and zeroed drop counters.
-pub fn shared(config: &Config) -> PacketShared {
+/// The shared state `config` asks for, for `workers` packet workers: a connection table of
+/// `dataplane.max_flows` in one partition per worker (one source may hold a sixteenth of it)
+/// and zeroed drop counters.
+pub fn shared(config: &Config, workers: usize) -> PacketShared {
     let max_flows = config
         .dataplane
         .as_ref()
         .map_or(1_000_000, |dataplane| dataplane.max_flows) as usize;
     let per_source = (max_flows / SOURCE_SHARE).max(64);
     PacketShared {
-        flows: FlowTable::new(max_flows, u32::try_from(per_source).unwrap_or(u32::MAX)),
+        flows: FlowTable::new(max_flows, u32::try_from(per_source).unwrap_or(u32::MAX), workers),
         drops: Drops::default(),
     }
 }
@@ -132,14 +138,15 @@ pub fn needed(config: &Config) -> bool {
 }
 
 impl PacketPlane {
-    /// Opens the TUN device with `workers` queues, applies (or checks) the host setup and
-    /// starts the workers. `None` when no service forwards packets.
+    /// Opens the TUN device with one queue per partition of the connection table, steers
+    /// packets to their flow's worker, applies (or checks) the host setup and starts the
+    /// workers. `None` when no service forwards packets.
     pub fn start(
         config: &Config,
         table: Arc<TableHandle>,
         shared: Arc<PacketShared>,
-        workers: usize,
     ) -> Result<Option<Self>, PlaneError> {
+        let workers = shared.flows.partitions();
         let Some(dataplane) = config.dataplane.as_ref().filter(|_| needed(config)) else {
             return Ok(None);
         };
@@ -156,7 +163,7 @@ impl PacketPlane {
                 source,
             })?;
         let mut queues = vec![first];
-        for _ in 1..workers.max(1) {
+        for _ in 1..workers {
             let queue = queues[0].try_clone().map_err(|source| PlaneError::Tun {
                 name: dataplane.tun.clone(),
                 source,
@@ -175,6 +182,11 @@ impl PacketPlane {
                 None
             }
         };
+        let steering = if workers > 1 {
+            Steering::attach(&queues[0], crate::table::packet_vips(config))
+        } else {
+            None
+        };
         let stop = Arc::new(AtomicBool::new(false));
         let neighbours = Neighbours::start(Arc::clone(&stop));
         for (index, queue) in queues.into_iter().enumerate() {
@@ -182,33 +194,34 @@ impl PacketPlane {
             let (table, shared, stop) = (Arc::clone(&table), Arc::clone(&shared), Arc::clone(&stop));
             thread::Builder::new()
                 .name(format!("lbd-packets-{index}"))
-                .spawn(move || run(&queue, &egress, &table, &shared.flows, &shared.drops, &stop))
+                .spawn(move || {
+                    let flows = shared.flows.partition(index);
+                    run(&queue, &egress, &table, flows, &shared.drops, &stop);
+                })
                 .map_err(PlaneError::Worker)?;
         }
-        let (sweeping, stopping) = (Arc::clone(&shared), Arc::clone(&stop));
-        thread::Builder::new()
-            .name("lbd-flow-sweeper".to_owned())
-            .spawn(move || {
-                while !stopping.load(Relaxed) {
-                    thread::sleep(Duration::from_millis(50));
-                    for _ in 0..4 {
-                        sweeping.flows.sweep(Millis::now());
-                    }
-                }
-            })
-            .map_err(PlaneError::Worker)?;
         tracing::info!(
             tun = %dataplane.tun,
-            queues = workers.max(1),
+            queues = workers,
+            steered = steering.is_some(),
             max_flows = dataplane.max_flows,
             steps = plan.len(),
             "packet data plane started"
         );
-        Ok(Some(Self { stop, plan, setup }))
+        Ok(Some(Self {
+            stop,
+            plan,
+            setup,
+            steering,
+        }))
     }
 
-    /// Brings the host setup in line with a new config (after a reload or an admin change).
+    /// Brings the host setup and the steering program in line with a new config (after a
+    /// reload or an admin change).
     pub fn reconfigure(&mut self, config: &Config) -> Result<(), PlaneError> {
+        if let Some(steering) = self.steering.as_mut() {
+            steering.update(crate::table::packet_vips(config));
+        }
         let plan = plan(config);
         if plan == self.plan || self.setup.is_none() {
             return Ok(());
@@ -225,6 +238,56 @@ impl PacketPlane {
 impl Drop for PacketPlane {
     fn drop(&mut self) {
         self.stop.store(true, Relaxed);
+    }
+}
+
+/// The eBPF program that makes the kernel hand each packet to the worker owning its flow
+/// ([`steering`](super::steering)), and a queue of the device to replace it through.
+#[derive(Debug)]
+struct Steering {
+    queue: std::os::fd::OwnedFd,
+    vips: Vec<IpAddr>,
+}
+
+impl Steering {
+    /// Loads the program for `vips` and sets it on the device of `queue`. Without it (no
+    /// CAP_BPF, an old kernel) packets reach workers by the kernel's own flow hash: every
+    /// flow is still found, through another worker's partition; a warning says so.
+    fn attach(queue: &tun_rs::SyncDevice, vips: Vec<IpAddr>) -> Option<Self> {
+        use std::os::fd::AsFd;
+        let attached = queue.as_fd().try_clone_to_owned().and_then(|queue| {
+            Self::set(&queue, &vips)?;
+            Ok(Self { queue, vips })
+        });
+        match attached {
+            Ok(steering) => Some(steering),
+            Err(error) => {
+                tracing::warn!(
+                    %error,
+                    "cannot steer packets to their flow's worker with eBPF; packet workers will share the connection table's locks (see lbd_packets_misqueued_total)"
+                );
+                None
+            }
+        }
+    }
+
+    /// Replaces the program if the VIPs changed.
+    fn update(&mut self, vips: Vec<IpAddr>) {
+        use std::os::fd::AsFd;
+        if vips == self.vips {
+            return;
+        }
+        match Self::set(&self.queue.as_fd(), &vips) {
+            Ok(()) => self.vips = vips,
+            Err(error) => {
+                tracing::warn!(%error, "cannot update the packet steering program; packets to new VIPs may reach another worker than their flow's")
+            }
+        }
+    }
+
+    fn set(queue: &impl std::os::fd::AsFd, vips: &[IpAddr]) -> io::Result<()> {
+        let program = crate::sys::load_socket_filter(&super::steering::program(vips), "lbd_steer")?;
+        crate::sys::set_tun_steering(queue.as_fd(), &program)
     }
 }
 
@@ -358,10 +421,11 @@ fn run(
     queue: &tun_rs::SyncDevice,
     egress: &Egress,
     table: &TableHandle,
-    flows: &FlowTable,
+    flows: Partition<'_>,
     drops: &Drops,
     stop: &AtomicBool,
 ) {
+    let mut next_sweep = Millis::now();
     let mut buf = vec![0u8; PACKET_AT + PACKET_MAX];
     let mut icmp = Vec::with_capacity(128);
     let mut cut = Segments::default();
@@ -374,6 +438,13 @@ fn run(
         return;
     }
     while !stop.load(Relaxed) {
+        let now = Millis::now();
+        if now >= next_sweep {
+            for _ in 0..SHARDS_PER_SWEEP {
+                flows.sweep(now);
+            }
+            next_sweep = now.plus(SWEEP_EVERY_MS);
+        }
         let read = match queue.recv(&mut buf[ETHERNET_LEN..]) {
             Ok(read) => read,
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
@@ -395,7 +466,7 @@ fn run(
             continue;
         };
         let packet = &mut buf[PACKET_AT..end];
-        let to = match path::handle_offloaded(packet, offload, &table.load(), flows, Millis::now()) {
+        let to = match path::handle_offloaded(packet, offload, &table.load(), flows, now) {
             Verdict::Send => Outlet::Tun,
             Verdict::Route(real) => Outlet::Frame(real),
             Verdict::Unreachable(vip) => {
@@ -488,10 +559,10 @@ fn deliver(
     }
 }
 
-/// Blocks until the TUN queue has a packet, or 100 ms passed (to see the stop flag).
+/// Blocks until the TUN queue has a packet, or a sweep is due (the stop flag is seen then too).
 fn wait_readable(queue: &tun_rs::SyncDevice) {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     use std::os::fd::AsFd;
     let mut fds = [PollFd::new(queue.as_fd(), PollFlags::POLLIN)];
-    let _ = poll(&mut fds, PollTimeout::from(100u16));
+    let _ = poll(&mut fds, PollTimeout::from(SWEEP_EVERY_MS as u16));
 }

@@ -78,7 +78,7 @@ pub(super) fn conn_overhead(real: &Real) -> u64 {
 
 /// An address as the hash schedulers see it: IPv4 in host order, IPv6 as the XOR of its four
 /// 32-bit words (the kernel's `addr_fold`, then `ntohl`).
-pub(super) fn fold(ip: IpAddr) -> u32 {
+pub(crate) fn fold(ip: IpAddr) -> u32 {
     match ip {
         IpAddr::V4(v4) => u32::from(v4),
         IpAddr::V6(v6) => {

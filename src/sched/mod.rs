@@ -27,6 +27,7 @@ mod twos;
 mod wlc;
 mod wrr;
 
+pub(crate) use common::fold;
 use std::{fmt, net::SocketAddr, sync::Arc};
 
 use crate::{

@@ -71,3 +71,144 @@ pub(crate) fn packet_socket(ifindex: u32) -> io::Result<Socket> {
     }
     Ok(socket)
 }
+
+/// `bpf(2)` commands and the program type used here (linux/bpf.h).
+const BPF_PROG_LOAD: libc::c_long = 5;
+#[cfg(test)]
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
+const BPF_PROG_TYPE_SOCKET_FILTER: u32 = 1;
+
+/// The `BPF_PROG_LOAD` part of `union bpf_attr`, up to the fields used here (the kernel reads
+/// the ones after them as zero).
+#[repr(C)]
+#[derive(Default)]
+struct ProgramLoad {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+}
+
+/// The `BPF_PROG_TEST_RUN` part of `union bpf_attr`.
+#[cfg(test)]
+#[repr(C)]
+#[derive(Default)]
+struct TestRun {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+}
+
+/// Calls `bpf(command, attr, size_of(attr))`.
+fn bpf<T>(command: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
+    // SAFETY: `attr` is a live, initialised `repr(C)` prefix of `union bpf_attr` for this
+    // command, exclusively borrowed for the whole call, and the size passed is its own; every
+    // pointer inside it was set by the caller to memory that outlives the call.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            command,
+            std::ptr::from_mut(attr).cast::<libc::c_void>(),
+            std::mem::size_of::<T>(),
+        )
+    };
+    if result < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(result)
+    }
+}
+
+/// Loads `program` as a socket-filter eBPF program named `name` (at most 15 bytes are kept).
+/// A program the verifier refuses gives an error carrying the verifier's log.
+pub(crate) fn load_socket_filter(
+    program: &[crate::lvs::steering::Insn],
+    name: &str,
+) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let license = c"GPL";
+    let mut log = vec![0u8; 64 * 1024];
+    let mut attr = ProgramLoad {
+        prog_type: BPF_PROG_TYPE_SOCKET_FILTER,
+        insn_cnt: u32::try_from(program.len())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "eBPF program too long"))?,
+        insns: program.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        log_level: 1,
+        log_size: log.len() as u32,
+        log_buf: log.as_mut_ptr() as u64,
+        ..ProgramLoad::default()
+    };
+    for (slot, byte) in attr.prog_name.iter_mut().zip(name.bytes().take(15)) {
+        *slot = byte;
+    }
+    match bpf(BPF_PROG_LOAD, &mut attr) {
+        Ok(fd) => {
+            let fd = i32::try_from(fd).map_err(|_| io::Error::other("bpf returned a bad descriptor"))?;
+            // SAFETY: a successful BPF_PROG_LOAD returns a new descriptor that nothing else
+            // owns; it is handed to the `OwnedFd` here, once.
+            Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+        }
+        Err(error) => {
+            let end = log.iter().position(|&byte| byte == 0).unwrap_or(log.len());
+            let text = String::from_utf8_lossy(&log[..end]);
+            let last: Vec<&str> = text.lines().rev().take(3).collect();
+            if last.is_empty() {
+                Err(error)
+            } else {
+                Err(io::Error::new(
+                    error.kind(),
+                    format!(
+                        "{error}; verifier: {}",
+                        last.into_iter().rev().collect::<Vec<_>>().join(" / ")
+                    ),
+                ))
+            }
+        }
+    }
+}
+
+/// (Tests.) Runs a loaded socket-filter program once on `frame` (an Ethernet frame; the program sees
+/// the packet after its Ethernet header) and returns what it returned.
+#[cfg(test)]
+pub(crate) fn test_run(program: &std::os::fd::OwnedFd, frame: &[u8]) -> io::Result<u32> {
+    use std::os::fd::AsRawFd;
+    let mut attr = TestRun {
+        prog_fd: u32::try_from(program.as_raw_fd()).map_err(|_| io::Error::other("bad descriptor"))?,
+        data_size_in: u32::try_from(frame.len())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame too long"))?,
+        data_in: frame.as_ptr() as u64,
+        repeat: 1,
+        ..TestRun::default()
+    };
+    bpf(BPF_PROG_TEST_RUN, &mut attr)?;
+    Ok(attr.retval)
+}
+
+/// Makes `program` choose the queue of every packet the kernel hands to the TUN device that
+/// `queue` is a queue of (`TUNSETSTEERINGEBPF`); it replaces the program set before, if any.
+pub(crate) fn set_tun_steering(
+    queue: std::os::fd::BorrowedFd<'_>,
+    program: &std::os::fd::OwnedFd,
+) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd: libc::c_int = program.as_raw_fd();
+    // SAFETY: `queue` is an open TUN queue descriptor borrowed for the call, and the ioctl
+    // reads one `c_int` from the pointer, which points to `fd`, live for the whole call.
+    let result = unsafe { libc::ioctl(queue.as_raw_fd(), libc::TUNSETSTEERINGEBPF, &raw const fd) };
+    if result != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

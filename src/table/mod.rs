@@ -11,7 +11,7 @@ mod state;
 
 use std::{
     collections::HashMap,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering::Relaxed},
@@ -64,6 +64,8 @@ impl TableHandle {
 pub struct ServiceTable {
     services: Vec<Arc<Service>>,
     index: HashMap<ServiceKey, usize>,
+    /// The VIPs of the services that forward packets (nat, dr, tun), sorted, each once.
+    packet_vips: Vec<IpAddr>,
     /// Idle and connect timeouts in force.
     pub timeouts: Timeouts,
 }
@@ -90,8 +92,20 @@ impl ServiceTable {
         Self {
             services,
             index,
+            packet_vips: packet_vips(config),
             timeouts: config.timeouts,
         }
+    }
+
+    /// The VIPs of the services that forward packets (nat, dr, tun): the addresses routed to
+    /// the TUN device.
+    pub fn packet_vips(&self) -> &[IpAddr] {
+        &self.packet_vips
+    }
+
+    /// Whether `ip` is the VIP of a service that forwards packets.
+    pub fn is_packet_vip(&self, ip: IpAddr) -> bool {
+        self.packet_vips.binary_search(&ip).is_ok()
     }
 
     /// The service with this identity.
@@ -103,6 +117,20 @@ impl ServiceTable {
     pub fn services(&self) -> &[Arc<Service>] {
         &self.services
     }
+}
+
+/// The VIPs of `config`'s services that forward packets (nat, dr, tun), sorted, each once:
+/// the addresses routed to the TUN device.
+pub fn packet_vips(config: &Config) -> Vec<IpAddr> {
+    let mut vips: Vec<IpAddr> = config
+        .services
+        .iter()
+        .filter(|service| service.forward != ForwardMethod::Proxy)
+        .map(|service| service.listen.ip())
+        .collect();
+    vips.sort_unstable();
+    vips.dedup();
+    vips
 }
 
 /// Totals of one virtual service.

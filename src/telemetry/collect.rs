@@ -4,7 +4,7 @@ use std::{fmt::Write, sync::atomic::Ordering::Relaxed};
 
 use crate::{
     config::Protocol,
-    lvs::plane::Drops,
+    lvs::plane::PacketShared,
     table::{Real, Service, ServiceTable},
 };
 
@@ -199,7 +199,8 @@ pub(super) fn table(out: &mut String, table: &ServiceTable, flows: (usize, usize
 }
 
 /// Writes the packet data plane's drop counters.
-pub(super) fn drops(out: &mut String, drops: &Drops) {
+pub(super) fn packets(out: &mut String, packet: &PacketShared) {
+    let drops = &packet.drops;
     family(
         out,
         "lbd_packets_dropped_total",
@@ -222,6 +223,13 @@ pub(super) fn drops(out: &mut String, drops: &Drops) {
             }
         },
     );
+    family(
+        out,
+        "lbd_packets_misqueued_total",
+        "counter",
+        "Packets the kernel handed to another packet worker than the one owning their flow (0 while eBPF steering is attached).",
+        |out| sample(out, "lbd_packets_misqueued_total", &[], packet.flows.misqueued()),
+    );
 }
 
 /// Writes a family's `# HELP` and `# TYPE` lines, then its samples.
@@ -235,17 +243,20 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: impl Fn
 /// Writes one sample line.
 fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: u64) {
     out.push_str(name);
-    out.push('{');
-    for (i, (key, value)) in labels.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
+    if !labels.is_empty() {
+        out.push('{');
+        for (i, (key, value)) in labels.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(key);
+            out.push_str("=\"");
+            escape(out, value);
+            out.push('"');
         }
-        out.push_str(key);
-        out.push_str("=\"");
-        escape(out, value);
-        out.push('"');
+        out.push('}');
     }
-    let _ = writeln!(out, "}} {value}");
+    let _ = writeln!(out, " {value}");
 }
 
 /// Label values escape backslash, double quote and newline.

@@ -75,6 +75,6 @@ pub fn render(table: &TableHandle, flows: &FlowTracker, packet: &PacketShared) -
     let (tcp, udp) = flows.count_by_protocol();
     let (packet_tcp, packet_udp) = packet.flows.count_by_protocol();
     collect::table(&mut page, &table.load(), (tcp + packet_tcp, udp + packet_udp));
-    collect::drops(&mut page, &packet.drops);
+    collect::packets(&mut page, packet);
     page
 }
