@@ -1,16 +1,25 @@
 //! Arbitrary bytes through the packet data plane, as if read from the TUN device: parsing,
-//! every rewrite and ICMP translation, against a table with a nat, a dr and a tun service;
-//! from either of two workers' partitions; once plain, once behind a `virtio_net_hdr` taken from the first bytes (offloaded packets).
+//! every rewrite and ICMP translation, against a table with a nat, a dr and a tun service,
+//! from either of two workers' partitions; once plain, once behind a `virtio_net_hdr` taken
+//! from the first bytes (offloaded packets). What comes out is offered to a UDP joiner that
+//! keeps its batches across inputs, so joined batches of fuzzed datagrams are built and sent.
 //! Run: `cargo +nightly fuzz run packet_path -- -max_total_time=600`.
 #![no_main]
 
-use std::sync::OnceLock;
+use std::{
+    cell::RefCell,
+    sync::OnceLock,
+};
 
 use libfuzzer_sys::fuzz_target;
 use ulvs::{
     clock::Millis,
     config,
-    lvs::{flow_table::FlowTable, path},
+    lvs::{
+        coalesce::{Coalescer, Offer, Outlet},
+        flow_table::FlowTable,
+        path,
+    },
     packet::{Ipv4Packet, Offload, VNET_HEADER_LEN},
     table::{HealthView, ServiceTable},
 };
@@ -32,15 +41,42 @@ fn flows() -> &'static FlowTable {
     FLOWS.get_or_init(|| FlowTable::new(10_000, 1_000, 2))
 }
 
+thread_local! {
+    static JOINER: RefCell<Coalescer> = RefCell::new(Coalescer::default());
+}
+
+/// Offers a handled packet to the joiner as the worker does; every input ends with the
+/// batches sent (read back and cut as the kernel would be asked to).
+fn join(packet: &[u8], offload: Offload, flush_all: bool) {
+    JOINER.with_borrow_mut(|joiner| {
+        let outlet = if packet.len() % 3 == 0 { Outlet::Frame([10, 77, 0, 12].into()) } else { Outlet::Tun };
+        let mut offer = joiner.offer(packet, offload, outlet);
+        if let Offer::Flush(slot) = offer {
+            let _ = joiner.take(slot).map(|batch| batch.offload.segments(batch.buf.len()));
+            offer = joiner.offer(packet, offload, outlet);
+        }
+        if let Offer::Full(slot) = offer {
+            let _ = joiner.take(slot).map(|batch| batch.offload.segments(batch.buf.len()));
+        }
+        if flush_all {
+            joiner.take_all(|batch| {
+                let _ = batch.offload.segments(batch.buf.len());
+            });
+        }
+    });
+}
+
 fuzz_target!(|data: &[u8]| {
     // Two workers' partitions; a packet may reach either (as without steering).
     let flows = flows().partition(data.len() % 2);
     let mut bytes = data.to_vec();
     let _ = path::handle(&mut bytes, table(), flows, Millis(1));
+    join(&bytes, Offload::PLAIN, data.first() == Some(&0));
     // As an offloading TUN device hands packets over: a virtio_net_hdr, then the packet.
     if let Some(offload) = Offload::decode(data) {
         let mut bytes = data[VNET_HEADER_LEN..].to_vec();
         let _ = path::handle_offloaded(&mut bytes, offload, table(), flows, Millis(1));
+        join(&bytes, offload, false);
         let header = offload.with_header_len(&bytes).shifted(14);
         let _ = header.segments(bytes.len());
         let _ = offload.complete_checksum(&mut bytes);
@@ -53,5 +89,5 @@ fuzz_target!(|data: &[u8]| {
         packet.set_source("10.0.0.2:2".parse().unwrap());
         packet.set_destination("10.0.0.3:3".parse().unwrap());
     }
-    flows().sweep(Millis(1_000_000));
+    flows.sweep(Millis(1_000_000));
 });
