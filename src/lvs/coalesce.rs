@@ -90,8 +90,8 @@ struct Batch {
 #[derive(Debug)]
 pub struct Coalescer {
     batches: Vec<Batch>,
-    /// Slots with a pending batch.
-    pending: Vec<usize>,
+    /// Slots with a pending batch, one bit each (set and cleared in one step).
+    pending: [u64; SLOTS / 64],
     hasher: ahash::RandomState,
 }
 
@@ -115,7 +115,7 @@ impl Default for Coalescer {
                     closed: false,
                 })
                 .collect(),
-            pending: Vec::with_capacity(SLOTS),
+            pending: [0; SLOTS / 64],
             hasher: ahash::RandomState::new(),
         }
     }
@@ -153,7 +153,7 @@ fn same_flow(a: &[u8], b: &[u8]) -> bool {
 impl Coalescer {
     /// Whether no batch is pending.
     pub fn is_empty(&self) -> bool {
-        self.pending.is_empty()
+        self.pending.iter().all(|&bits| bits == 0)
     }
 
     /// Offers `packet` (rewritten, headed for `outlet`).
@@ -187,7 +187,7 @@ impl Coalescer {
             batch.segments = 1;
             batch.segment_size = payload;
             batch.closed = false;
-            self.pending.push(slot);
+            self.pending[slot / 64] |= 1 << (slot % 64);
             return Offer::Taken;
         }
         let fits = !batch.closed
@@ -212,17 +212,22 @@ impl Coalescer {
     /// left partial for the kernel to finish per datagram); the slot is empty afterwards.
     pub fn take(&mut self, slot: usize) -> Option<Joined<'_>> {
         let batch = self.batches.get_mut(slot).filter(|batch| batch.len != 0)?;
-        self.pending.retain(|&pending| pending != slot);
+        self.pending[slot / 64] &= !(1 << (slot % 64));
         Some(batch.finish())
     }
 
     /// Takes every pending batch in turn (call when the queue is empty), handing each to
     /// `send`.
     pub fn take_all(&mut self, mut send: impl FnMut(Joined<'_>)) {
-        for slot in self.pending.drain(..) {
-            let batch = &mut self.batches[slot];
-            if batch.len != 0 {
-                send(batch.finish());
+        for word in 0..self.pending.len() {
+            let mut bits = std::mem::take(&mut self.pending[word]);
+            while bits != 0 {
+                let slot = word * 64 + bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                let batch = &mut self.batches[slot];
+                if batch.len != 0 {
+                    send(batch.finish());
+                }
             }
         }
     }
