@@ -395,42 +395,54 @@ fn nat_steers_each_client_to_the_worker_that_owns_its_flows() {
         "the steering program is attached: {}",
         lbd.log_text()
     );
-    let served = in_netns(&topology.client, move || {
-        let mut served = 0;
-        for client in &clients {
-            let from: SocketAddr = format!("{client}:0").parse().unwrap();
-            // TCP: greeting, then an echo.
-            let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-            socket.bind(&from.into()).unwrap();
-            let vip: SocketAddr = format!("{VIP}:80").parse().unwrap();
-            socket
-                .connect_timeout(&vip.into(), Duration::from_secs(5))
-                .expect("connect to the VIP");
-            let mut stream = TcpStream::from(socket);
-            stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut line = String::new();
-            reader.read_line(&mut line).unwrap();
-            assert!(line.trim().ends_with(client.as_str()), "{line}");
-            stream.write_all(b"echo\n").unwrap();
-            line.clear();
-            reader.read_line(&mut line).unwrap();
-            assert_eq!(line, "echo\n");
-            // UDP: one datagram and its answer.
-            let udp = UdpSocket::bind(from).unwrap();
-            udp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            udp.send_to(b"ping", format!("{VIP}:53")).unwrap();
-            let mut buffer = [0u8; 16];
-            udp.recv_from(&mut buffer).expect("a UDP reply");
-            served += 1;
-        }
-        served
-    });
-    assert_eq!(served, 16);
+    let serve_all = |vip: &'static str| {
+        let clients = clients.clone();
+        in_netns(&topology.client, move || {
+            for client in &clients {
+                let from: SocketAddr = format!("{client}:0").parse().unwrap();
+                // TCP: greeting, then an echo.
+                let socket =
+                    socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+                socket.bind(&from.into()).unwrap();
+                let to: SocketAddr = format!("{vip}:80").parse().unwrap();
+                socket
+                    .connect_timeout(&to.into(), Duration::from_secs(5))
+                    .expect("connect to the VIP");
+                let mut stream = TcpStream::from(socket);
+                stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                assert!(line.trim().ends_with(client.as_str()), "{line}");
+                stream.write_all(b"echo\n").unwrap();
+                line.clear();
+                reader.read_line(&mut line).unwrap();
+                assert_eq!(line, "echo\n");
+                // UDP: one datagram and its answer.
+                let udp = UdpSocket::bind(from).unwrap();
+                udp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                udp.send_to(b"ping", format!("{vip}:53")).unwrap();
+                let mut buffer = [0u8; 16];
+                udp.recv_from(&mut buffer).expect("a UDP reply");
+            }
+        });
+    };
+    serve_all(VIP);
     assert_eq!(
         metric(&topology.director, "lbd_packets_misqueued_total".to_owned()),
         0,
         "packets reached another worker than their flow's"
+    );
+    // A reload that adds a VIP replaces the steering program: its flows are steered too.
+    let second = config.replace("services:\n", "services:\n  - { name: web2, protocol: tcp, listen: '192.168.77.101:80', scheduler: rr, forward: nat, reals: [{address: '10.77.0.11:8080'}, {address: '10.77.0.12:8080'}] }\n  - { name: dns2, protocol: udp, listen: '192.168.77.101:53', scheduler: rr, forward: nat, reals: [{address: '10.77.0.11:5353'}, {address: '10.77.0.12:5353'}] }\n");
+    std::fs::write(lbd.config_path(), second).unwrap();
+    lbd.signal(Signal::SIGHUP);
+    lbd.wait_for_log("configuration reloaded", 1);
+    serve_all("192.168.77.101");
+    assert_eq!(
+        metric(&topology.director, "lbd_packets_misqueued_total".to_owned()),
+        0,
+        "packets to the added VIP reached another worker than their flow's"
     );
 }
 
