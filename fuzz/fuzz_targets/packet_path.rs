@@ -16,7 +16,7 @@ use ulvs::{
     clock::Millis,
     config,
     lvs::{
-        coalesce::{Coalescer, Offer, Outlet},
+        coalesce::{Coalescer, Joined, Offer, Outlet},
         flow_table::FlowTable,
         path,
     },
@@ -45,23 +45,31 @@ thread_local! {
     static JOINER: RefCell<Coalescer> = RefCell::new(Coalescer::default());
 }
 
-/// Offers a handled packet to the joiner as the worker does; every input ends with the
-/// batches sent (read back and cut as the kernel would be asked to).
+/// What the worker does with a batch it sends: the kernel is told how many datagrams it holds.
+fn send(batch: Joined<'_>) {
+    let _ = batch.offload.segments(batch.buf.len());
+}
+
+/// Offers a handled packet to the joiner as the worker does (a batch that must leave first,
+/// or is full, is sent); with `flush_all`, every pending batch is sent afterwards, as when the
+/// queue runs empty.
 fn join(packet: &[u8], offload: Offload, flush_all: bool) {
     JOINER.with_borrow_mut(|joiner| {
         let outlet = if packet.len() % 3 == 0 { Outlet::Frame([10, 77, 0, 12].into()) } else { Outlet::Tun };
         let mut offer = joiner.offer(packet, offload, outlet);
         if let Offer::Flush(slot) = offer {
-            let _ = joiner.take(slot).map(|batch| batch.offload.segments(batch.buf.len()));
+            if let Some(batch) = joiner.take(slot) {
+                send(batch);
+            }
             offer = joiner.offer(packet, offload, outlet);
         }
-        if let Offer::Full(slot) = offer {
-            let _ = joiner.take(slot).map(|batch| batch.offload.segments(batch.buf.len()));
+        if let Offer::Full(slot) = offer
+            && let Some(batch) = joiner.take(slot)
+        {
+            send(batch);
         }
         if flush_all {
-            joiner.take_all(|batch| {
-                let _ = batch.offload.segments(batch.buf.len());
-            });
+            joiner.take_all(send);
         }
     });
 }

@@ -281,6 +281,21 @@ mod tests {
         out
     }
 
+    /// The worker of `workers` the kernel picks for `packet` with the loaded program: it runs
+    /// the program on the packet in an Ethernet frame, then keeps a u16 modulo the queues.
+    fn kernel_choice(program: &std::os::fd::OwnedFd, packet: &[u8], workers: usize) -> usize {
+        let ethertype: [u8; 2] = if packet[0] >> 4 == 6 {
+            [0x86, 0xdd]
+        } else {
+            [0x08, 0x00]
+        };
+        let mut frame = vec![0u8; 12];
+        frame.extend_from_slice(&ethertype);
+        frame.extend_from_slice(packet);
+        let result = crate::sys::test_run(program, &frame).expect("test run");
+        (result & 0xffff) as usize % workers
+    }
+
     /// The kernel runs the program on packets (`BPF_PROG_TEST_RUN`) and must choose the
     /// worker `owner` chooses for the flow's client. Needs root (CAP_BPF).
     #[test]
@@ -311,12 +326,8 @@ mod tests {
         ];
         for workers in [2, 3, 4] {
             for (what, packet, client) in &cases {
-                let mut frame = vec![0u8; 12];
-                frame.extend_from_slice(&[0x08, 0x00]);
-                frame.extend_from_slice(packet);
-                let result = crate::sys::test_run(&fd, &frame).expect("test run");
                 assert_eq!(
-                    (result & 0xffff) as usize % workers,
+                    kernel_choice(&fd, packet, workers),
                     owner(IpAddr::V4(*client), workers),
                     "{what}, {workers} workers"
                 );
@@ -326,11 +337,7 @@ mod tests {
         for i in 0..500u32 {
             let client = Ipv4Addr::from(0x0a10_0000 + i * 7919);
             for packet in [udp(client.octets(), VIP.octets()), udp(real, client.octets())] {
-                let mut frame = vec![0u8; 12];
-                frame.extend_from_slice(&[0x08, 0x00]);
-                frame.extend_from_slice(&packet);
-                let result = crate::sys::test_run(&fd, &frame).expect("test run");
-                assert_eq!((result & 0xffff) as usize % 4, owner(IpAddr::V4(client), 4));
+                assert_eq!(kernel_choice(&fd, &packet, 4), owner(IpAddr::V4(client), 4));
             }
         }
         // IPv6: a client's packet to the VIP and the reply.
@@ -339,14 +346,12 @@ mod tests {
             (client6, "2001:db8::100".parse::<Ipv6Addr>().unwrap()),
             ("2001:db8:2::11".parse().unwrap(), client6),
         ] {
-            let mut frame = vec![0u8; 12];
-            frame.extend_from_slice(&[0x86, 0xdd]);
+            let mut packet = Vec::new();
             PacketBuilder::ipv6(source.octets(), destination.octets(), 64)
                 .udp(5000, 80)
-                .write(&mut frame, b"x")
+                .write(&mut packet, b"x")
                 .unwrap();
-            let result = crate::sys::test_run(&fd, &frame).expect("test run");
-            assert_eq!((result & 0xffff) as usize % 4, owner(IpAddr::V6(client6), 4));
+            assert_eq!(kernel_choice(&fd, &packet, 4), owner(IpAddr::V6(client6), 4));
         }
     }
 }

@@ -163,18 +163,15 @@ pub(crate) fn load_socket_filter(
         Err(error) => {
             let end = log.iter().position(|&byte| byte == 0).unwrap_or(log.len());
             let text = String::from_utf8_lossy(&log[..end]);
-            let last: Vec<&str> = text.lines().rev().take(3).collect();
+            let lines: Vec<&str> = text.lines().collect();
+            let last = &lines[lines.len().saturating_sub(3)..];
             if last.is_empty() {
-                Err(error)
-            } else {
-                Err(io::Error::new(
-                    error.kind(),
-                    format!(
-                        "{error}; verifier: {}",
-                        last.into_iter().rev().collect::<Vec<_>>().join(" / ")
-                    ),
-                ))
+                return Err(error);
             }
+            Err(io::Error::new(
+                error.kind(),
+                format!("{error}; verifier: {}", last.join(" / ")),
+            ))
         }
     }
 }
