@@ -1,4 +1,4 @@
-//! The packet data plane in network namespaces built from scratch (reference/netns.md): a
+//! The packet data plane in network namespaces built from scratch: a
 //! client, the director running the real `lbd`, two real servers. Needs root; without it the
 //! tests say why they skip. Every namespace (and with it every veth, bridge and TUN) is
 //! deleted at the end, pass or fail.

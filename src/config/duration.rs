@@ -1,7 +1,80 @@
 //! Durations written as strings in the config file: `500ms`, `2s`, `5m`, `1h`, `1d`, and sums
-//! of them such as `1m30s`.
+//! of them such as `1m30s`. Every duration key has a range ([`Range`]): a value outside it is
+//! refused with the key's limits, so no configured duration can overflow a clock it meets.
 
 use std::time::Duration;
+
+/// The longest any duration may be written, whatever the key: longer sums are refused while
+/// they are added up, before anything can overflow.
+const LONGEST: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+/// The range a duration key accepts (both ends included).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Range {
+    /// The shortest value.
+    pub(crate) min: Duration,
+    /// The longest value.
+    pub(crate) max: Duration,
+}
+
+const fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+const DAY: u64 = 86_400;
+
+/// Idle timeouts of flows (`timeouts.tcp`, `tcp_fin`, `udp`, a service's `udp_timeout`):
+/// above 0, at most 30 days.
+pub(crate) const IDLE: Range = Range {
+    min: Duration::from_millis(1),
+    max: secs(30 * DAY),
+};
+/// `timeouts.connect`: above 0, at most 10 minutes.
+pub(crate) const CONNECT: Range = Range {
+    min: Duration::from_millis(1),
+    max: secs(600),
+};
+/// `drain_timeout`: 0 (exit at once) to 1 day.
+pub(crate) const DRAIN: Range = Range {
+    min: Duration::ZERO,
+    max: secs(DAY),
+};
+/// `persistence.timeout`: 1 second to 30 days.
+pub(crate) const PERSISTENCE: Range = Range {
+    min: secs(1),
+    max: secs(30 * DAY),
+};
+/// `health_check.interval`: above 0, at most 1 day.
+pub(crate) const CHECK_INTERVAL: Range = Range {
+    min: Duration::from_millis(1),
+    max: secs(DAY),
+};
+/// `health_check.timeout`: above 0, at most 1 hour.
+pub(crate) const CHECK_TIMEOUT: Range = Range {
+    min: Duration::from_millis(1),
+    max: secs(3_600),
+};
+
+impl Range {
+    /// Parses `text` and checks it is within the range; the error names both limits.
+    pub(crate) fn parse(self, text: &str) -> Result<Duration, String> {
+        let value = parse(text)?;
+        if value < self.min || value > self.max {
+            let min = if self.min.is_zero() {
+                "0s".to_owned()
+            } else if self.min == Duration::from_millis(1) {
+                "longer than 0s".to_owned()
+            } else {
+                format(self.min)
+            };
+            return Err(format!(
+                "duration `{text}` is out of range: it must be {min} to {}",
+                format(self.max)
+            ));
+        }
+        Ok(value)
+    }
+}
 
 /// Parses a duration string; the error explains the accepted form.
 pub fn parse(text: &str) -> Result<Duration, String> {
@@ -29,35 +102,54 @@ pub fn parse(text: &str) -> Result<Duration, String> {
             "d" => Duration::from_secs(value * 86_400),
             _ => return Err(bad()),
         };
-        total += unit;
+        total = total
+            .checked_add(unit)
+            .filter(|total| *total <= LONGEST)
+            .ok_or_else(|| format!("invalid duration `{text}`: longer than 100 years"))?;
         rest = &rest[unit_len..];
     }
     Ok(total)
 }
 
-/// Formats a duration the way the config file writes it (`900s`, `1500ms`).
+/// Formats a duration the way the config file writes it (`900s`, `1500ms`, `30d`).
 pub fn format(duration: Duration) -> String {
-    if duration.subsec_millis() == 0 {
+    if duration.subsec_millis() == 0 && duration.as_secs() >= DAY && duration.as_secs() % DAY == 0 {
+        format!("{}d", duration.as_secs() / DAY)
+    } else if duration.subsec_millis() == 0 {
         format!("{}s", duration.as_secs())
     } else {
         format!("{}ms", duration.as_millis())
     }
 }
 
-/// serde adapter: `#[serde(with = "duration::serde_str")]`.
-pub(crate) mod serde_str {
-    use std::time::Duration;
+/// serde adapters for durations within a [`Range`]: one module per range, used as
+/// `#[serde(with = "duration::idle")]`.
+macro_rules! serde_range {
+    ($($module:ident => $range:ident,)*) => {$(
+        #[doc = concat!("serde adapter for a duration within [`", stringify!($range), "`].")]
+        pub(crate) mod $module {
+            use std::time::Duration;
 
-    use serde::{Deserialize, Deserializer, Serializer};
+            use serde::{Deserialize, Deserializer, Serializer};
 
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        super::parse(&text).map_err(serde::de::Error::custom)
-    }
+            pub(crate) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+                let text = String::deserialize(deserializer)?;
+                super::$range.parse(&text).map_err(serde::de::Error::custom)
+            }
 
-    pub(crate) fn serialize<S: Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&super::format(*duration))
-    }
+            #[allow(dead_code, reason = "not every range is written back")]
+            pub(crate) fn serialize<S: Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(&super::format(*duration))
+            }
+        }
+    )*};
+}
+
+serde_range! {
+    idle => IDLE,
+    connect => CONNECT,
+    drain => DRAIN,
+    persistence => PERSISTENCE,
 }
 
 #[cfg(test)]
@@ -94,8 +186,30 @@ mod tests {
     }
 
     #[test]
+    fn sums_that_would_overflow_are_refused() {
+        // 250 terms of 999999999999d overflowed `Duration` before sums were checked.
+        let text = "999999999999d".repeat(250);
+        assert!(parse(&text).unwrap_err().contains("longer than 100 years"));
+        let text = "1d".repeat(200);
+        assert_eq!(parse(&text).unwrap(), Duration::from_secs(200 * DAY));
+    }
+
+    #[test]
+    fn ranges_name_their_limits() {
+        assert_eq!(IDLE.parse("30d").unwrap(), Duration::from_secs(30 * DAY));
+        let message = IDLE.parse("31d").unwrap_err();
+        assert_eq!(
+            message,
+            "duration `31d` is out of range: it must be longer than 0s to 30d"
+        );
+        assert!(IDLE.parse("0s").is_err());
+        assert!(DRAIN.parse("0s").is_ok());
+        assert!(PERSISTENCE.parse("500ms").unwrap_err().contains("1s to 30d"));
+    }
+
+    #[test]
     fn format_round_trips() {
-        for text in ["900s", "1500ms", "0s"] {
+        for text in ["900s", "1500ms", "0s", "30d"] {
             assert_eq!(format(parse(text).unwrap()), text);
         }
     }

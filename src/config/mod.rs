@@ -1,4 +1,4 @@
-//! The configuration file (SPEC section 2): YAML text in, a typed [`Config`] out.
+//! The configuration file: YAML text in, a typed [`Config`] out.
 //!
 //! Parsing goes YAML → serde structs that reject unknown keys → typed values that cannot hold
 //! invalid states (addresses parsed, ranges expanded, weights bounded). Checks that span several
@@ -36,8 +36,14 @@ pub fn parse(source: &str, origin: &str) -> Result<Config, ConfigError> {
     Ok(config)
 }
 
-/// Parses a `services:` list on its own (the format of `lbadm save`).
-pub fn parse_services(source: &str, origin: &str) -> Result<Vec<ServiceConfig>, ConfigError> {
+/// Parses a `services:` list on its own (the format of `lbadm save` and the state file), and
+/// checks it as the services of `running`: the rest of the configuration (the `dataplane`
+/// section, for one) is the running one's.
+pub fn parse_services(
+    source: &str,
+    origin: &str,
+    running: &Config,
+) -> Result<Vec<ServiceConfig>, ConfigError> {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct ServicesOnly {
@@ -47,7 +53,7 @@ pub fn parse_services(source: &str, origin: &str) -> Result<Vec<ServiceConfig>, 
     let parsed: ServicesOnly = serde_yaml::from_str(source).map_err(|error| yaml_error(&error, origin))?;
     let config = Config {
         services: parsed.services,
-        ..Config::default()
+        ..running.clone_without_services()
     };
     validate(&config)
         .and_then(|()| supported(&config))
@@ -55,15 +61,12 @@ pub fn parse_services(source: &str, origin: &str) -> Result<Vec<ServiceConfig>, 
     Ok(config.services)
 }
 
-/// Checks a services table built at run time (admin API, state file) by the config file's
-/// rules: unique services and names, supported settings. The message names the problem.
-pub fn check_services(services: &[ServiceConfig]) -> Result<(), String> {
-    let config = Config {
-        services: services.to_vec(),
-        ..Config::default()
-    };
-    validate(&config)
-        .and_then(|()| supported(&config))
+/// Checks a configuration built at run time (an admin change to the running one) by the
+/// config file's rules: unique services and names, settings that can work together. The
+/// message names the problem.
+pub fn check(config: &Config) -> Result<(), String> {
+    validate(config)
+        .and_then(|()| supported(config))
         .map_err(|problem| problem.message)
 }
 
@@ -196,10 +199,10 @@ fn supported(config: &Config) -> Result<(), Problem> {
                 occurrence,
             )
         };
-        let forwards =
-            std::iter::once(service.forward).chain(service.reals.iter().map(|real| real.forward_in(service)));
-        let forwards: Vec<ForwardMethod> = forwards.collect();
-        let packets = forwards.iter().any(|forward| *forward != ForwardMethod::Proxy);
+        let forwards: Vec<ForwardMethod> = std::iter::once(service.forward)
+            .chain(service.reals.iter().map(|real| real.forward_in(service)))
+            .collect();
+        let packets = service.on_packet_plane();
         let problem = |message: String| Problem {
             message: format!("service `{}`: {message}", service.name),
             needle: service.listen_text.clone(),
@@ -208,7 +211,7 @@ fn supported(config: &Config) -> Result<(), Problem> {
         if packets && config.dataplane.is_none() {
             return Err(problem(
                 "forward nat, dr and tun need a `dataplane:` section (the TUN device and the \
-                 server-side interface, SPEC section 6)"
+                 server-side interface; see docs/forwarding.md)"
                     .to_owned(),
             ));
         }

@@ -1,4 +1,4 @@
-//! Nodeset range expansion for real-server addresses (SPEC 2.1).
+//! Nodeset range expansion for real-server addresses (ClusterShell syntax).
 //!
 //! Brackets expand like ClusterShell node sets: `10.0.0.[1-4]:80`, `10.0.0.[1,3,7-9]:80`,
 //! `127.0.0.1:[9001-9003]` and `10.0.[1-2].[1-2]:80` (cartesian product, leftmost group varying

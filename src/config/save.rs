@@ -234,7 +234,7 @@ services:
 "#;
         let services = config::parse(source, "t").unwrap().services;
         let saved = services_yaml(&services);
-        let again = config::parse_services(&saved, "saved").unwrap();
+        let again = config::parse_services(&saved, "saved", &config::Config::default()).unwrap();
         assert_eq!(again, services, "{saved}");
     }
 }

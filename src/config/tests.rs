@@ -325,8 +325,91 @@ fn services_only_document() {
     let services = parse_services(
         "services:\n  - { protocol: udp, listen: '127.0.0.1:53' }\n",
         "<input>",
+        &Config::default(),
     )
     .unwrap();
     assert_eq!(services.len(), 1);
-    assert!(parse_services("workers: 1\n", "<input>").is_err());
+    assert!(parse_services("workers: 1\n", "<input>", &Config::default()).is_err());
+}
+
+#[test]
+fn services_are_checked_against_the_running_configuration() {
+    // A nat service needs the running config's `dataplane:`; it is accepted with it (state
+    // file, lbadm restore) and refused without it.
+    let nat = "services:\n  - { protocol: tcp, listen: '192.0.2.1:80', forward: nat, reals: [{address: '10.0.0.1'}] }\n";
+    let running = parse("dataplane: { tun: lbtun0, server_interface: br0 }\n", "lbd.yaml").unwrap();
+    assert_eq!(parse_services(nat, "state", &running).unwrap().len(), 1);
+    let error = parse_services(nat, "state", &Config::default())
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("dataplane"), "{error}");
+}
+
+#[test]
+fn names_that_read_as_another_services_key_are_refused() {
+    let shadow = "services:\n  - { name: 'tcp:127.0.0.1:18480', protocol: tcp, listen: '127.0.0.1:80' }\n";
+    let error = parse(shadow, "lbd.yaml").unwrap_err().to_string();
+    assert!(error.contains("reads as another service"), "{error}");
+    // Its own key is its default name, and may be written out.
+    let own = "services:\n  - { name: 'TCP:127.0.0.1:80', protocol: tcp, listen: '127.0.0.1:80' }\n";
+    assert!(parse(own, "lbd.yaml").is_ok());
+}
+
+#[test]
+fn combinations_that_cannot_work_are_refused() {
+    let dataplane = "dataplane: { tun: lbtun0, server_interface: br0 }\n";
+    for (service, expected) in [
+        (
+            "{ protocol: tcp, listen: '[2001:db8::1]:80', forward: nat }",
+            "IPv6",
+        ),
+        (
+            "{ protocol: tcp, listen: '192.0.2.1:80', forward: dr, reals: [{address: '[2001:db8::5]:80'}] }",
+            "IPv6",
+        ),
+        (
+            "{ protocol: tcp, listen: '192.0.2.1:80', reals: [{address: '10.0.0.1', forward: nat}] }",
+            "either proxied or forwards packets",
+        ),
+        (
+            "{ protocol: tcp, listen: '192.0.2.1:80', forward: nat, reals: [{address: '10.0.0.1', forward: proxy}] }",
+            "only choose among nat, dr and tun",
+        ),
+    ] {
+        let error = parse(&format!("{dataplane}services:\n  - {service}\n"), "lbd.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains(expected), "{service}: {error}");
+    }
+}
+
+#[test]
+fn every_duration_key_is_bounded() {
+    for (text, expected) in [
+        ("timeouts: { tcp_fin: 31d }\n", "timeouts.tcp_fin"),
+        ("timeouts: { tcp: 0s }\n", "timeouts.tcp"),
+        ("drain_timeout: 2d\n", "drain_timeout"),
+        (
+            "services:\n  - { protocol: tcp, listen: '127.0.0.1:80', persistence: { timeout: 999d } }\n",
+            "persistence.timeout",
+        ),
+        (
+            "services:\n  - { protocol: tcp, listen: '127.0.0.1:80', health_check: { type: tcp, interval: 2d } }\n",
+            "interval",
+        ),
+    ] {
+        let error = parse(text, "lbd.yaml").unwrap_err().to_string();
+        assert!(error.contains("out of range"), "{text}: {error}");
+        assert!(
+            error.contains(expected) || error.contains("lbd.yaml:"),
+            "{text}: {error}"
+        );
+    }
+    let huge = format!("timeouts: {{ tcp: {} }}\n", "999999999999d".repeat(250));
+    assert!(
+        parse(&huge, "lbd.yaml")
+            .unwrap_err()
+            .to_string()
+            .contains("100 years")
+    );
 }

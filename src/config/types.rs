@@ -1,5 +1,5 @@
 //! The typed configuration model. Every struct rejects unknown keys; every field not listed as
-//! required in SPEC section 2 has the default written in its doc comment.
+//! required has the default written in its doc comment.
 
 use std::{
     fmt,
@@ -27,7 +27,7 @@ pub struct Config {
     #[serde(default)]
     pub state_file: Option<PathBuf>,
     /// On SIGTERM, how long existing flows may finish. Default 30s.
-    #[serde(default = "default_drain_timeout", with = "duration::serde_str")]
+    #[serde(default = "default_drain_timeout", with = "duration::drain")]
     pub drain_timeout: Duration,
     /// Idle timeouts.
     #[serde(default)]
@@ -59,6 +59,20 @@ impl Default for Config {
 }
 
 impl Config {
+    /// A copy of every setting but the services (an empty table).
+    pub fn clone_without_services(&self) -> Self {
+        Self {
+            admin: self.admin.clone(),
+            metrics: self.metrics.clone(),
+            state_file: self.state_file.clone(),
+            drain_timeout: self.drain_timeout,
+            timeouts: self.timeouts,
+            workers: self.workers,
+            dataplane: self.dataplane.clone(),
+            services: Vec::new(),
+        }
+    }
+
     /// The number of data-plane threads to run: `workers`, or one per core when it is 0.
     pub fn worker_count(&self) -> usize {
         match self.workers {
@@ -77,16 +91,16 @@ fn default_drain_timeout() -> Duration {
 #[serde(deny_unknown_fields, default)]
 pub struct Timeouts {
     /// Idle timeout of an established TCP flow. Default 900s.
-    #[serde(with = "duration::serde_str")]
+    #[serde(with = "duration::idle")]
     pub tcp: Duration,
     /// Idle timeout of a TCP flow after its first FIN. Default 120s.
-    #[serde(with = "duration::serde_str")]
+    #[serde(with = "duration::idle")]
     pub tcp_fin: Duration,
     /// Idle timeout of a UDP flow. Default 300s.
-    #[serde(with = "duration::serde_str")]
+    #[serde(with = "duration::idle")]
     pub udp: Duration,
     /// Proxy mode: how long a connect to a real server may take. Default 3s.
-    #[serde(with = "duration::serde_str")]
+    #[serde(with = "duration::connect")]
     pub connect: Duration,
 }
 
@@ -226,6 +240,23 @@ impl fmt::Display for ServiceKey {
     }
 }
 
+impl ServiceKey {
+    /// Reads `tcp:VIP:PORT` or `udp:VIP:PORT` (the protocol in any case, an IPv6 VIP in
+    /// brackets); `None` for anything else, such as a service name.
+    pub fn parse(text: &str) -> Option<Self> {
+        let (protocol, address) = text.split_once(':')?;
+        let protocol = match protocol.to_ascii_lowercase().as_str() {
+            "tcp" => Protocol::Tcp,
+            "udp" => Protocol::Udp,
+            _ => return None,
+        };
+        Some(Self {
+            protocol,
+            listen: address.parse().ok()?,
+        })
+    }
+}
+
 /// A scheduler name, as ipvsadm `-s` takes it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -348,6 +379,16 @@ pub enum ForwardMethod {
 }
 
 impl ForwardMethod {
+    /// The name as the config file writes it: `proxy`, `nat`, `dr` or `tun`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Proxy => "proxy",
+            Self::Nat => "nat",
+            Self::Dr => "dr",
+            Self::Tun => "tun",
+        }
+    }
+
     /// The name in ipvsadm's `Forward` column: `Proxy`, `Masq`, `Route` or `Tunnel`.
     pub fn ipvsadm_name(self) -> &'static str {
         match self {
@@ -377,7 +418,7 @@ pub enum ProxyProtocol {
 #[serde(deny_unknown_fields)]
 pub struct Persistence {
     /// How long a client keeps its real after its last flow. Default 360s.
-    #[serde(default = "default_persistence_timeout", with = "duration::serde_str")]
+    #[serde(default = "default_persistence_timeout", with = "duration::persistence")]
     pub timeout: Duration,
     /// Granularity: clients in one masked network share a real. Default /32 (/128 for IPv6).
     #[serde(default)]
@@ -499,6 +540,14 @@ impl ServiceConfig {
             listen: self.listen,
         }
     }
+
+    /// Whether the service forwards packets (nat, dr, tun: its VIP is routed into the TUN
+    /// device) rather than proxying (lbd listens on the VIP). The one place that decides it:
+    /// a service is one or the other, and its reals may only choose among nat, dr and tun
+    /// when it forwards packets.
+    pub fn on_packet_plane(&self) -> bool {
+        self.forward != ForwardMethod::Proxy
+    }
 }
 
 /// One real server.
@@ -588,10 +637,20 @@ impl ServiceConfig {
                 raw.listen
             ));
         }
-        let name = raw.name.unwrap_or_else(|| format!("{}:{}", raw.protocol, listen));
+        let key = ServiceKey {
+            protocol: raw.protocol,
+            listen,
+        };
+        let name = raw.name.unwrap_or_else(|| key.to_string());
         if name.is_empty() || name.chars().any(|c| c.is_control() || c == '"' || c == '\\') {
             return Err(format!(
                 "name: `{name}` is not a usable service name (empty, or with quotes or control characters)"
+            ));
+        }
+        if ServiceKey::parse(&name).is_some_and(|named| named != key) {
+            return Err(format!(
+                "name: `{name}` reads as another service's protocol and address, so lbadm could \
+                 not tell them apart; choose a name that is not of the form tcp:VIP:PORT"
             ));
         }
         for flag in &raw.scheduler_flags {
@@ -603,6 +662,15 @@ impl ServiceConfig {
                     raw.scheduler
                 ));
             }
+        }
+        let packets = raw.forward != ForwardMethod::Proxy;
+        if packets && listen.is_ipv6() {
+            return Err(format!(
+                "listen: `{}` is IPv6, and forward {} handles IPv4 only so far; use forward: proxy \
+                 for an IPv6 service",
+                raw.listen,
+                raw.forward.name()
+            ));
         }
         if raw.one_packet && raw.protocol != Protocol::Udp {
             return Err("one_packet: only valid for udp services (as ipvsadm -o)".to_owned());
@@ -616,12 +684,37 @@ impl ServiceConfig {
                     raw_real.address, raw_real.min_conns, raw_real.max_conns
                 ));
             }
+            match (packets, raw_real.forward) {
+                (false, Some(forward)) if forward != ForwardMethod::Proxy => {
+                    return Err(format!(
+                        "reals: `{}`: forward {} on one real of a proxied service; a service is \
+                         either proxied or forwards packets, so set `forward: {}` on the service",
+                        raw_real.address,
+                        forward.name(),
+                        forward.name()
+                    ));
+                }
+                (true, Some(ForwardMethod::Proxy)) => {
+                    return Err(format!(
+                        "reals: `{}`: forward proxy on one real of a service that forwards \
+                         packets; a real may only choose among nat, dr and tun",
+                        raw_real.address
+                    ));
+                }
+                _ => {}
+            }
             let expanded = nodeset::expand(&raw_real.address).map_err(|error| format!("reals: {error}"))?;
             for text in expanded {
                 let address = parse_real_addr(&text, listen.port())
                     .map_err(|error| format!("reals: {error} (from `{}`)", raw_real.address))?;
                 if !seen.insert(address) {
                     return Err(format!("reals: duplicate real {address} in service `{name}`"));
+                }
+                if packets && address.is_ipv6() {
+                    return Err(format!(
+                        "reals: {address} is IPv6, and forward {} handles IPv4 only so far",
+                        raw.forward.name()
+                    ));
                 }
                 reals.push(RealConfig {
                     address,
@@ -650,7 +743,7 @@ impl ServiceConfig {
     }
 }
 
-/// `health_check:` (SPEC section 4). Fields that belong to another `type` are errors.
+/// `health_check:`. Fields that belong to another `type` are errors.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthCheckConfig {
     /// What kind of check.
@@ -749,9 +842,9 @@ pub enum StartState {
 struct RawHealthCheck {
     #[serde(rename = "type")]
     kind: String,
-    #[serde(default, deserialize_with = "optional_duration")]
+    #[serde(default, deserialize_with = "check_interval")]
     interval: Option<Duration>,
-    #[serde(default, deserialize_with = "optional_duration")]
+    #[serde(default, deserialize_with = "check_timeout")]
     timeout: Option<Duration>,
     #[serde(default)]
     rise: Option<u32>,
@@ -854,9 +947,6 @@ impl HealthCheckConfig {
             on_down: raw.on_down,
             start: raw.start,
         };
-        if check.interval.is_zero() || check.timeout.is_zero() {
-            return Err("interval and timeout must be longer than 0s".to_owned());
-        }
         if check.rise == 0 || check.fall == 0 {
             return Err("rise and fall must be at least 1".to_owned());
         }
@@ -921,9 +1011,20 @@ fn optional_socket_addr<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Op
         .map_err(de::Error::custom)
 }
 
-fn optional_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
+fn check_interval<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
+    optional_duration(deserializer, duration::CHECK_INTERVAL)
+}
+
+fn check_timeout<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
+    optional_duration(deserializer, duration::CHECK_TIMEOUT)
+}
+
+fn optional_duration<'de, D: Deserializer<'de>>(
+    deserializer: D,
+    range: duration::Range,
+) -> Result<Option<Duration>, D::Error> {
     Option::<String>::deserialize(deserializer)?
-        .map(|text| duration::parse(&text))
+        .map(|text| range.parse(&text))
         .transpose()
         .map_err(de::Error::custom)
 }

@@ -211,12 +211,12 @@ impl Director {
                 return Ok(json(&self.service_views()));
             }
         };
-        config::check_services(&services).map_err(ControlError::Invalid)?;
         let key = touched.map(|index| services[index].key());
         let config = Config {
             services,
-            ..self.config.clone()
+            ..self.config.clone_without_services()
         };
+        config::check(&config).map_err(ControlError::Invalid)?;
         self.apply(config)?;
         match key.and_then(|key| {
             self.config
@@ -229,23 +229,15 @@ impl Director {
         }
     }
 
-    /// The index of the service named `id`: its name, or `tcp:VIP:PORT` / `udp:VIP:PORT`.
+    /// The index of the service `id`: `tcp:VIP:PORT` / `udp:VIP:PORT` finds a service by its
+    /// key alone; anything else is a name. (A name never reads as another service's key.)
     fn find(&self, id: &str) -> Result<usize, ControlError> {
-        let by_key = id.split_once(':').and_then(|(protocol, address)| {
-            let address: SocketAddr = address.parse().ok()?;
-            Some((protocol.to_ascii_lowercase(), address))
-        });
-        self.config
-            .services
-            .iter()
-            .position(|service| service.name == id)
-            .or_else(|| {
-                let (protocol, address) = by_key.as_ref()?;
-                self.config.services.iter().position(|service| {
-                    service.protocol.to_string() == *protocol && service.listen == *address
-                })
-            })
-            .ok_or_else(|| ControlError::NotFound(format!("no service `{id}`")))
+        let services = &self.config.services;
+        match config::ServiceKey::parse(id) {
+            Some(key) => services.iter().position(|service| service.key() == key),
+            None => services.iter().position(|service| service.name == id),
+        }
+        .ok_or_else(|| ControlError::NotFound(format!("no service `{id}`")))
     }
 
     /// The addresses a real address or range names in service `index`; every one must exist.
@@ -383,7 +375,7 @@ fn service_view(
             let current = live.and_then(|service| service.real(real.address));
             api::Real {
                 address: real.address.to_string(),
-                forward: format!("{:?}", real.forward_in(config)).to_lowercase(),
+                forward: real.forward_in(config).name().to_owned(),
                 weight: current.map_or(real.weight, |current| current.weight),
                 configured_weight: real.weight,
                 max_conns: real.max_conns,
@@ -408,7 +400,7 @@ fn service_view(
             .iter()
             .map(|flag| flag.name().to_owned())
             .collect(),
-        forward: format!("{:?}", config.forward).to_lowercase(),
+        forward: config.forward.name().to_owned(),
         persistence: config.persistence.map(|persistence| api::Persistence {
             timeout_seconds: persistence.timeout.as_secs(),
             netmask_prefix: persistence.netmask.prefix,

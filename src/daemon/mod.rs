@@ -148,7 +148,7 @@ impl Director {
     /// config file. Must run inside the control plane's tokio runtime.
     pub fn start(source: ConfigSource, mut config: Config) -> Result<Self, StartError> {
         if let Some(path) = &config.state_file
-            && let Some(services) = state_file::load(path)?
+            && let Some(services) = state_file::load(path, &config)?
         {
             tracing::info!(
                 state_file = %path.display(),
@@ -171,7 +171,7 @@ impl Director {
         let bound: Vec<_> = config
             .services
             .iter()
-            .filter(|service| service.forward == config::ForwardMethod::Proxy)
+            .filter(|service| !service.on_packet_plane())
             .map(|service| socket::bind(service.key(), count).map(|listeners| (service.key(), listeners)))
             .collect::<Result<_, _>>()?;
         let packet = Arc::new(crate::lvs::plane::shared(&config, count));
@@ -254,7 +254,7 @@ impl Director {
         let proxied: BTreeSet<ServiceKey> = config
             .services
             .iter()
-            .filter(|service| service.forward == config::ForwardMethod::Proxy)
+            .filter(|service| !service.on_packet_plane())
             .map(config::ServiceConfig::key)
             .collect();
         let bound: Vec<_> = new
@@ -362,13 +362,13 @@ impl Director {
                 _ => "no health checks".to_owned(),
             };
             tracing::info!(
-                "service {}: {} {} scheduler {}, {} real(s), forward {:?}, {checks}",
+                "service {}: {} {} scheduler {}, {} real(s), forward {}, {checks}",
                 service.name,
                 service.protocol,
                 service.listen,
                 service.scheduler,
                 service.reals.len(),
-                service.forward
+                service.forward.name()
             );
         }
         if self.config.admin.is_none() {

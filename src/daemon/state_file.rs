@@ -11,7 +11,7 @@ use std::{
 
 use thiserror::Error;
 
-use crate::config::{self, ConfigError, ServiceConfig};
+use crate::config::{self, Config, ConfigError, ServiceConfig};
 
 /// The state file could not be read or written.
 #[derive(Debug, Error)]
@@ -37,8 +37,9 @@ pub enum StateFileError {
     },
 }
 
-/// The services saved in `path`, or `None` if there is no such file yet.
-pub fn load(path: &Path) -> Result<Option<Vec<ServiceConfig>>, StateFileError> {
+/// The services saved in `path`, checked as the services of `running`, or `None` if there is
+/// no such file yet.
+pub fn load(path: &Path, running: &Config) -> Result<Option<Vec<ServiceConfig>>, StateFileError> {
     let text = match fs::read_to_string(path) {
         Ok(text) => text,
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -49,7 +50,7 @@ pub fn load(path: &Path) -> Result<Option<Vec<ServiceConfig>>, StateFileError> {
             });
         }
     };
-    config::parse_services(&text, &path.display().to_string())
+    config::parse_services(&text, &path.display().to_string(), running)
         .map(Some)
         .map_err(StateFileError::Invalid)
 }
@@ -92,7 +93,7 @@ mod tests {
     fn stored_services_load_back() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.yaml");
-        assert!(load(&path).unwrap().is_none());
+        assert!(load(&path, &Config::default()).unwrap().is_none());
         let services = config::parse(
             "services:\n  - { name: web, protocol: tcp, listen: '127.0.0.1:80', reals: [{address: '10.0.0.[1-2]:80', weight: 3}] }\n",
             "t",
@@ -100,9 +101,9 @@ mod tests {
         .unwrap()
         .services;
         store(&path, &services).unwrap();
-        assert_eq!(load(&path).unwrap().unwrap(), services);
+        assert_eq!(load(&path, &Config::default()).unwrap().unwrap(), services);
         fs::write(&path, "services: [ {").unwrap();
-        let error = load(&path).unwrap_err().to_string();
+        let error = load(&path, &Config::default()).unwrap_err().to_string();
         assert!(error.starts_with("the state file is not valid: "), "{error}");
     }
 }

@@ -132,7 +132,10 @@ async fn watch(
     changed: Arc<Notify>,
 ) {
     let duration = metrics::histogram!(crate::telemetry::CHECK_DURATION, "service" => target.service.clone());
-    let mut next = on_slot(Instant::now() + spread(check.interval, &target));
+    let mut next = on_slot(crate::clock::deadline(
+        Instant::now(),
+        spread(check.interval, &target),
+    ));
     loop {
         let outcome = tokio::select! {
             () = tokio::time::sleep_until(next) => {
@@ -140,7 +143,7 @@ async fn watch(
                 let outcome = probe::run(&check, &target).await;
                 duration.record(started.elapsed().as_secs_f64());
                 status.count_check(outcome.passed);
-                next = on_slot((started + check.interval).max(Instant::now()));
+                next = on_slot(crate::clock::deadline(started, check.interval).max(Instant::now()));
                 outcome
             }
             () = status.passive_failure() => {
@@ -197,7 +200,10 @@ fn on_slot(at: Instant) -> Instant {
     let since = at.saturating_duration_since(epoch).as_nanos();
     let slot = SLOT.as_nanos();
     let rounded = since.div_ceil(slot) * slot;
-    epoch + Duration::from_nanos(u64::try_from(rounded).unwrap_or(u64::MAX))
+    crate::clock::deadline(
+        epoch,
+        Duration::from_nanos(u64::try_from(rounded).unwrap_or(u64::MAX)),
+    )
 }
 
 /// A random delay within one interval before a real's first check, so that the checks of many

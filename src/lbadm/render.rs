@@ -158,7 +158,7 @@ pub fn connections(flows: &[Connection]) -> String {
     out
 }
 
-/// Appends `line` without trailing blanks, as SPEC section 5 prints the layout.
+/// Appends `line` without trailing blanks, as ipvsadm prints its layout.
 fn push_line(out: &mut String, line: &str) {
     out.push_str(line.trim_end());
     out.push('\n');

@@ -96,7 +96,7 @@ pub fn handle_offloaded(
     };
     if let Some(service) = table
         .service(&service_key)
-        .filter(|service| service.config.forward != ForwardMethod::Proxy)
+        .filter(|service| service.config.on_packet_plane())
     {
         let key = FlowKey {
             protocol,

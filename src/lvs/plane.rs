@@ -23,7 +23,7 @@ use super::{
 };
 use crate::{
     clock::Millis,
-    config::{Config, ForwardMethod},
+    config::{Config, ForwardMethod, ServiceConfig},
     packet::{Offload, VNET_HEADER_LEN},
     table::TableHandle,
 };
@@ -130,11 +130,7 @@ pub fn shared(config: &Config, workers: usize) -> PacketShared {
 
 /// Whether any service forwards packets (nat, dr, tun) rather than proxying.
 pub fn needed(config: &Config) -> bool {
-    config.services.iter().any(|service| {
-        std::iter::once(service.forward)
-            .chain(service.reals.iter().map(|real| real.forward_in(service)))
-            .any(|forward| forward != ForwardMethod::Proxy)
-    })
+    config.services.iter().any(ServiceConfig::on_packet_plane)
 }
 
 impl PacketPlane {
@@ -313,6 +309,7 @@ impl Egress {
         let methods: Vec<ForwardMethod> = config
             .services
             .iter()
+            .filter(|service| service.on_packet_plane())
             .flat_map(|service| {
                 std::iter::once(service.forward)
                     .chain(service.reals.iter().map(|real| real.forward_in(service)))

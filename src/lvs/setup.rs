@@ -1,4 +1,4 @@
-//! What the host needs for the packet data plane (reference/netns.md): IP forwarding, the VIP
+//! What the host needs for the packet data plane: IP forwarding, the VIP
 //! routes into the TUN device, proxy ARP for the VIPs, the policy rules that steer NAT replies
 //! back into the TUN, and relaxed reverse-path filtering. With `setup: auto` lbd applies them
 //! and undoes them at exit; with `manual` it checks them and prints what is missing; `lbd
@@ -71,7 +71,7 @@ pub fn plan(config: &Config, client_interfaces: &[String]) -> Vec<Step> {
     let mut vips = BTreeSet::new();
     let mut tunnelled = BTreeSet::new();
     let mut nat_reals: BTreeSet<(Protocol, SocketAddr)> = BTreeSet::new();
-    for service in &config.services {
+    for service in config.services.iter().filter(|service| service.on_packet_plane()) {
         for real in &service.reals {
             match real.forward_in(service) {
                 ForwardMethod::Proxy => {}

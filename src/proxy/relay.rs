@@ -89,7 +89,7 @@ pub(crate) async fn relay(
             record.touch();
         }
         while idle.as_mut().poll(cx).is_ready() {
-            let deadline = last_activity + timeout;
+            let deadline = crate::clock::deadline(last_activity, timeout);
             if deadline <= Instant::now() {
                 return Poll::Ready(RelayEnd::IdleTimeout);
             }
@@ -98,7 +98,8 @@ pub(crate) async fn relay(
         if timeout != armed_for {
             // Entering half-close: the (usually shorter) FIN timeout starts now.
             armed_for = timeout;
-            idle.as_mut().reset(last_activity + timeout);
+            idle.as_mut()
+                .reset(crate::clock::deadline(last_activity, timeout));
             if idle.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(RelayEnd::IdleTimeout);
             }

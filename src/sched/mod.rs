@@ -1,5 +1,5 @@
 //! Schedulers: given the reals of a service (in IPVS's list order) and a new flow, pick the
-//! real that gets it, with the kernel's exact rules (see `reference/ipvs-reference.md` §1).
+//! real that gets it, with the kernel's exact rules.
 //!
 //! A scheduler is built from one snapshot of the reals and is replaced with it. Picks are pure:
 //! no I/O, no clock reads (`now` comes in the [`Flow`]), no allocation, no lock; schedulers

@@ -125,7 +125,7 @@ pub fn packet_vips(config: &Config) -> Vec<IpAddr> {
     let mut vips: Vec<IpAddr> = config
         .services
         .iter()
-        .filter(|service| service.forward != ForwardMethod::Proxy)
+        .filter(|service| service.on_packet_plane())
         .map(|service| service.listen.ip())
         .collect();
     vips.sort_unstable();

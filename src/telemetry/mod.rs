@@ -1,4 +1,4 @@
-//! Prometheus metrics (SPEC section 7), served at `GET /metrics` on `metrics.listen`.
+//! Prometheus metrics (names in docs/metrics.md), served at `GET /metrics` on `metrics.listen`.
 //!
 //! Two sources make one page:
 //! - **The service table**, read at scrape time: every service and real counter and gauge is
