@@ -10,12 +10,16 @@
 //! - [`admin`]: the admin API (HTTP/JSON) and its documents.
 //! - [`lbadm`]: the admin CLI.
 //! - [`telemetry`]: Prometheus metrics at `/metrics`.
+//! - `httpd`: serving the admin API and `/metrics` within limits (timeouts, connections).
+//! - `log`: log lines that may repeat, throttled.
 pub mod admin;
 pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod health;
+mod httpd;
 pub mod lbadm;
+mod log;
 pub mod lvs;
 pub mod packet;
 pub mod proxy;

@@ -1,6 +1,6 @@
 //! The HTTP side of the admin API: routes, bearer-token check, body limit, listeners.
 
-use std::{io, path::PathBuf, sync::Arc};
+use std::{io, path::PathBuf, sync::Arc, time::Duration};
 
 use axum::{
     Router,
@@ -26,6 +26,17 @@ use crate::{
 
 /// The largest request body accepted (a `restore` of some ten thousand reals fits).
 const BODY_LIMIT: usize = 8 * 1024 * 1024;
+
+/// What one admin client may hold: a request head within 10 s, an answer within 60 s (a body
+/// trickled in counts), 64 connections at once.
+const LIMITS: crate::httpd::Limits = crate::httpd::Limits {
+    header_timeout: Duration::from_secs(10),
+    request_timeout: Duration::from_secs(60),
+    max_connections: 64,
+};
+
+/// Bodies parsed at once, each on a blocking thread: the control loop never parses.
+const PARSERS: usize = 2;
 
 /// A request on its way to the director, with where to send the answer.
 pub type Envelope = (Request, oneshot::Sender<Result<Answer, ControlError>>);
@@ -74,6 +85,7 @@ impl Drop for AdminHandle {
 struct AppState {
     requests: mpsc::Sender<Envelope>,
     token: Option<Arc<[u8]>>,
+    parsers: Arc<tokio::sync::Semaphore>,
 }
 
 /// Starts serving the admin API as `config` says. Must run inside a tokio runtime.
@@ -86,6 +98,7 @@ pub async fn serve(config: &AdminConfig) -> Result<AdminHandle, ServeError> {
     let state = AppState {
         requests: sender,
         token,
+        parsers: Arc::new(tokio::sync::Semaphore::new(PARSERS)),
     };
     let app = router(state);
     let (address, socket_path, server) = match &config.listen {
@@ -97,11 +110,7 @@ pub async fn serve(config: &AdminConfig) -> Result<AdminHandle, ServeError> {
                         address: address.to_string(),
                         source,
                     })?;
-            let server = tokio::spawn(async move {
-                if let Err(error) = axum::serve(listener, app).await {
-                    tracing::error!(%error, "admin API stopped");
-                }
-            });
+            let server = tokio::spawn(crate::httpd::serve(listener, app, LIMITS));
             (address.to_string(), None, server)
         }
         AdminListen::Unix(path) => {
@@ -109,11 +118,7 @@ pub async fn serve(config: &AdminConfig) -> Result<AdminHandle, ServeError> {
                 address: format!("unix:{}", path.display()),
                 source,
             })?;
-            let server = tokio::spawn(async move {
-                if let Err(error) = axum::serve(listener, app).await {
-                    tracing::error!(%error, "admin API stopped");
-                }
-            });
+            let server = tokio::spawn(crate::httpd::serve(listener, app, LIMITS));
             (format!("unix:{}", path.display()), Some(path.clone()), server)
         }
     };
@@ -315,20 +320,27 @@ async fn change(
     body: Bytes,
     make: impl FnOnce(serde_yaml::Value) -> Change,
 ) -> Response {
-    let value = if body.iter().all(u8::is_ascii_whitespace) {
-        serde_yaml::Value::Null
-    } else {
-        match serde_yaml::from_slice(&body) {
-            Ok(value) => value,
-            Err(error) => {
-                return problem(
-                    StatusCode::BAD_REQUEST,
-                    format!("the body is not valid YAML or JSON: {error}"),
-                );
-            }
-        }
-    };
-    ask(state, Request::Change(make(value))).await
+    match parse_body(&state.parsers, body).await {
+        Ok(value) => ask(state, Request::Change(make(value))).await,
+        Err(message) => problem(StatusCode::BAD_REQUEST, message),
+    }
+}
+
+/// Parses a body on a blocking thread (at most [`PARSERS`] at once), after a one-pass check
+/// of its size and nesting: neither the control loop nor this runtime ever waits on a parse.
+async fn parse_body(parsers: &tokio::sync::Semaphore, body: Bytes) -> Result<serde_yaml::Value, String> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(serde_yaml::Value::Null);
+    }
+    crate::config::check_shape(&body).map_err(|reason| format!("the body is refused: {reason}"))?;
+    let _permit = parsers
+        .acquire()
+        .await
+        .map_err(|_| "the director is stopping".to_owned())?;
+    tokio::task::spawn_blocking(move || serde_yaml::from_slice(&body))
+        .await
+        .map_err(|_| "the body could not be parsed".to_owned())?
+        .map_err(|error| format!("the body is not valid YAML or JSON: {error}"))
 }
 
 /// Sends `request` to the director and turns its answer into a response.

@@ -63,6 +63,40 @@ fn main() -> ExitCode {
     }
 }
 
+/// `lbd --check`: the config is valid (it was loaded); now the host, then what it prints.
+fn check(path: &std::path::Path, config: &ulvs::config::Config) -> Result<(), String> {
+    use std::fmt::Write as _;
+    let problems = daemon::preflight::problems(config);
+    if !problems.is_empty() {
+        return Err(format!(
+            "{}: valid, but the host lacks what it needs:\n  {}",
+            path.display(),
+            problems.join("\n  ")
+        ));
+    }
+    let reals: usize = config.services.iter().map(|service| service.reals.len()).sum();
+    let count = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
+    let (services, reals) = (count(config.services.len(), "service"), count(reals, "real"));
+    let mut text = format!("{}: OK ({services}, {reals})\n", path.display());
+    if let Some(dataplane) = config
+        .dataplane
+        .as_ref()
+        .filter(|_| ulvs::lvs::plane::needed(config))
+    {
+        let who = match dataplane.setup {
+            ulvs::config::DataplaneSetup::Auto => "lbd applies at start and undoes at exit",
+            ulvs::config::DataplaneSetup::Manual => "the host must already have (setup: manual)",
+        };
+        let _ = writeln!(text, "dataplane setup, which {who}:");
+        for step in ulvs::lvs::plane::plan(config) {
+            let _ = writeln!(text, "  {step}");
+        }
+    }
+    // A reader that stops early (`lbd --check | head -1`) is not an error.
+    let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes());
+    Ok(())
+}
+
 fn run(args: Args) -> Result<(), String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -84,25 +118,7 @@ fn run(args: Args) -> Result<(), String> {
             let source = ConfigSource::File(args.config.clone());
             let config = source.load().map_err(|error| error.to_string())?;
             if args.check {
-                let reals: usize = config.services.iter().map(|service| service.reals.len()).sum();
-                let count = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
-                let (services, reals) = (count(config.services.len(), "service"), count(reals, "real"));
-                println!("{}: OK ({services}, {reals})", args.config.display());
-                if let Some(dataplane) = config
-                    .dataplane
-                    .as_ref()
-                    .filter(|_| ulvs::lvs::plane::needed(&config))
-                {
-                    let who = match dataplane.setup {
-                        ulvs::config::DataplaneSetup::Auto => "lbd applies at start and undoes at exit",
-                        ulvs::config::DataplaneSetup::Manual => "the host must already have (setup: manual)",
-                    };
-                    println!("dataplane setup, which {who}:");
-                    for step in ulvs::lvs::plane::plan(&config) {
-                        println!("  {step}");
-                    }
-                }
-                return Ok(());
+                return check(&args.config, &config);
             }
             runtime
                 .block_on(daemon::serve(source, config))

@@ -18,17 +18,85 @@ pub use error::ConfigError;
 pub use save::{real_value, service_value, services_yaml};
 pub use types::*;
 
+/// The largest config file (or state file, or admin request body) read: some hundred thousand
+/// reals fit.
+pub const MAX_DOCUMENT_BYTES: usize = 16 * 1024 * 1024;
+
+/// The deepest nesting of flow collections (`[...]`, `{...}`) accepted. The YAML parser's time
+/// grows with the square of that depth, so it is checked before parsing, in one pass.
+pub const MAX_NESTING: usize = 64;
+
 /// Reads and validates the config file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let source = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let read = |source| ConfigError::Read {
         path: path.to_owned(),
         source,
-    })?;
+    };
+    let size = std::fs::metadata(path).map_err(read)?.len();
+    if size > MAX_DOCUMENT_BYTES as u64 {
+        return Err(ConfigError::Invalid {
+            origin: path.display().to_string(),
+            line: None,
+            column: None,
+            message: format!("the file has {size} bytes; at most {MAX_DOCUMENT_BYTES} are read"),
+        });
+    }
+    let source = std::fs::read_to_string(path).map_err(read)?;
     parse(&source, &path.display().to_string())
+}
+
+/// Checks that `source` is small and shallow enough to parse quickly: at most
+/// [`MAX_DOCUMENT_BYTES`], flow collections nested at most [`MAX_NESTING`] deep (brackets
+/// inside quoted strings and comments do not count). The error says which limit.
+pub fn check_shape(source: &[u8]) -> Result<(), String> {
+    if source.len() > MAX_DOCUMENT_BYTES {
+        return Err(format!(
+            "the document has {} bytes; at most {MAX_DOCUMENT_BYTES} are accepted",
+            source.len()
+        ));
+    }
+    let (mut depth, mut quote, mut escaped, mut comment, mut previous) = (0usize, None, false, false, b'\n');
+    for &byte in source {
+        match quote {
+            Some(b'"') if escaped => escaped = false,
+            Some(b'"') if byte == b'\\' => escaped = true,
+            Some(open) if byte == open => quote = None,
+            Some(_) => {}
+            None if byte == b'\n' => comment = false,
+            None if comment => {}
+            None => match byte {
+                b'#' if previous.is_ascii_whitespace() => comment = true,
+                // A quote opens a quoted scalar only where a scalar starts.
+                b'"' | b'\'' if previous.is_ascii_whitespace() || b"[{,:".contains(&previous) => {
+                    quote = Some(byte);
+                }
+                b'[' | b'{' => {
+                    depth += 1;
+                    if depth > MAX_NESTING {
+                        return Err(format!("collections are nested deeper than {MAX_NESTING} levels"));
+                    }
+                }
+                b']' | b'}' => depth = depth.saturating_sub(1),
+                _ => {}
+            },
+        }
+        previous = byte;
+    }
+    Ok(())
+}
+
+fn shaped(source: &str, origin: &str) -> Result<(), ConfigError> {
+    check_shape(source.as_bytes()).map_err(|message| ConfigError::Invalid {
+        origin: origin.to_owned(),
+        line: None,
+        column: None,
+        message,
+    })
 }
 
 /// Parses and validates config text. `origin` names the text in errors (usually the file path).
 pub fn parse(source: &str, origin: &str) -> Result<Config, ConfigError> {
+    shaped(source, origin)?;
     let config: Config = serde_yaml::from_str(source).map_err(|error| yaml_error(&error, origin))?;
     validate(&config)
         .and_then(|()| supported(&config))
@@ -50,6 +118,7 @@ pub fn parse_services(
         #[serde(default)]
         services: Vec<ServiceConfig>,
     }
+    shaped(source, origin)?;
     let parsed: ServicesOnly = serde_yaml::from_str(source).map_err(|error| yaml_error(&error, origin))?;
     let config = Config {
         services: parsed.services,

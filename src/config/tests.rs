@@ -413,3 +413,25 @@ fn every_duration_key_is_bounded() {
             .contains("100 years")
     );
 }
+
+#[test]
+fn deep_or_huge_documents_are_refused_before_parsing() {
+    let deep = format!("{{\"services\": {}{}}}", "[".repeat(60_000), "]".repeat(60_000));
+    let started = std::time::Instant::now();
+    let error = parse(&deep, "body").unwrap_err().to_string();
+    assert!(error.contains("nested deeper than 64"), "{error}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    // Brackets in quoted strings and comments do not count; a quote inside a plain scalar
+    // opens nothing.
+    let fine = format!(
+        "# {}\nservices: []\nx: \"{}\\\" {}\"\ny: '{}'\n",
+        "[".repeat(100),
+        "[".repeat(100),
+        "{".repeat(100),
+        "[".repeat(100)
+    );
+    assert!(check_shape(fine.as_bytes()).is_ok());
+    let sneaky = format!("a: don't\nb: {}", "[".repeat(100));
+    assert!(check_shape(sneaky.as_bytes()).is_err());
+    assert!(check_shape(&vec![b' '; MAX_DOCUMENT_BYTES + 1]).is_err());
+}

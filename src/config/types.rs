@@ -164,17 +164,60 @@ pub struct MetricsConfig {
 #[serde(deny_unknown_fields)]
 pub struct DataplaneConfig {
     /// The TUN device name. Default `lbtun0`.
-    #[serde(default = "default_tun")]
+    #[serde(default = "default_tun", deserialize_with = "interface_name")]
     pub tun: String,
     /// The interface towards the real servers.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_interface_name")]
     pub server_interface: Option<String>,
     /// Who installs routes, rules and sysctls. Default `auto`.
     #[serde(default)]
     pub setup: DataplaneSetup,
-    /// Bound of the connection table. Default 1000000.
-    #[serde(default = "default_max_flows")]
+    /// Bound of the connection table: 1 to 100,000,000. Default 1000000.
+    #[serde(default = "default_max_flows", deserialize_with = "max_flows")]
     pub max_flows: u32,
+}
+
+/// The largest `dataplane.max_flows` (some 13 GB of table).
+pub const MAX_FLOWS: u32 = 100_000_000;
+
+fn max_flows<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+    let value = u64::deserialize(deserializer)?;
+    match u32::try_from(value) {
+        Ok(flows) if (1..=MAX_FLOWS).contains(&flows) => Ok(flows),
+        _ => Err(de::Error::custom(format!(
+            "max_flows {value} is out of range 1..{MAX_FLOWS}"
+        ))),
+    }
+}
+
+/// Checks a network interface name as the kernel does: 1 to 15 bytes, no `/`, `:` or blank.
+pub fn check_interface_name(name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || name.len() > 15
+        || name == "."
+        || name == ".."
+        || name
+            .bytes()
+            .any(|byte| byte == b'/' || byte == b':' || byte.is_ascii_whitespace() || byte.is_ascii_control())
+    {
+        return Err(format!(
+            "`{name}` is not an interface name (1 to 15 characters, without `/`, `:` or blanks)"
+        ));
+    }
+    Ok(())
+}
+
+fn interface_name<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    let name = String::deserialize(deserializer)?;
+    check_interface_name(&name).map_err(de::Error::custom)?;
+    Ok(name)
+}
+
+fn optional_interface_name<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    Option::<String>::deserialize(deserializer)?
+        .map(|name| check_interface_name(&name).map(|()| name))
+        .transpose()
+        .map_err(de::Error::custom)
 }
 
 fn default_tun() -> String {
@@ -911,6 +954,12 @@ impl HealthCheckConfig {
                 raw.kind
             ));
         }
+        if raw.port == Some(0) {
+            return Err(
+                "port: 0 is not a port to check (1..65535, or leave it out to check the real's own)"
+                    .to_owned(),
+            );
+        }
         let kind = match raw.kind.as_str() {
             "none" => HealthCheckKind::None,
             "tcp" => HealthCheckKind::Tcp,
@@ -934,7 +983,10 @@ impl HealthCheckConfig {
                 HealthCheckKind::Exec { command }
             }
             _ => HealthCheckKind::Agent {
-                agent_port: raw.agent_port.ok_or("an agent health check needs `agent_port`")?,
+                agent_port: raw
+                    .agent_port
+                    .filter(|port| *port != 0)
+                    .ok_or("an agent health check needs `agent_port` (1..65535)")?,
             },
         };
         let check = Self {

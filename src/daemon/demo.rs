@@ -2,6 +2,7 @@
 //! `wrr` service with HTTP health checks, so a newcomer sees the director balance without
 //! writing a config.
 
+use std::io::Write as _;
 use std::{io, net::SocketAddr};
 
 use tokio::{
@@ -39,25 +40,32 @@ pub async fn run(listen: SocketAddr, admin: SocketAddr, metrics: SocketAddr) -> 
         text: text.clone(),
     };
     let parsed = config.load()?;
-    println!("ulvs demo: a wrr service on {listen} in front of three HTTP backends on loopback\n");
+    // The demo still runs if nobody reads its help text (`lbd demo | head -1`).
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "ulvs demo: a wrr service on {listen} in front of three HTTP backends on loopback\n"
+    );
     for (name, address, weight) in &backends {
-        println!("  {name}  {address}  weight {weight}");
+        let _ = writeln!(out, "  {name}  {address}  weight {weight}");
     }
-    println!(
+    let _ = writeln!(
+        out,
         "\nTry, in another terminal:\n\
          \x20 for i in $(seq 12); do curl -s http://{listen}/; done   # 6 : 4 : 2 across the backends\n\
          \x20 curl -s http://{listen}/ -H 'Connection: close'\n\
          \x20 lbadm --admin {admin} list -n                      # the table, as ipvsadm -L -n\n\
          \x20 lbadm --admin {admin} list --health               # health check verdicts\n\
          \x20 lbadm --admin {admin} drain-real -t {listen} -r {first}   # no new flows to backend-1\n\
-         \x20 kill -HUP {pid}     # reload (the demo's config is built in)\n\
-         \x20 kill -TERM {pid}    # drain and exit\n\
+         \x20 lbadm --admin {admin} reload   # reload (the demo's config is built in)\n\
+         \x20 kill -TERM {pid}    # drain and exit (as Ctrl-C)\n\
          \nThe config it runs (pass your own with `lbd --config FILE`):\n\n{text}\n\
          \x20 curl -s http://{metrics}/metrics                # Prometheus metrics\n\
          Press Ctrl-C to stop.",
         pid = std::process::id(),
         first = backends[0].1,
     );
+    drop(out);
     super::serve(config, parsed).await
 }
 

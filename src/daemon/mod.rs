@@ -6,6 +6,7 @@
 
 pub mod control;
 pub mod demo;
+pub mod preflight;
 pub mod rates;
 pub mod state_file;
 
@@ -73,6 +74,9 @@ pub enum StartError {
     /// `lbd demo` could not start its backends.
     #[error("cannot start the demo's backends on loopback: {0}")]
     Demo(std::io::Error),
+    /// The host lacks what the configuration needs.
+    #[error("the host lacks what the configuration needs:\n  {}", .0.join("\n  "))]
+    Preflight(Vec<String>),
     /// The state file could not be read.
     #[error(transparent)]
     State(#[from] StateFileError),
@@ -147,6 +151,10 @@ impl Director {
     /// first table. With a `state_file` that exists, the services come from it instead of the
     /// config file. Must run inside the control plane's tokio runtime.
     pub fn start(source: ConfigSource, mut config: Config) -> Result<Self, StartError> {
+        let problems = preflight::problems(&config);
+        if !problems.is_empty() {
+            return Err(StartError::Preflight(problems));
+        }
         if let Some(path) = &config.state_file
             && let Some(services) = state_file::load(path, &config)?
         {

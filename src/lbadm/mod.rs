@@ -252,7 +252,8 @@ pub fn run(cli: Cli) -> ExitCode {
     };
     match runtime.block_on(execute(cli)) {
         Ok(output) => {
-            print!("{output}");
+            // A reader that stops early (`lbadm list | head -1`) is not an error.
+            let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), output.as_bytes());
             ExitCode::SUCCESS
         }
         Err(failure) => {

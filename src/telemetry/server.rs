@@ -8,6 +8,15 @@ use tokio_util::task::AbortOnDropHandle;
 
 use crate::{lvs::plane::PacketShared, proxy::FlowTracker, table::TableHandle};
 
+/// What scrapers may hold: a request head within 10 s, an answer within 30 s, 32 connections
+/// at once. The endpoint needs no token, so these are what keep it from using up the
+/// director's descriptors.
+const LIMITS: crate::httpd::Limits = crate::httpd::Limits {
+    header_timeout: std::time::Duration::from_secs(10),
+    request_timeout: std::time::Duration::from_secs(30),
+    max_connections: 32,
+};
+
 /// The running endpoint; dropping it stops it.
 #[derive(Debug)]
 pub struct MetricsServer {
@@ -36,11 +45,7 @@ pub async fn serve(
     let app = Router::new()
         .route("/metrics", get(metrics))
         .with_state(Sources { table, flows, packet });
-    let server = tokio::spawn(async move {
-        if let Err(error) = axum::serve(listener, app).await {
-            tracing::error!(%error, "metrics endpoint stopped");
-        }
-    });
+    let server = tokio::spawn(crate::httpd::serve(listener, app, LIMITS));
     Ok(MetricsServer {
         address,
         _server: AbortOnDropHandle::new(server),

@@ -1,0 +1,51 @@
+//! Logging helpers: warnings about events that can repeat thousands of times a second (a full
+//! table, a refused connection) are written at most once per interval, with a count of those
+//! held back, so that a flood never becomes a flood of log lines.
+
+use std::time::{Duration, Instant};
+
+/// Lets one line through per interval and counts the rest.
+#[derive(Debug)]
+pub(crate) struct Throttle {
+    every: Duration,
+    next: Option<Instant>,
+    suppressed: u64,
+}
+
+impl Throttle {
+    /// A throttle letting one line through every `every`.
+    pub(crate) fn new(every: Duration) -> Self {
+        Self {
+            every,
+            next: None,
+            suppressed: 0,
+        }
+    }
+
+    /// `Some(lines held back since the last one)` when a line may be written now; `None` when
+    /// this one is held back (and counted).
+    pub(crate) fn ready(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        if self.next.is_some_and(|next| now < next) {
+            self.suppressed += 1;
+            return None;
+        }
+        self.next = Some(now + self.every);
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_line_per_interval_with_the_count_held_back() {
+        let mut throttle = Throttle::new(Duration::from_secs(3600));
+        assert_eq!(throttle.ready(), Some(0));
+        assert_eq!(throttle.ready(), None);
+        assert_eq!(throttle.ready(), None);
+        throttle.next = Some(Instant::now());
+        assert_eq!(throttle.ready(), Some(2));
+    }
+}
