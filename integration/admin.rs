@@ -72,8 +72,8 @@ struct Director {
 
 /// lbd with an admin API on a free loopback port and one `rr` service over `reals`.
 fn director(reals: &[SocketAddr], extra: &str) -> Director {
-    let admin = format!("127.0.0.1:{}", free_port());
-    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let admin = free_addr().to_string();
+    let listen = free_addr();
     let reals: Vec<_> = reals.iter().map(|&real| (real, 1)).collect();
     let config = one_service(
         "tcp",
@@ -168,7 +168,7 @@ fn every_command_changes_the_table_and_the_traffic() {
     ok(admin, &["zero", "-t", svc]);
     assert_eq!(table(admin)[0]["stats"]["conns"].as_u64(), Some(0));
     // add-service (by name), then del-service: the address stops answering.
-    let other = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let other = free_addr();
     ok(
         admin,
         &[
@@ -216,8 +216,8 @@ fn every_command_changes_the_table_and_the_traffic() {
 
 #[test]
 fn list_n_matches_the_spec_layout() {
-    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let admin = format!("127.0.0.1:{}", free_port());
+    let listen = free_addr();
+    let admin = free_addr().to_string();
     let config = format!(
         "admin: {{ listen: '{admin}' }}\nworkers: 1\nservices:\n  - protocol: tcp\n    listen: {listen}\n    scheduler: wlc\n    persistence: {{ timeout: 360s }}\n    reals:\n      - {{ address: '127.0.0.2:8080', weight: 3 }}\n      - {{ address: '127.0.0.1:8080', weight: 1 }}\n  - protocol: udp\n    listen: {listen}\n    scheduler: sh\n    scheduler_flags: [sh-fallback, sh-port]\n    one_packet: true\n    reals:\n      - {{ address: '127.0.0.3:53' }}\n"
     );
@@ -408,8 +408,8 @@ fn a_token_is_required_when_configured() {
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("token");
     std::fs::write(&token, "s3cret\n").unwrap();
-    let admin = format!("127.0.0.1:{}", free_port());
-    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let admin = free_addr().to_string();
+    let listen = free_addr();
     let config = one_service(
         "tcp",
         listen,
@@ -453,7 +453,7 @@ fn the_admin_api_listens_on_a_private_unix_socket() {
     let a = TcpBackend::start("a");
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("admin.sock");
-    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let listen = free_addr();
     let config = one_service(
         "tcp",
         listen,
@@ -503,9 +503,9 @@ fn a_held_connection_survives_every_change_but_its_removal_lets_it_finish() {
 
 #[test]
 fn the_demo_balances_and_answers_lbadm() {
-    let listen = format!("127.0.0.1:{}", free_port());
-    let admin = format!("127.0.0.1:{}", free_port());
-    let metrics = format!("127.0.0.1:{}", free_port());
+    let listen = free_addr().to_string();
+    let admin = free_addr().to_string();
+    let metrics = free_addr().to_string();
     let mut demo = KillOnDrop(
         Command::new(lbd_binary())
             .args([

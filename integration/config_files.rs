@@ -13,9 +13,18 @@ fn every_example_config_passes_check() {
             continue;
         }
         let (code, stdout, stderr) = run_lbd(&["--check", "--config", path.to_str().unwrap()]);
+        checked += 1;
+        if code == 2 {
+            // Valid, for a host with other interfaces than this one (config/lvs.yaml's br0).
+            assert!(
+                stderr.contains("valid, but the host lacks") && stderr.contains("does not exist"),
+                "{}: {stderr}",
+                path.display()
+            );
+            continue;
+        }
         assert_eq!(code, 0, "{}: {stderr}", path.display());
         assert!(stdout.contains(": OK ("), "{stdout}");
-        checked += 1;
     }
     assert!(checked >= 2, "config/ holds the examples");
 }

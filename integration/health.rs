@@ -16,7 +16,7 @@ use std::{
 use crate::support::*;
 
 fn service_addr() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], free_port()))
+    free_addr()
 }
 
 /// A one-service config whose service has the extra keys `service_keys` (e.g. a
@@ -268,11 +268,13 @@ fn exec_check_exit_codes_set_state_and_weight() {
 #[test]
 fn agent_check_sets_weight_drain_and_up() {
     // The agent answers on the real's own address, so each real needs an address of its own.
-    let (port, agent_port) = (free_port(), free_port());
-    let a = TcpBackend::start_at("a", SocketAddr::from(([127, 0, 0, 2], port)));
-    let b = TcpBackend::start_at("b", SocketAddr::from(([127, 0, 0, 3], port)));
-    let agent_a = Agent::start(SocketAddr::from(([127, 0, 0, 2], agent_port)), "up");
-    let _agent_b = Agent::start(SocketAddr::from(([127, 0, 0, 3], agent_port)), "up");
+    // Two loopback IPs of this test's own: the same ports are free on both.
+    let (home_a, home_b) = (free_addr(), free_addr());
+    let (port, agent_port) = (home_a.port(), free_addr().port());
+    let a = TcpBackend::start_at("a", SocketAddr::new(home_a.ip(), port));
+    let b = TcpBackend::start_at("b", SocketAddr::new(home_b.ip(), port));
+    let agent_a = Agent::start(SocketAddr::new(home_a.ip(), agent_port), "up");
+    let _agent_b = Agent::start(SocketAddr::new(home_b.ip(), agent_port), "up");
     let listen = service_addr();
     let config = checked(
         "tcp",
@@ -361,7 +363,7 @@ fn sorry_server_takes_flows_while_every_real_is_down() {
 fn udp_check_detects_silence_and_port_unreachable() {
     let a = UdpBackend::start("a");
     let b = UdpBackend::start("b");
-    let listen = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
+    let listen = free_addr();
     let config = checked(
         "udp",
         listen,

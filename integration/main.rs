@@ -5,6 +5,7 @@
 #![allow(unreachable_pub, missing_docs)]
 
 mod admin;
+mod chaos;
 mod config_files;
 mod health;
 mod lvs;

@@ -71,9 +71,9 @@ fn setup(extra_reals: &str) -> Setup {
         TcpBackend::start("b"),
         UdpBackend::start("u"),
     );
-    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let tcp = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let udp = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
+    let metrics = free_addr();
+    let tcp = free_addr();
+    let udp = free_addr();
     let config = format!(
         "metrics: {{ listen: '{metrics}' }}\nworkers: 2\nservices:\n  - name: web\n    protocol: tcp\n    listen: {tcp}\n    scheduler: rr\n    reals:\n      - address: {}\n      - address: {}\n{extra_reals}  - name: dns\n    protocol: udp\n    listen: {udp}\n    reals:\n      - address: {}\n",
         a.address, b.address, u.address
@@ -248,7 +248,7 @@ fn a_real_prometheus_scrapes_every_real() {
         ),
     )
     .unwrap();
-    let web = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let web = free_addr();
     let _prometheus = Running(
         Command::new("prometheus")
             .arg(format!("--config.file={}", config.display()))
@@ -292,7 +292,7 @@ fn a_real_prometheus_scrapes_every_real() {
 
 #[test]
 fn a_scrape_of_1000_reals_is_quick() {
-    let s = setup("  - name: big\n    protocol: tcp\n    listen: 127.0.0.1:1\n    reals:\n      - address: 127.0.[1-4].[1-250]:80\n".replace("127.0.0.1:1", &format!("127.0.0.1:{}", free_port())).as_str());
+    let s = setup("  - name: big\n    protocol: tcp\n    listen: 127.0.0.1:1\n    reals:\n      - address: 127.0.[1-4].[1-250]:80\n".replace("127.0.0.1:1", &free_addr().to_string()).as_str());
     let _ = &s.lbd;
     let started = Instant::now();
     let page = http_get_path(s.metrics, "/metrics");

@@ -9,7 +9,7 @@ use std::{
 use crate::support::*;
 
 fn service_addr() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], free_port()))
+    free_addr()
 }
 
 #[test]
@@ -43,7 +43,7 @@ fn wrr_3_2_1_exactly_over_600() {
 #[test]
 fn a_dead_real_costs_clients_no_failed_connection() {
     let live: Vec<_> = (1..=2).map(|i| TcpBackend::start(&format!("live{i}"))).collect();
-    let dead = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let dead = free_addr();
     let listen = service_addr();
     let reals = [(live[0].address, 1), (dead, 1), (live[1].address, 1)];
     let lbd = Lbd::start(&one_service("tcp", listen, "rr", &reals, ""));

@@ -27,7 +27,7 @@ fn udp_rr_over_30_clients() {
     let backends: Vec<_> = (1..=3)
         .map(|i| (format!("u{i}"), UdpBackend::start(&format!("u{i}"))))
         .collect();
-    let listen = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
+    let listen = free_addr();
     let reals: Vec<_> = backends.iter().map(|(_, b)| (b.address, 1)).collect();
     let _lbd = Lbd::start(&one_service("udp", listen, "rr", &reals, ""));
     let clients: Vec<UdpSocket> = (0..30).map(|_| client()).collect();
@@ -50,7 +50,7 @@ fn udp_rr_over_30_clients() {
 #[test]
 fn one_packet_schedules_every_datagram() {
     let backends: Vec<_> = (1..=2).map(|i| UdpBackend::start(&format!("o{i}"))).collect();
-    let listen = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
+    let listen = free_addr();
     let reals: Vec<_> = backends.iter().map(|b| (b.address, 1)).collect();
     let config = one_service("udp", listen, "rr", &reals, "")
         .replace("    scheduler: rr\n", "    scheduler: rr\n    one_packet: true\n");
@@ -64,7 +64,7 @@ fn one_packet_schedules_every_datagram() {
 #[test]
 fn udp_session_idles_out_and_is_rescheduled() {
     let backends: Vec<_> = (1..=2).map(|i| UdpBackend::start(&format!("i{i}"))).collect();
-    let listen = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
+    let listen = free_addr();
     let reals: Vec<_> = backends.iter().map(|b| (b.address, 1)).collect();
     let config = one_service("udp", listen, "rr", &reals, "timeouts: { udp: 300ms }\n");
     let _lbd = Lbd::start(&config);

@@ -7,7 +7,7 @@ use socket2::{Domain, Socket, Type};
 use crate::support::*;
 
 fn service_addr() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], free_port()))
+    free_addr()
 }
 
 /// The kernel's rule for lc / wlc over reals in list order (most recently added first, so the

@@ -22,22 +22,28 @@ pub fn lbd_binary() -> &'static str {
     env!("CARGO_BIN_EXE_lbd")
 }
 
-/// A free loopback port (bound and released; good enough on a test machine).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A free loopback UDP port.
-pub fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A loopback address no other process uses: an IP of 127/8 of this test process's own
+/// (from its pid) and of this call's own (a counter), on a port free for TCP and UDP there.
+/// Binding port 0 and releasing it races with every other process on 127.0.0.1; nothing else
+/// binds these IPs, so the port stays free until lbd binds it.
+pub fn free_addr() -> SocketAddr {
+    use std::sync::atomic::AtomicU32;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let pid = std::process::id();
+    let n = NEXT.fetch_add(1, Ordering::SeqCst);
+    let ip = std::net::Ipv4Addr::new(
+        127,
+        1 + ((pid >> 8) % 250) as u8,
+        (pid & 0xff) as u8,
+        1 + (n % 250) as u8,
+    );
+    loop {
+        let tcp = TcpListener::bind((ip, 0)).unwrap();
+        let address = tcp.local_addr().unwrap();
+        if UdpSocket::bind(address).is_ok() {
+            return address;
+        }
+    }
 }
 
 /// A running `lbd`, killed when dropped.
@@ -70,22 +76,42 @@ impl Lbd {
         lbd
     }
 
+    /// Starts `lbd` with an open-file limit of `nofile` (soft and hard, as `ulimit -n`), waiting
+    /// until it logs that it started.
+    pub fn start_with_open_files(nofile: u32, config: &str) -> Self {
+        let mut lbd = Self::spawn_with(None, Some(nofile), config);
+        lbd.wait_for_log("lbd started", 1);
+        lbd
+    }
+
     /// Starts `lbd` inside network namespace `netns` without waiting.
     pub fn spawn_in_netns(netns: &str, config: &str) -> Self {
         Self::spawn_in(Some(netns), config)
     }
 
     fn spawn_in(netns: Option<&str>, config: &str) -> Self {
+        Self::spawn_with(netns, None, config)
+    }
+
+    fn spawn_with(netns: Option<&str>, nofile: Option<u32>, config: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("lbd.yaml");
         std::fs::write(&config_path, config).unwrap();
-        let mut command = match netns {
-            Some(netns) => {
+        let mut command = match (netns, nofile) {
+            (Some(netns), _) => {
                 let mut command = Command::new("ip");
                 command.args(["netns", "exec", netns, lbd_binary()]);
                 command
             }
-            None => Command::new(lbd_binary()),
+            (None, Some(nofile)) => {
+                let mut command = Command::new("sh");
+                command
+                    .args(["-c", "ulimit -n \"$1\" && exec \"$2\" \"$3\" \"$4\"", "sh"])
+                    .arg(nofile.to_string())
+                    .arg(lbd_binary());
+                command
+            }
+            (None, None) => Command::new(lbd_binary()),
         };
         let mut child = command
             .arg("--config")
@@ -478,4 +504,45 @@ pub fn echo(stream: &mut TcpStream, text: &[u8]) -> String {
     let mut buffer = vec![0u8; text.len()];
     stream.read_exact(&mut buffer).unwrap();
     String::from_utf8(buffer).unwrap()
+}
+
+/// Raises this test process's own open-file limit to its hard limit (tests that hold many
+/// sockets at once).
+pub fn raise_own_open_files() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
+/// Fetches `path` from an HTTP endpoint with a plain request (no keep-alive): (status, body).
+pub fn http_fetch(
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.write_all(
+        format!(
+            "{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )?;
+    stream.write_all(body)?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
 }

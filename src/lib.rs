@@ -10,6 +10,7 @@
 //! - [`admin`]: the admin API (HTTP/JSON) and its documents.
 //! - [`lbadm`]: the admin CLI.
 //! - [`telemetry`]: Prometheus metrics at `/metrics`.
+//! - [`host`]: the host's limits: open files, the proxy's descriptor budget, local errors.
 //! - `httpd`: serving the admin API and `/metrics` within limits (timeouts, connections).
 //! - `log`: log lines that may repeat, throttled.
 pub mod admin;
@@ -17,6 +18,7 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod health;
+pub mod host;
 mod httpd;
 pub mod lbadm;
 mod log;

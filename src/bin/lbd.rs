@@ -54,6 +54,15 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    if args.check && args.command.is_none() {
+        return match check(&args.config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err((code, message)) => {
+                eprintln!("lbd: {message}");
+                ExitCode::from(code)
+            }
+        };
+    }
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
@@ -63,15 +72,22 @@ fn main() -> ExitCode {
     }
 }
 
-/// `lbd --check`: the config is valid (it was loaded); now the host, then what it prints.
-fn check(path: &std::path::Path, config: &ulvs::config::Config) -> Result<(), String> {
+/// `lbd --check`: exit 0 when the config is valid and the host has what it needs, 1 when the
+/// config is invalid, 2 when it is valid but the host lacks something (named).
+fn check(path: &std::path::Path) -> Result<(), (u8, String)> {
     use std::fmt::Write as _;
+    let config = &ConfigSource::File(path.to_owned())
+        .load()
+        .map_err(|error| (1, error.to_string()))?;
     let problems = daemon::preflight::problems(config);
     if !problems.is_empty() {
-        return Err(format!(
-            "{}: valid, but the host lacks what it needs:\n  {}",
-            path.display(),
-            problems.join("\n  ")
+        return Err((
+            2,
+            format!(
+                "{}: valid, but the host lacks what it needs:\n  {}",
+                path.display(),
+                problems.join("\n  ")
+            ),
         ));
     }
     let reals: usize = config.services.iter().map(|service| service.reals.len()).sum();
@@ -117,9 +133,6 @@ fn run(args: Args) -> Result<(), String> {
         None => {
             let source = ConfigSource::File(args.config.clone());
             let config = source.load().map_err(|error| error.to_string())?;
-            if args.check {
-                return check(&args.config, &config);
-            }
             runtime
                 .block_on(daemon::serve(source, config))
                 .map_err(|error| error.to_string())

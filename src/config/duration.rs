@@ -60,15 +60,14 @@ impl Range {
     pub(crate) fn parse(self, text: &str) -> Result<Duration, String> {
         let value = parse(text)?;
         if value < self.min || value > self.max {
-            let min = if self.min.is_zero() {
-                "0s".to_owned()
-            } else if self.min == Duration::from_millis(1) {
-                "longer than 0s".to_owned()
+            let min = if self.min == Duration::from_millis(1) {
+                "above 0s".to_owned()
             } else {
-                format(self.min)
+                format!("at least {}", format(self.min))
             };
             return Err(format!(
-                "duration `{text}` is out of range: it must be {min} to {}",
+                "duration `{}` is out of range: it must be {min} and at most {}",
+                quoted(text),
                 format(self.max)
             ));
         }
@@ -76,10 +75,20 @@ impl Range {
     }
 }
 
+/// `text`, or its first 32 characters and `…` when it is longer: errors quote what was
+/// written without repeating a value of kilobytes.
+fn quoted(text: &str) -> String {
+    match text.char_indices().nth(32) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
 /// Parses a duration string; the error explains the accepted form.
 pub fn parse(text: &str) -> Result<Duration, String> {
+    let shown = quoted(text);
     let bad = || {
-        format!("invalid duration `{text}`: expected a number with a unit, like 500ms, 2s, 5m, 1h or 1m30s")
+        format!("invalid duration `{shown}`: expected a number with a unit, like 500ms, 2s, 5m, 1h or 1m30s")
     };
     let mut rest = text.trim();
     if rest.is_empty() {
@@ -105,7 +114,7 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         total = total
             .checked_add(unit)
             .filter(|total| *total <= LONGEST)
-            .ok_or_else(|| format!("invalid duration `{text}`: longer than 100 years"))?;
+            .ok_or_else(|| format!("invalid duration `{shown}`: longer than 100 years"))?;
         rest = &rest[unit_len..];
     }
     Ok(total)
@@ -113,7 +122,7 @@ pub fn parse(text: &str) -> Result<Duration, String> {
 
 /// Formats a duration the way the config file writes it (`900s`, `1500ms`, `30d`).
 pub fn format(duration: Duration) -> String {
-    if duration.subsec_millis() == 0 && duration.as_secs() >= DAY && duration.as_secs() % DAY == 0 {
+    if duration.subsec_millis() == 0 && duration.as_secs() >= DAY && duration.as_secs().is_multiple_of(DAY) {
         format!("{}d", duration.as_secs() / DAY)
     } else if duration.subsec_millis() == 0 {
         format!("{}s", duration.as_secs())
@@ -200,11 +209,22 @@ mod tests {
         let message = IDLE.parse("31d").unwrap_err();
         assert_eq!(
             message,
-            "duration `31d` is out of range: it must be longer than 0s to 30d"
+            "duration `31d` is out of range: it must be above 0s and at most 30d"
         );
         assert!(IDLE.parse("0s").is_err());
         assert!(DRAIN.parse("0s").is_ok());
-        assert!(PERSISTENCE.parse("500ms").unwrap_err().contains("1s to 30d"));
+        assert!(
+            PERSISTENCE
+                .parse("500ms")
+                .unwrap_err()
+                .contains("at least 1s and at most 30d")
+        );
+        assert!(parse(&"1d".repeat(100)).is_ok());
+        assert!(
+            IDLE.parse(&"1d".repeat(100))
+                .unwrap_err()
+                .contains("`1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d…`")
+        );
     }
 
     #[test]

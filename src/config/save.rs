@@ -33,6 +33,10 @@ fn is_default<T: Default + PartialEq>(value: &T) -> bool {
     *value == T::default()
 }
 
+fn is_default_max_sessions(value: &u32) -> bool {
+    *value == super::DEFAULT_MAX_SESSIONS
+}
+
 #[derive(Serialize)]
 struct SavedService<'a> {
     name: &'a str,
@@ -47,6 +51,12 @@ struct SavedService<'a> {
     persistence: Option<&'a Persistence>,
     #[serde(skip_serializing_if = "is_default")]
     one_packet: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    udp_timeout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    udp_responses: Option<u32>,
+    #[serde(skip_serializing_if = "is_default_max_sessions")]
+    max_sessions: u32,
     #[serde(skip_serializing_if = "is_default")]
     proxy_protocol: ProxyProtocol,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -91,6 +101,9 @@ impl Serialize for ServiceConfig {
             forward: self.forward,
             persistence: self.persistence.as_ref(),
             one_packet: self.one_packet,
+            udp_timeout: self.udp_timeout.map(duration::format),
+            udp_responses: self.udp_responses,
+            max_sessions: self.max_sessions,
             proxy_protocol: self.proxy_protocol,
             sorry_server: self.sorry_server.map(|address| address.to_string()),
             health_check: self.health_check.as_ref(),

@@ -545,6 +545,13 @@ pub struct ServiceConfig {
     pub persistence: Option<Persistence>,
     /// UDP: schedule every datagram on its own.
     pub one_packet: bool,
+    /// UDP proxy: a session's idle timeout; `None` = `timeouts.udp`.
+    pub udp_timeout: Option<Duration>,
+    /// UDP proxy: a session ends after this many replies (nginx's `proxy_responses`; 1 for
+    /// DNS); `None` = only at its idle timeout.
+    pub udp_responses: Option<u32>,
+    /// UDP proxy: sessions the service may hold at once. Default 65536.
+    pub max_sessions: u32,
     /// PROXY protocol towards the reals.
     pub proxy_protocol: ProxyProtocol,
     /// Used only while no real server is available.
@@ -568,6 +575,9 @@ impl PartialEq for ServiceConfig {
             && self.forward == other.forward
             && self.persistence == other.persistence
             && self.one_packet == other.one_packet
+            && self.udp_timeout == other.udp_timeout
+            && self.udp_responses == other.udp_responses
+            && self.max_sessions == other.max_sessions
             && self.proxy_protocol == other.proxy_protocol
             && self.sorry_server == other.sorry_server
             && self.health_check == other.health_check
@@ -633,6 +643,12 @@ struct RawService {
     persistence: Option<Persistence>,
     #[serde(default)]
     one_packet: bool,
+    #[serde(default, deserialize_with = "udp_timeout")]
+    udp_timeout: Option<Duration>,
+    #[serde(default)]
+    udp_responses: Option<u32>,
+    #[serde(default = "default_max_sessions")]
+    max_sessions: u32,
     #[serde(default)]
     proxy_protocol: ProxyProtocol,
     #[serde(default, deserialize_with = "optional_socket_addr")]
@@ -659,6 +675,17 @@ struct RawReal {
 
 fn default_weight() -> u32 {
     1
+}
+
+/// The default `max_sessions` of a UDP service.
+pub const DEFAULT_MAX_SESSIONS: u32 = 65_536;
+
+fn default_max_sessions() -> u32 {
+    DEFAULT_MAX_SESSIONS
+}
+
+fn udp_timeout<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
+    optional_duration(deserializer, duration::IDLE)
 }
 
 /// The largest weight ipvsadm accepts.
@@ -717,6 +744,21 @@ impl ServiceConfig {
         }
         if raw.one_packet && raw.protocol != Protocol::Udp {
             return Err("one_packet: only valid for udp services (as ipvsadm -o)".to_owned());
+        }
+        let sessions_set = [
+            ("udp_timeout", raw.udp_timeout.is_some()),
+            ("udp_responses", raw.udp_responses.is_some()),
+            ("max_sessions", raw.max_sessions != DEFAULT_MAX_SESSIONS),
+        ];
+        if let Some((key, _)) = sessions_set.iter().find(|(_, set)| *set)
+            && (raw.protocol != Protocol::Udp || packets)
+        {
+            return Err(format!(
+                "{key}: only valid for udp services that are proxied (forward: proxy)"
+            ));
+        }
+        if raw.udp_responses == Some(0) || raw.max_sessions == 0 {
+            return Err("udp_responses and max_sessions must be at least 1".to_owned());
         }
         let mut reals: Vec<RealConfig> = Vec::new();
         let mut seen = std::collections::HashSet::new();
@@ -777,6 +819,9 @@ impl ServiceConfig {
             forward: raw.forward,
             persistence: raw.persistence,
             one_packet: raw.one_packet,
+            udp_timeout: raw.udp_timeout,
+            udp_responses: raw.udp_responses,
+            max_sessions: raw.max_sessions,
             proxy_protocol: raw.proxy_protocol,
             sorry_server: raw.sorry_server,
             health_check: raw.health_check,

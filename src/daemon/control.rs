@@ -3,7 +3,7 @@
 //! by the config file's rules, and applied in one step (bind, state file, swap). A change that
 //! fails anywhere changes nothing.
 
-use std::{collections::HashSet, net::SocketAddr, sync::atomic::Ordering::Relaxed, time::SystemTime};
+use std::{collections::HashSet, net::SocketAddr, time::SystemTime};
 
 use serde_yaml::{Mapping, Value};
 use thiserror::Error;
@@ -273,8 +273,7 @@ impl Director {
                 for real in service.reals.iter().chain(service.sorry.as_ref()) {
                     real.state.zero();
                 }
-                service.stats.conns.store(0, Relaxed);
-                service.stats.unavailable.store(0, Relaxed);
+                service.stats.zero();
             }
             self.rates.reset(&key);
         }

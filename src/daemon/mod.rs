@@ -142,6 +142,8 @@ pub struct Director {
     health: Monitor,
     rates: rates::Estimator,
     started: Instant,
+    /// The open-file limit in force (raised at start).
+    open_files: u64,
     packet: Arc<crate::lvs::plane::PacketShared>,
     packets: Option<crate::lvs::plane::PacketPlane>,
 }
@@ -167,6 +169,14 @@ impl Director {
         }
         let mut health = Monitor::new();
         health.sync(&config);
+        let count = config.worker_count();
+        let open_files = crate::host::raise_open_file_limit();
+        let budget = crate::host::Descriptors::limit_for(open_files, control_descriptors(&config, count));
+        tracing::info!(
+            open_files,
+            proxy_descriptors = budget,
+            "descriptor budget of the proxy's flows (two per TCP flow, one per UDP session)"
+        );
         let shared = Shared {
             table: Arc::new(TableHandle::new(ServiceTable::build(
                 &config,
@@ -174,8 +184,8 @@ impl Director {
                 health.view(),
             ))),
             flows: FlowTracker::default(),
+            descriptors: crate::host::Descriptors::new(budget),
         };
-        let count = config.worker_count();
         let bound: Vec<_> = config
             .services
             .iter()
@@ -197,6 +207,7 @@ impl Director {
             health,
             rates: rates::Estimator::default(),
             started: Instant::now(),
+            open_files,
             packet,
             packets,
         };
@@ -292,6 +303,12 @@ impl Director {
             })
             .count();
         self.health.sync(&config);
+        self.shared
+            .descriptors
+            .set_limit(crate::host::Descriptors::limit_for(
+                self.open_files,
+                control_descriptors(&config, self.workers.len()),
+            ));
         let previous = self.shared.table.snapshot();
         self.shared
             .table
@@ -388,6 +405,24 @@ impl Director {
     }
 }
 
+/// Descriptors the control plane holds for `config` beyond the fixed reserve: one listener per
+/// proxied service and worker, and one per checked real (a check holds one at a time).
+fn control_descriptors(config: &Config, workers: usize) -> usize {
+    config
+        .services
+        .iter()
+        .map(|service| {
+            let listeners = if service.on_packet_plane() { 0 } else { workers };
+            let checks = if service.health_check.is_some() {
+                service.reals.len()
+            } else {
+                0
+            };
+            listeners + checks
+        })
+        .sum()
+}
+
 /// Starts a director and serves until SIGTERM or SIGINT, reloading on SIGHUP; then drains for
 /// up to `drain_timeout`. Must run inside a tokio runtime (the control plane's).
 pub async fn serve(source: ConfigSource, config: Config) -> Result<(), StartError> {
@@ -409,17 +444,13 @@ pub async fn serve(source: ConfigSource, config: Config) -> Result<(), StartErro
     };
     let _metrics = match &admin_config_metrics {
         Some(address) => {
-            let server = crate::telemetry::serve(
-                *address,
-                Arc::clone(director.table()),
-                director.flows().clone(),
-                Arc::clone(director.packet()),
-            )
-            .await
-            .map_err(|source| StartError::Metrics {
-                address: *address,
-                source,
-            })?;
+            let server =
+                crate::telemetry::serve(*address, director.shared.clone(), Arc::clone(director.packet()))
+                    .await
+                    .map_err(|source| StartError::Metrics {
+                        address: *address,
+                        source,
+                    })?;
             tracing::info!(address = %server.address, "metrics served at /metrics");
             Some(server)
         }

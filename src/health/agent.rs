@@ -18,7 +18,12 @@ const REPLY_LIMIT: usize = 512;
 pub(super) async fn check(address: SocketAddr, timeout: std::time::Duration) -> Outcome {
     let mut stream = match probe::connect(address, timeout).await {
         Ok(stream) => stream,
-        Err(reason) => return Outcome::fail(format!("agent: {reason}")),
+        Err(failed) => {
+            return Outcome {
+                reason: format!("agent: {}", failed.reason),
+                ..failed
+            };
+        }
     };
     let mut reply = Vec::with_capacity(64);
     let mut chunk = [0u8; REPLY_LIMIT];

@@ -40,7 +40,7 @@ pub(super) async fn check(
         .spawn()
     {
         Ok(child) => child,
-        Err(error) => return Outcome::fail(format!("cannot run {}: {error}", argv[0])),
+        Err(error) => return Outcome::io_failure(&error, format!("cannot run {}: {error}", argv[0])),
     };
     // Until the command is reaped, dropping this (at the timeout, or when the checker stops)
     // kills its process group.

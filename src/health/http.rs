@@ -29,7 +29,7 @@ pub(super) struct Request<'a> {
 pub(super) async fn check(address: SocketAddr, request: &Request<'_>, timeout: Duration) -> Outcome {
     let stream = match probe::connect(address, timeout).await {
         Ok(stream) => stream,
-        Err(reason) => return Outcome::fail(reason),
+        Err(failed) => return failed,
     };
     let (mut sender, connection) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
         Ok(pair) => pair,

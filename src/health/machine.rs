@@ -20,6 +20,9 @@ pub struct Outcome {
     /// A failure that takes the real down at once, whatever `fall` says: the real's own agent
     /// said it is down or in maintenance.
     pub immediate: bool,
+    /// The check could not run for want of this host's resources (descriptors, ports): it
+    /// says nothing of the real, and is not applied.
+    pub local: bool,
 }
 
 impl Outcome {
@@ -31,6 +34,7 @@ impl Outcome {
             weight: None,
             drain: None,
             immediate: false,
+            local: false,
         }
     }
 
@@ -39,6 +43,24 @@ impl Outcome {
         Self {
             passed: false,
             ..Self::pass(reason)
+        }
+    }
+
+    /// A check that could not run because this host lacks a resource; no verdict.
+    pub fn local(reason: impl Into<String>) -> Self {
+        Self {
+            local: true,
+            ..Self::fail(reason)
+        }
+    }
+
+    /// The outcome of an I/O error while checking: a failure of the real, or for this host's
+    /// own shortages ([`crate::host::is_local`]) no verdict.
+    pub fn io_failure(error: &std::io::Error, reason: String) -> Self {
+        if crate::host::is_local(error) {
+            Self::local(reason)
+        } else {
+            Self::fail(reason)
         }
     }
 

@@ -136,6 +136,7 @@ async fn watch(
         Instant::now(),
         spread(check.interval, &target),
     ));
+    let mut short = crate::log::Throttle::new(Duration::from_secs(60));
     loop {
         let outcome = tokio::select! {
             () = tokio::time::sleep_until(next) => {
@@ -160,6 +161,19 @@ async fn watch(
                 }
             }
         };
+        if outcome.local {
+            // This host ran out of something (descriptors, ports): no verdict on the real.
+            if let Some(suppressed) = short.ready() {
+                tracing::warn!(
+                    suppressed,
+                    "real server {} of service {}: check not run ({}); its verdict stays",
+                    target.real,
+                    target.service,
+                    outcome.reason
+                );
+            }
+            continue;
+        }
         let change = {
             let mut record = status.lock();
             if !outcome.passed && record.up && !outcome.immediate {

@@ -33,7 +33,7 @@ pub(super) async fn run(check: &HealthCheckConfig, target: &Target) -> Outcome {
         HealthCheckKind::None => Outcome::pass("not checked"),
         HealthCheckKind::Tcp => match handshake(address, timeout).await {
             Ok(()) => Outcome::pass("connected"),
-            Err(reason) => Outcome::fail(reason),
+            Err(failed) => failed,
         },
         HealthCheckKind::Http {
             path,
@@ -73,8 +73,9 @@ pub(super) async fn within(timeout: Duration, what: &str, check: impl Future<Out
     })
 }
 
-/// Connects to `address` within `timeout`; the error is a reason for a failed check.
-pub(super) async fn connect(address: SocketAddr, timeout: Duration) -> Result<TcpStream, String> {
+/// Connects to `address` within `timeout`; the error is the check's outcome (a failure, or no
+/// verdict when this host lacked a descriptor or a port).
+pub(super) async fn connect(address: SocketAddr, timeout: Duration) -> Result<TcpStream, Outcome> {
     let socket = if address.is_ipv4() {
         TcpSocket::new_v4()
     } else {
@@ -87,7 +88,7 @@ pub(super) async fn connect(address: SocketAddr, timeout: Duration) -> Result<Tc
 /// connect check does, the handshake's last ACK is held back (no quick ACK) and the socket is
 /// then closed with a reset, so the server's application never sees a connection to accept
 /// and close, and neither side keeps a TIME_WAIT.
-async fn handshake(address: SocketAddr, timeout: Duration) -> Result<(), String> {
+async fn handshake(address: SocketAddr, timeout: Duration) -> Result<(), Outcome> {
     let socket = if address.is_ipv4() {
         TcpSocket::new_v4()
     } else {
@@ -105,15 +106,16 @@ async fn connect_socket(
     socket: io::Result<TcpSocket>,
     address: SocketAddr,
     timeout: Duration,
-) -> Result<TcpStream, String> {
-    let socket = socket.map_err(|error| format!("cannot open a socket: {error}"))?;
+) -> Result<TcpStream, Outcome> {
+    let socket =
+        socket.map_err(|error| Outcome::io_failure(&error, format!("cannot open a socket: {error}")))?;
     match tokio::time::timeout(timeout, socket.connect(address)).await {
         Ok(Ok(stream)) => Ok(stream),
-        Ok(Err(error)) => Err(connect_error(&error)),
-        Err(_) => Err(format!(
+        Ok(Err(error)) => Err(Outcome::io_failure(&error, connect_error(&error))),
+        Err(_) => Err(Outcome::fail(format!(
             "connect timed out after {}",
             crate::config::format_duration(timeout)
-        )),
+        ))),
     }
 }
 

@@ -34,7 +34,7 @@ pub(super) async fn check(address: SocketAddr, send: &str, expect: &str, timeout
         Ok(Err(error)) if error.kind() == io::ErrorKind::ConnectionRefused => {
             Outcome::fail("ICMP port unreachable")
         }
-        Ok(Err(error)) => Outcome::fail(format!("udp exchange failed: {error}")),
+        Ok(Err(error)) => Outcome::io_failure(&error, format!("udp exchange failed: {error}")),
         Ok(Ok(reply)) if contains(&reply, expect.as_bytes()) => Outcome::pass("reply received"),
         Ok(Ok(_)) => Outcome::fail(format!("reply lacks {expect:?}")),
     }

@@ -33,6 +33,8 @@ pub struct Shared {
     pub table: Arc<TableHandle>,
     /// Flows in progress, for draining.
     pub flows: FlowTracker,
+    /// The descriptors flows may hold; a flow takes its share before it opens a socket.
+    pub descriptors: Arc<crate::host::Descriptors>,
 }
 
 /// Passive failure reporting for a flow's real.

@@ -14,8 +14,10 @@ use super::{
 use crate::{
     clock::Millis,
     config::{Protocol, ServiceKey},
+    host::DescriptorHold,
+    log::Throttle,
     sched::Flow,
-    table::Scheduled,
+    table::{Refusal, Scheduled},
 };
 
 /// Reals tried for one client connection: the first choice and up to two more.
@@ -30,6 +32,7 @@ pub(super) async fn accept_loop(
     stop: CancellationToken,
 ) {
     let mut error_pause = Duration::from_millis(5);
+    let mut warned = Throttle::new(Duration::from_secs(10));
     loop {
         let accepted = tokio::select! {
             () = stop.cancelled() => return,
@@ -38,11 +41,18 @@ pub(super) async fn accept_loop(
         match accepted {
             Ok((client, peer)) => {
                 error_pause = Duration::from_millis(5);
-                tokio::spawn(handle(client, peer, key, shared.clone()));
+                // The client's socket and the one to the real: both before anything opens.
+                let Some(descriptors) = shared.descriptors.take(2) else {
+                    refuse(&client, &key, &shared, Refusal::Descriptors, &mut warned);
+                    continue;
+                };
+                tokio::spawn(handle(client, peer, key, shared.clone(), descriptors));
             }
             Err(error) => {
                 // EMFILE/ENFILE/ENOBUFS: pause rather than spin, as mini-redis does.
-                tracing::warn!(service = %key, %error, "accept failed; pausing {error_pause:?}");
+                if let Some(suppressed) = warned.ready() {
+                    tracing::warn!(service = %key, %error, suppressed, "accept failed; pausing {error_pause:?}");
+                }
                 tokio::time::sleep(error_pause).await;
                 error_pause = (error_pause * 2).min(Duration::from_secs(1));
             }
@@ -50,7 +60,30 @@ pub(super) async fn accept_loop(
     }
 }
 
-async fn handle(client: Stream, peer: SocketAddr, key: ServiceKey, shared: Shared) {
+/// Resets a client the director cannot serve for `why`, counting it (and warning at most once
+/// per interval).
+fn refuse(client: &Stream, key: &ServiceKey, shared: &Shared, why: Refusal, warned: &mut Throttle) {
+    let _ = client.set_zero_linger();
+    if let Some(service) = shared.table.load().service(key) {
+        service.stats.refuse(why);
+    }
+    if let Some(suppressed) = warned.ready() {
+        tracing::warn!(
+            service = %key,
+            reason = why.label(),
+            suppressed,
+            "new connection refused: the director is at a bound (see lbd_service_refused_total)"
+        );
+    }
+}
+
+async fn handle(
+    client: Stream,
+    peer: SocketAddr,
+    key: ServiceKey,
+    shared: Shared,
+    _descriptors: DescriptorHold,
+) {
     let _flow = shared.flows.enter();
     let Some((server, mut scheduled, timeouts)) = connect(peer, key, &shared).await else {
         // Refuse with a reset, as a closed port would.
@@ -112,6 +145,12 @@ async fn connect(
             Ok(Ok(server)) => {
                 scheduled.binding.real().record_success();
                 return Some((server, scheduled, idle));
+            }
+            Ok(Err(error)) if crate::host::is_local(&error) => {
+                // This host's shortage, not the real's: nothing is counted against it, and
+                // another real would fare no better.
+                tracing::debug!(service = %key, real = %address, %error, "cannot connect: no local resources");
+                return None;
             }
             Ok(Err(error)) => error,
             Err(_) => io::Error::new(

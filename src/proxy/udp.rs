@@ -1,7 +1,13 @@
 //! UDP proxy: sessions keyed by client address (with `one_packet`, by client and real). Each
 //! session has its own socket connected to its real; replies go back to the client from the
-//! service socket, so they come from the service address. A session ends after
-//! `timeouts.udp` without a datagram either way.
+//! service socket, so they come from the service address. A session ends after its idle
+//! timeout (`udp_timeout`, else `timeouts.udp`) without a datagram either way, or after
+//! `udp_responses` replies (with `one_packet`, after the first).
+//!
+//! Sessions are bounded: a service holds at most `max_sessions`, all UDP sessions together at
+//! most half of the proxy's descriptor budget; a datagram that would start one more is
+//! dropped and counted (`lbd_service_refused_total{reason="sessions"}`), so a flood of new
+//! clients never takes the descriptors other services need.
 
 use std::{
     collections::HashMap,
@@ -23,8 +29,10 @@ use super::{
 use crate::{
     clock::Millis,
     config::{Protocol, ServiceKey},
+    host::DescriptorHold,
+    log::Throttle,
     sched::Flow,
-    table::{Scheduled, TableHandle},
+    table::{Refusal, Scheduled, ServiceStats, TableHandle},
 };
 
 /// Sessions of one service on one worker. Only that worker's thread touches the map, so the
@@ -52,6 +60,29 @@ struct Session {
     /// Its listing, with the time of the last datagram either way.
     registration: Registration,
     _flow: FlowGuard,
+    _counted: Counted,
+    _descriptor: DescriptorHold,
+}
+
+/// A session's place in its service's count, given back when the session ends.
+struct Counted(Arc<ServiceStats>);
+
+impl Counted {
+    /// Counts one more session of the service, unless it holds `max` already.
+    fn take(stats: &Arc<ServiceStats>, max: u32) -> Option<Self> {
+        let max = usize::try_from(max).unwrap_or(usize::MAX);
+        stats
+            .udp_sessions
+            .fetch_update(Relaxed, Relaxed, |open| (open < max).then_some(open + 1))
+            .ok()?;
+        Some(Self(Arc::clone(stats)))
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.udp_sessions.fetch_sub(1, Relaxed);
+    }
 }
 
 impl Session {
@@ -78,6 +109,7 @@ pub(super) async fn serve(
     let socket = Arc::new(socket);
     let sessions: Arc<Sessions> = Arc::default();
     let mut buffer = vec![0u8; 65_536];
+    let mut warned = Throttle::new(Duration::from_secs(10));
     loop {
         let (len, client) = tokio::select! {
             () = stop.cancelled() => break,
@@ -91,7 +123,8 @@ pub(super) async fn serve(
         };
         let datagram = &buffer[..len];
         for _retry in 0..2 {
-            let Some(session) = session_for(client, key, &shared, &socket, &sessions, drain.is_cancelled())
+            let draining = drain.is_cancelled();
+            let Some(session) = session_for(client, key, &shared, &socket, &sessions, draining, &mut warned)
             else {
                 break;
             };
@@ -119,7 +152,7 @@ pub(super) async fn serve(
     sessions.with(HashMap::clear);
 }
 
-/// The session for a datagram from `client`, started if need be.
+/// The session for a datagram from `client`, started if need be (within the bounds).
 fn session_for(
     client: SocketAddr,
     key: ServiceKey,
@@ -127,6 +160,7 @@ fn session_for(
     socket: &Arc<UdpSocket>,
     sessions: &Arc<Sessions>,
     draining: bool,
+    warned: &mut Throttle,
 ) -> Option<Arc<Session>> {
     let table = shared.table.load();
     let service = table.service(&key)?;
@@ -156,10 +190,32 @@ fn session_for(
         return Some(session);
     }
     service.stats.conns.fetch_add(1, Relaxed);
+    let refused = |why: Refusal, warned: &mut Throttle| {
+        service.stats.refuse(why);
+        if let Some(suppressed) = warned.ready() {
+            tracing::warn!(
+                service = %key,
+                reason = why.label(),
+                sessions = service.stats.udp_sessions.load(Relaxed),
+                suppressed,
+                "new udp session refused: the director is at a bound (see lbd_service_refused_total)"
+            );
+        }
+        None
+    };
+    let Some(counted) = Counted::take(&service.stats, service.config.max_sessions) else {
+        return refused(Refusal::Sessions, warned);
+    };
+    let Some(descriptor) = shared.descriptors.take_udp() else {
+        return refused(Refusal::Sessions, warned);
+    };
     let upstream = match connected_socket(address) {
         Ok(upstream) => upstream,
         Err(error) => {
-            tracing::warn!(service = %key, real = %address, %error, "cannot open a udp socket to the real server");
+            // Always this host's trouble (no descriptor, no port): never the real's.
+            if let Some(suppressed) = warned.ready() {
+                tracing::warn!(service = %key, real = %address, %error, suppressed, "cannot open a udp socket to the real server");
+            }
             return None;
         }
     };
@@ -171,31 +227,52 @@ fn session_for(
             .register(FlowRecord::new(Protocol::Udp, client, key.listen, address)),
         scheduled,
         _flow: shared.flows.enter(),
+        _counted: counted,
+        _descriptor: descriptor,
     });
     sessions.with(|map| map.insert(session_key, Arc::clone(&session)));
-    let idle = table.timeouts.udp;
+    let ends = SessionEnd {
+        idle: service.config.udp_timeout.unwrap_or(table.timeouts.udp),
+        replies: if one_packet {
+            Some(1)
+        } else {
+            service.config.udp_responses
+        },
+    };
     tokio::spawn(replies(
         key,
         Arc::clone(&shared.table),
         Arc::clone(&session),
         Arc::clone(socket),
         Arc::clone(sessions),
-        idle,
+        ends,
     ));
     Some(session)
 }
 
-/// Passes the real's replies back to the client until the session idles out or fails.
+/// When a session ends.
+#[derive(Debug, Clone, Copy)]
+struct SessionEnd {
+    /// After this long without a datagram either way.
+    idle: Duration,
+    /// After this many replies, if set.
+    replies: Option<u32>,
+}
+
+/// Passes the real's replies back to the client until the session idles out, has had its
+/// replies, or fails.
 async fn replies(
     key: ServiceKey,
     table: Arc<TableHandle>,
     session: Arc<Session>,
     socket: Arc<UdpSocket>,
     sessions: Arc<Sessions>,
-    idle: Duration,
+    ends: SessionEnd,
 ) {
     let stats = session.scheduled.binding.real();
     let client = session.key.client;
+    let idle = ends.idle;
+    let mut replies_left = ends.replies;
     loop {
         let remaining = idle.saturating_sub(session.idle_for());
         let ready = tokio::select! {
@@ -222,6 +299,12 @@ async fn replies(
                     tracing::debug!(client = %client, %error, "udp reply to client failed");
                 }
                 pool::give(buffer);
+                if let Some(left) = replies_left.as_mut() {
+                    *left -= 1;
+                    if *left == 0 {
+                        break;
+                    }
+                }
             }
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => pool::give(buffer),
             Err(error) => {

@@ -140,6 +140,51 @@ pub struct ServiceStats {
     pub conns: AtomicU64,
     /// Flows refused because no real server was available.
     pub unavailable: AtomicU64,
+    /// Flows refused at a bound of this director, by [`Refusal`].
+    refused: [AtomicU64; Refusal::ALL.len()],
+    /// UDP proxy sessions open now, on every worker.
+    pub udp_sessions: std::sync::atomic::AtomicUsize,
+}
+
+impl ServiceStats {
+    /// Counts a flow refused for `why`.
+    pub fn refuse(&self, why: Refusal) {
+        self.refused[why as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Flows refused for `why` so far.
+    pub fn refused(&self, why: Refusal) -> u64 {
+        self.refused[why as usize].load(Relaxed)
+    }
+
+    /// Zeroes the totals (ipvsadm `-Z`).
+    pub fn zero(&self) {
+        for counter in [&self.conns, &self.unavailable].into_iter().chain(&self.refused) {
+            counter.store(0, Relaxed);
+        }
+    }
+}
+
+/// Why a new flow was refused although a real could have taken it: a bound of this director.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The proxy's descriptor budget was spent (open-file limit).
+    Descriptors = 0,
+    /// The service (or the director) held its most UDP sessions.
+    Sessions = 1,
+}
+
+impl Refusal {
+    /// Every reason, in label order.
+    pub const ALL: [Self; 2] = [Self::Descriptors, Self::Sessions];
+
+    /// The `reason` label of `lbd_service_refused_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Descriptors => "descriptors",
+            Self::Sessions => "sessions",
+        }
+    }
 }
 
 /// One virtual service in a snapshot.

@@ -13,6 +13,9 @@ use crate::clock::Millis;
 const BACKOFF_BASE_MS: u64 = 1_000;
 /// Longest passive back-off.
 const BACKOFF_MAX_MS: u64 = 30_000;
+/// When a back-off ends, one flow may try the real (half-open); the others keep away this
+/// long, until it has connected (the back-off is over) or failed (a longer one starts).
+const TRIAL_MS: u64 = 1_000;
 
 /// One active flow in [`SchedulingState::counts`].
 const ACTIVE: u64 = 1 << 32;
@@ -48,7 +51,10 @@ struct SchedulingState {
     /// flow moves between them with one atomic add.
     counts: AtomicU64,
     overloaded: AtomicBool,
+    /// No new flows before this time (ms): a back-off, or a trial under way. 0: none.
     backoff_until: AtomicU64,
+    /// The end of the current back-off window: failures before it are the same failure.
+    window_end: AtomicU64,
     max_conns: AtomicU32,
     min_conns: AtomicU32,
     failures: AtomicU32,
@@ -119,8 +125,23 @@ impl RealState {
     }
 
     /// Whether a recent connect failure keeps this real out of new flows at `now`.
+    ///
+    /// When a back-off has ended but no connect has succeeded since, the real is half-open:
+    /// the first caller to ask takes the one trial (false) and every other caller sees the
+    /// real in back-off for [`TRIAL_MS`] more, so a real still down costs one failed connect
+    /// per window, not one per flow in flight.
     pub fn in_backoff(&self, now: Millis) -> bool {
-        self.scheduling.backoff_until.load(Relaxed) > now.0
+        let until = self.scheduling.backoff_until.load(Relaxed);
+        if until == 0 {
+            return false;
+        }
+        if until > now.0 {
+            return true;
+        }
+        self.scheduling
+            .backoff_until
+            .compare_exchange(until, now.plus(TRIAL_MS).0, Relaxed, Relaxed)
+            .is_err()
     }
 
     /// Counts a failed connect without back-off (a health check decides instead). Returns the
@@ -131,21 +152,35 @@ impl RealState {
 
     /// Records a failed connect: the real gets no new flows for a back-off that doubles with
     /// each consecutive failure (1 s up to 30 s), like nginx's `max_fails`/`fail_timeout`.
-    /// Returns the number of consecutive failures.
+    /// Failures within a back-off window (flows that were connecting when the real died) are
+    /// one failure: only the first starts the window. Returns the consecutive failures.
     pub fn record_failure(&self, now: Millis) -> u32 {
+        let scheduling = &self.scheduling;
+        let end = scheduling.window_end.load(Relaxed);
+        if now.0 < end {
+            return scheduling.failures.load(Relaxed);
+        }
         let failures = self.count_failure();
         let backoff = BACKOFF_BASE_MS
             .saturating_mul(1 << failures.min(16).saturating_sub(1))
             .min(BACKOFF_MAX_MS);
-        self.scheduling.backoff_until.store(now.plus(backoff).0, Relaxed);
+        let until = now.plus(backoff).0;
+        if scheduling
+            .window_end
+            .compare_exchange(end, until, Relaxed, Relaxed)
+            .is_ok()
+        {
+            scheduling.backoff_until.store(until, Relaxed);
+        }
         failures
     }
 
     /// Records a successful connect, ending any back-off.
     pub fn record_success(&self) {
-        if self.scheduling.failures.load(Relaxed) != 0 {
+        if self.scheduling.failures.load(Relaxed) != 0 || self.scheduling.backoff_until.load(Relaxed) != 0 {
             self.scheduling.failures.store(0, Relaxed);
             self.scheduling.backoff_until.store(0, Relaxed);
+            self.scheduling.window_end.store(0, Relaxed);
         }
     }
 
@@ -288,19 +323,48 @@ mod tests {
     }
 
     #[test]
-    fn backoff_doubles_and_success_clears_it() {
+    fn backoff_doubles_per_window_and_success_clears_it() {
         let real = RealState::new(0, 0);
-        let now = Millis(10_000);
+        let mut now = Millis(10_000);
         real.record_failure(now);
         assert!(real.in_backoff(now.plus(999)));
-        assert!(!real.in_backoff(now.plus(1_000)));
-        real.record_failure(now);
-        assert!(real.in_backoff(now.plus(1_999)));
+        // Ten flows that were connecting when it died: still one failure, one window.
+        for _ in 0..10 {
+            assert_eq!(real.record_failure(now.plus(1)), 1);
+        }
+        now = now.plus(1_000);
+        assert!(!real.in_backoff(now), "the window is over: one trial");
+        assert!(real.in_backoff(now), "and only one");
+        assert_eq!(
+            real.record_failure(now.plus(5)),
+            2,
+            "the trial failed: a 2 s window"
+        );
+        assert!(real.in_backoff(now.plus(2_004)));
         for _ in 0..20 {
+            now = now.plus(60_000);
+            assert!(!real.in_backoff(now));
             real.record_failure(now);
         }
+        assert!(real.in_backoff(now.plus(29_999)));
         assert!(!real.in_backoff(now.plus(30_000)), "capped at 30 s");
         real.record_success();
-        assert!(!real.in_backoff(now));
+        assert!(
+            !real.in_backoff(now) && !real.in_backoff(now),
+            "back: no trial needed"
+        );
+    }
+
+    #[test]
+    fn a_real_restarted_within_its_window_is_back_after_one_trial() {
+        let real = RealState::new(0, 0);
+        let now = Millis(5_000);
+        for offset in 0..8 {
+            real.record_failure(now.plus(offset));
+        }
+        let trial = now.plus(1_000);
+        assert!(!real.in_backoff(trial));
+        real.record_success();
+        assert!(!real.in_backoff(trial.plus(1)));
     }
 }

@@ -5,7 +5,7 @@ use std::{fmt::Write, sync::atomic::Ordering::Relaxed};
 use crate::{
     config::Protocol,
     lvs::plane::PacketShared,
-    table::{Real, Service, ServiceTable},
+    table::{Real, Refusal, Service, ServiceTable},
 };
 
 /// Writes every family that the table holds.
@@ -41,6 +41,24 @@ pub(super) fn table(out: &mut String, table: &ServiceTable, flows: (usize, usize
                     &[("service", service.name())],
                     service.stats.unavailable.load(Relaxed),
                 );
+            }
+        },
+    );
+    family(
+        out,
+        "lbd_service_refused_total",
+        "counter",
+        "Flows refused at a bound of this director although a real could take them: the proxy's descriptor budget, or the service's UDP session limit.",
+        |out| {
+            for service in services {
+                for why in Refusal::ALL {
+                    sample(
+                        out,
+                        "lbd_service_refused_total",
+                        &[("service", service.name()), ("reason", why.label())],
+                        service.stats.refused(why),
+                    );
+                }
             }
         },
     );
@@ -229,6 +247,31 @@ pub(super) fn packets(out: &mut String, packet: &PacketShared) {
         "counter",
         "Packets the kernel handed to another packet worker than the one owning their flow (0 while eBPF steering is attached).",
         |out| sample(out, "lbd_packets_misqueued_total", &[], packet.flows.misqueued()),
+    );
+}
+
+/// Writes the counters of the director's own bounds.
+pub(super) fn bounds(out: &mut String, descriptors: &crate::host::Descriptors) {
+    family(
+        out,
+        "lbd_http_connections_refused_total",
+        "counter",
+        "Connections to the admin API or /metrics closed at accept because the endpoint held its most.",
+        |out| {
+            sample(
+                out,
+                "lbd_http_connections_refused_total",
+                &[],
+                crate::httpd::REFUSED.load(Relaxed),
+            );
+        },
+    );
+    family(
+        out,
+        "lbd_proxy_descriptors",
+        "gauge",
+        "Descriptors the proxy's flows hold now (each TCP flow two, each UDP session one).",
+        |out| sample(out, "lbd_proxy_descriptors", &[], descriptors.used() as u64),
     );
 }
 

@@ -18,7 +18,7 @@ use std::sync::OnceLock;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub use self::server::{MetricsServer, serve};
-use crate::{lvs::plane::PacketShared, proxy::FlowTracker, table::TableHandle};
+use crate::{lvs::plane::PacketShared, proxy::Shared};
 
 /// Histogram buckets of health check latency: 1 ms to 10 s.
 pub const CHECK_BUCKETS: [f64; 13] = [
@@ -70,11 +70,16 @@ pub fn count_reload(success: bool) {
 }
 
 /// The whole `/metrics` page: the facade's metrics, then the table's.
-pub fn render(table: &TableHandle, flows: &FlowTracker, packet: &PacketShared) -> String {
+pub fn render(proxy: &Shared, packet: &PacketShared) -> String {
     let mut page = recorder().render();
-    let (tcp, udp) = flows.count_by_protocol();
+    let (tcp, udp) = proxy.flows.count_by_protocol();
     let (packet_tcp, packet_udp) = packet.flows.count_by_protocol();
-    collect::table(&mut page, &table.load(), (tcp + packet_tcp, udp + packet_udp));
+    collect::table(
+        &mut page,
+        &proxy.table.load(),
+        (tcp + packet_tcp, udp + packet_udp),
+    );
     collect::packets(&mut page, packet);
+    collect::bounds(&mut page, &proxy.descriptors);
     page
 }

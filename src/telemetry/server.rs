@@ -6,7 +6,7 @@ use std::{io, net::SocketAddr, sync::Arc};
 use axum::{Router, extract::State, http::header, response::IntoResponse, routing::get};
 use tokio_util::task::AbortOnDropHandle;
 
-use crate::{lvs::plane::PacketShared, proxy::FlowTracker, table::TableHandle};
+use crate::{lvs::plane::PacketShared, proxy::Shared};
 
 /// What scrapers may hold: a request head within 10 s, an answer within 30 s, 32 connections
 /// at once. The endpoint needs no token, so these are what keep it from using up the
@@ -27,16 +27,15 @@ pub struct MetricsServer {
 
 #[derive(Clone)]
 struct Sources {
-    table: Arc<TableHandle>,
-    flows: FlowTracker,
+    proxy: Shared,
     packet: Arc<PacketShared>,
 }
 
-/// Serves `GET /metrics` on `address`. Must run inside a tokio runtime.
+/// Serves `GET /metrics` on `address` from what the proxy and the packet data plane share.
+/// Must run inside a tokio runtime.
 pub async fn serve(
     address: SocketAddr,
-    table: Arc<TableHandle>,
-    flows: FlowTracker,
+    proxy: Shared,
     packet: Arc<PacketShared>,
 ) -> io::Result<MetricsServer> {
     super::recorder();
@@ -44,7 +43,7 @@ pub async fn serve(
     let address = listener.local_addr()?;
     let app = Router::new()
         .route("/metrics", get(metrics))
-        .with_state(Sources { table, flows, packet });
+        .with_state(Sources { proxy, packet });
     let server = tokio::spawn(crate::httpd::serve(listener, app, LIMITS));
     Ok(MetricsServer {
         address,
@@ -55,6 +54,6 @@ pub async fn serve(
 async fn metrics(State(sources): State<Sources>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        super::render(&sources.table, &sources.flows, &sources.packet),
+        super::render(&sources.proxy, &sources.packet),
     )
 }

@@ -1,0 +1,296 @@
+//! Chaos: the real `lbd` driven the way an attacker or a careless operator would, each test
+//! asserting that lbd stays up, that the other services keep answering and that no real is
+//! wrongly marked down. Numbers are printed for the closing notes (`--nocapture`).
+
+use std::{
+    collections::HashMap,
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream, UdpSocket},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use crate::support::*;
+
+/// A thread that connects to a TCP service every 20 ms and counts the connects that did not
+/// get the backend's greeting, until stopped.
+struct Prober {
+    stop: Arc<AtomicBool>,
+    tried: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Prober {
+    fn start(service: SocketAddr) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let tried = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let (halt, count, fail) = (Arc::clone(&stop), Arc::clone(&tried), Arc::clone(&failed));
+        let thread = thread::spawn(move || {
+            while !halt.load(Ordering::SeqCst) {
+                count.fetch_add(1, Ordering::SeqCst);
+                let greeted =
+                    TcpStream::connect_timeout(&service, Duration::from_secs(2)).and_then(|mut stream| {
+                        stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+                        let mut byte = [0u8; 1];
+                        stream.read_exact(&mut byte)
+                    });
+                if greeted.is_err() {
+                    fail.fetch_add(1, Ordering::SeqCst);
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+        });
+        Self {
+            stop,
+            tried,
+            failed,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops; returns (connects tried, connects failed).
+    fn finish(mut self) -> (u64, u64) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            thread.join().unwrap();
+        }
+        (
+            self.tried.load(Ordering::SeqCst),
+            self.failed.load(Ordering::SeqCst),
+        )
+    }
+}
+
+/// The value of one sample of a `/metrics` page.
+fn sample(page: &str, series: &str) -> u64 {
+    page.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in:\n{page}"))
+}
+
+/// Sends `queries` DNS-like queries to `service`, each from a new socket (a new client port),
+/// `rate` per second, and waits up to 2 s for each reply. Returns the queries left without one.
+fn flood_new_ports(service: SocketAddr, rate: u32, queries: u32) -> u32 {
+    let started = Instant::now();
+    let mut pending: Vec<(UdpSocket, Instant)> = Vec::new();
+    let (mut sent, mut lost) = (0u32, 0u32);
+    let mut buffer = [0u8; 512];
+    while sent < queries || !pending.is_empty() {
+        let due = (started.elapsed().as_secs_f64() * f64::from(rate)) as u32;
+        while sent < queries && sent < due {
+            let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+            socket.set_nonblocking(true).unwrap();
+            socket.send_to(b"query", service).unwrap();
+            pending.push((socket, Instant::now()));
+            sent += 1;
+        }
+        pending.retain(|(socket, at)| {
+            if socket.recv_from(&mut buffer).is_ok() {
+                return false;
+            }
+            if at.elapsed() > Duration::from_secs(2) {
+                lost += 1;
+                return false;
+            }
+            true
+        });
+        thread::sleep(Duration::from_micros(300));
+    }
+    lost
+}
+
+#[test]
+fn a_udp_flood_of_new_client_ports_beside_a_tcp_service() {
+    let web = TcpBackend::start("web");
+    let dns = UdpBackend::start("dns");
+    let (tcp, udp, stateful, metrics) = (free_addr(), free_addr(), free_addr(), free_addr());
+    let config = format!(
+        "workers: 2\nmetrics: {{ listen: {metrics} }}\nservices:\n  - {{ name: web, protocol: tcp, listen: '{tcp}', reals: [{{address: '{}'}}] }}\n  - {{ name: dns, protocol: udp, listen: '{udp}', udp_responses: 1, reals: [{{address: '{}'}}] }}\n  - {{ name: stateful, protocol: udp, listen: '{stateful}', reals: [{{address: '{}'}}] }}\n",
+        web.address, dns.address, dns.address
+    );
+    // The common default limit, which lbd cannot raise here: 1,024 descriptors.
+    let lbd = Lbd::start_with_open_files(1024, &config);
+    let prober = Prober::start(tcp);
+
+    // A DNS front door: 2,500 new client ports a second for 10 s, one reply each.
+    let lost = flood_new_ports(udp, 2_500, 25_000);
+    println!("udp_responses: 1: {lost} of 25000 queries lost");
+    assert!(lost <= 25, "{lost} of 25,000 queries lost (at most 0.1 %)");
+
+    // Sessions that linger (no udp_responses): the service is held at its bound, refusals
+    // are counted, and the TCP service is not starved.
+    let lingering = flood_new_ports(stateful, 2_500, 2_000);
+    let page = http_fetch(metrics, "GET", "/metrics", b"").unwrap().1;
+    let refused = sample(
+        &page,
+        "lbd_service_refused_total{service=\"stateful\",reason=\"sessions\"}",
+    );
+    println!("lingering sessions: {lingering} of 2000 unanswered, {refused} refused at the bound");
+    assert!(refused > 0 && lingering >= u32::try_from(refused).unwrap() / 2);
+    let (tried, failed) = prober.finish();
+    println!("TCP beside it: {failed} of {tried} connects failed");
+    assert_eq!(failed, 0, "the TCP service kept answering");
+    assert_eq!(connect_and_greet(tcp).0, "web");
+    let warnings = lbd.log_count("new udp session refused");
+    assert!(
+        (1..=2).contains(&warnings),
+        "a warning line per worker and interval, not one per datagram:\n{}",
+        lbd.log_text()
+    );
+}
+
+#[test]
+fn descriptor_exhaustion_refuses_new_flows_and_blames_no_real() {
+    raise_own_open_files();
+    let web = TcpBackend::start("web");
+    let (tcp, admin, metrics) = (free_addr(), free_addr(), free_addr());
+    let config = format!(
+        "workers: 2\nadmin: {{ listen: '{admin}' }}\nmetrics: {{ listen: '{metrics}' }}\nservices:\n  - name: web\n    protocol: tcp\n    listen: '{tcp}'\n    health_check: {{ type: tcp, interval: 200ms, timeout: 1s, rise: 1, fall: 2 }}\n    reals: [{{address: '{}'}}]\n",
+        web.address
+    );
+    let lbd = Lbd::start_with_open_files(1024, &config);
+    // Twice what 1,024 descriptors can hold (two per proxied connection).
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..800 {
+        let Ok(mut stream) = TcpStream::connect_timeout(&tcp, Duration::from_secs(2)) else {
+            refused += 1;
+            continue;
+        };
+        stream.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut byte = [0u8; 1];
+        match stream.read_exact(&mut byte) {
+            Ok(()) => held.push(stream),
+            Err(_) => refused += 1,
+        }
+    }
+    println!("{} connections held, {refused} refused with a reset", held.len());
+    assert!(held.len() >= 300, "{} held", held.len());
+    assert!(refused > 0);
+    // The control plane kept its reserve: admin, metrics and health checks work.
+    let (status, _) = http_fetch(admin, "GET", "/v1/status", b"").unwrap();
+    assert_eq!(status, 200);
+    let page = http_fetch(metrics, "GET", "/metrics", b"").unwrap().1;
+    assert!(
+        sample(
+            &page,
+            "lbd_service_refused_total{service=\"web\",reason=\"descriptors\"}"
+        ) > 0
+    );
+    thread::sleep(Duration::from_millis(600));
+    assert_eq!(
+        lbd.log_count("up -> down"),
+        0,
+        "no real marked down:\n{}",
+        lbd.log_text()
+    );
+    drop(held);
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        connect_and_greet(tcp).0,
+        "web",
+        "new flows are served once descriptors are free"
+    );
+}
+
+#[test]
+fn half_open_admin_and_metrics_connections_are_bounded_and_timed_out() {
+    raise_own_open_files();
+    let web = TcpBackend::start("web");
+    let (tcp, admin, metrics) = (free_addr(), free_addr(), free_addr());
+    let config = format!(
+        "workers: 1\nadmin: {{ listen: '{admin}' }}\nmetrics: {{ listen: '{metrics}' }}\nservices:\n  - {{ name: web, protocol: tcp, listen: '{tcp}', reals: [{{address: '{}'}}] }}\n",
+        web.address
+    );
+    let lbd = Lbd::start(&config);
+    let mut half_open = Vec::new();
+    for endpoint in [admin, metrics] {
+        for _ in 0..400 {
+            if let Ok(mut stream) = TcpStream::connect(endpoint) {
+                let _ = stream.write_all(b"GET /metrics HTTP/1.1\r\nHo");
+                half_open.push(stream);
+            }
+        }
+    }
+    // The data plane is untouched: its descriptors were never at stake.
+    for _ in 0..20 {
+        assert_eq!(connect_and_greet(tcp).0, "web");
+    }
+    // Every half-open connection is closed within the 10 s header timeout.
+    let started = Instant::now();
+    for stream in &mut half_open {
+        stream.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        let mut rest = Vec::new();
+        let _ = stream.read_to_end(&mut rest);
+    }
+    println!("800 half-open requests all closed after {:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(12));
+    drop(half_open);
+    let (status, page) = http_fetch(metrics, "GET", "/metrics", b"").unwrap();
+    assert_eq!(status, 200);
+    assert!(sample(&page, "lbd_http_connections_refused_total") > 0);
+    assert_eq!(http_fetch(admin, "GET", "/v1/status", b"").unwrap().0, 200);
+    drop(lbd);
+}
+
+#[test]
+fn hostile_admin_bodies_are_refused_without_stalling_the_director() {
+    let web = TcpBackend::start("web");
+    let (tcp, admin, metrics) = (free_addr(), free_addr(), free_addr());
+    let config = format!(
+        "workers: 1\nadmin: {{ listen: '{admin}' }}\nmetrics: {{ listen: '{metrics}' }}\nservices:\n  - {{ name: web, protocol: tcp, listen: '{tcp}', reals: [{{address: '{}'}}] }}\n",
+        web.address
+    );
+    let mut lbd = Lbd::start(&config);
+    let deep = format!("{{\"services\": {}{}}}", "[".repeat(60_000), "]".repeat(60_000));
+    let overflow = format!("persistence: {{ timeout: {} }}\n", "999999999999d".repeat(250));
+    let long_fin = format!("{{ \"udp_timeout\": \"{}\" }}", "1d".repeat(200));
+    let cases: [(&str, &str, &[u8], u16); 6] = [
+        ("PUT", "/v1/services", deep.as_bytes(), 400),
+        ("PATCH", "/v1/services/web", overflow.as_bytes(), 400),
+        ("PATCH", "/v1/services/web", long_fin.as_bytes(), 400),
+        ("POST", "/v1/services", b"\xff\xfe{{{not yaml", 400),
+        (
+            "POST",
+            "/v1/services/web/reals",
+            b"{address: '10.0.0.[1-99999999]'}",
+            400,
+        ),
+        ("PUT", "/v1/services", &[b' '; 9 * 1024 * 1024], 413),
+    ];
+    let mut scrape_worst = Duration::ZERO;
+    for (method, path, body, expected) in cases {
+        let started = Instant::now();
+        let scraper = thread::spawn(move || {
+            let started = Instant::now();
+            assert_eq!(http_fetch(metrics, "GET", "/metrics", b"").unwrap().0, 200);
+            started.elapsed()
+        });
+        let (status, answer) = http_fetch(admin, method, path, body).unwrap();
+        let took = started.elapsed();
+        scrape_worst = scrape_worst.max(scraper.join().unwrap());
+        println!(
+            "{method} {path} ({} bytes): {status} in {took:?}: {answer}",
+            body.len()
+        );
+        assert_eq!(status, expected, "{answer}");
+        assert!(took < Duration::from_secs(2), "{took:?}");
+        assert!(answer.contains("\"error\""), "{answer}");
+    }
+    println!("slowest scrape meanwhile: {scrape_worst:?}");
+    assert!(scrape_worst < Duration::from_millis(500));
+    // Still up, nothing changed, still serving.
+    assert_eq!(connect_and_greet(tcp).0, "web");
+    let (_, services) = http_fetch(admin, "GET", "/v1/services", b"").unwrap();
+    assert_eq!(services.matches("\"name\"").count(), 1, "{services}");
+    lbd.signal(Signal::SIGHUP);
+    lbd.wait_for_log("configuration reloaded", 1);
+    let counts: HashMap<&str, usize> = [("panicked", lbd.log_count("panicked"))].into();
+    assert_eq!(counts["panicked"], 0, "{}", lbd.log_text());
+}
