@@ -107,7 +107,7 @@ fn every_command_changes_the_table_and_the_traffic() {
     let b = TcpBackend::start("b");
     let c = TcpBackend::start("c");
     let d = director(&[a.address], "");
-    let service = format!("127.0.0.1:{}", d.listen.port());
+    let service = d.listen.to_string();
     let (admin, svc) = (d.admin.as_str(), service.as_str());
 
     // add-real: new flows follow at once.
@@ -259,7 +259,7 @@ fn wait_for_admin(admin: &str) {
 fn rejected_requests_change_nothing() {
     let a = TcpBackend::start("a");
     let d = director(&[a.address], "");
-    let svc = format!("127.0.0.1:{}", d.listen.port());
+    let svc = d.listen.to_string();
     let admin = d.admin.as_str();
     let before = ok(admin, &["save"]);
     let dup_range = format!("127.0.0.1:[{}-{}]", a.address.port() - 1, a.address.port());
@@ -325,7 +325,7 @@ fn runtime_changes_survive_a_restart_through_the_state_file() {
     let a = TcpBackend::start("a");
     let b = TcpBackend::start("b");
     let (_dir, state, d) = director_with_state_file(&[a.address]);
-    let svc = format!("127.0.0.1:{}", d.listen.port());
+    let svc = d.listen.to_string();
     ok(
         &d.admin,
         &["add-real", "-t", &svc, "-r", &b.address.to_string(), "-w", "4"],
@@ -360,7 +360,7 @@ fn runtime_changes_survive_a_restart_through_the_state_file() {
 fn a_crash_during_a_burst_of_changes_leaves_a_prefix() {
     let a = TcpBackend::start("a");
     let (dir, state, d) = director_with_state_file(&[a.address]);
-    let svc = format!("127.0.0.1:{}", d.listen.port());
+    let svc = d.listen.to_string();
     let admin = d.admin.clone();
     // 200 add-reals, one after another; lbd is killed part way.
     let burst = std::thread::spawn(move || {
@@ -474,7 +474,7 @@ fn a_held_connection_survives_every_change_but_its_removal_lets_it_finish() {
     let a = TcpBackend::start("a");
     let b = TcpBackend::start("b");
     let d = director(&[a.address], "");
-    let svc = format!("127.0.0.1:{}", d.listen.port());
+    let svc = d.listen.to_string();
     let admin = d.admin.as_str();
     let (name, mut held) = connect_and_greet(d.listen);
     assert_eq!(name, "a");

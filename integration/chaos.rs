@@ -115,7 +115,8 @@ fn a_udp_flood_of_new_client_ports_beside_a_tcp_service() {
         web.address, dns.address, dns.address
     );
     // The common default limit, which lbd cannot raise here: 1,024 descriptors.
-    let lbd = Lbd::start_with_open_files(1024, &config);
+    let mut lbd = Lbd::start_with_open_files(1024, &config);
+    lbd.wait_for_log("metrics served", 1);
     let prober = Prober::start(tcp);
 
     // A DNS front door: 2,500 new client ports a second for 10 s, one reply each.
@@ -154,7 +155,8 @@ fn descriptor_exhaustion_refuses_new_flows_and_blames_no_real() {
         "workers: 2\nadmin: {{ listen: '{admin}' }}\nmetrics: {{ listen: '{metrics}' }}\nservices:\n  - name: web\n    protocol: tcp\n    listen: '{tcp}'\n    health_check: {{ type: tcp, interval: 200ms, timeout: 1s, rise: 1, fall: 2 }}\n    reals: [{{address: '{}'}}]\n",
         web.address
     );
-    let lbd = Lbd::start_with_open_files(1024, &config);
+    let mut lbd = Lbd::start_with_open_files(1024, &config);
+    lbd.wait_for_log("metrics served", 1);
     // Twice what 1,024 descriptors can hold (two per proxied connection).
     let mut held = Vec::new();
     let mut refused = 0;
@@ -208,7 +210,8 @@ fn half_open_admin_and_metrics_connections_are_bounded_and_timed_out() {
         "workers: 1\nadmin: {{ listen: '{admin}' }}\nmetrics: {{ listen: '{metrics}' }}\nservices:\n  - {{ name: web, protocol: tcp, listen: '{tcp}', reals: [{{address: '{}'}}] }}\n",
         web.address
     );
-    let lbd = Lbd::start(&config);
+    let mut lbd = Lbd::start(&config);
+    lbd.wait_for_log("metrics served", 1);
     let mut half_open = Vec::new();
     for endpoint in [admin, metrics] {
         for _ in 0..400 {
@@ -248,6 +251,7 @@ fn hostile_admin_bodies_are_refused_without_stalling_the_director() {
         web.address
     );
     let mut lbd = Lbd::start(&config);
+    lbd.wait_for_log("metrics served", 1);
     let deep = format!("{{\"services\": {}{}}}", "[".repeat(60_000), "]".repeat(60_000));
     let overflow = format!("persistence: {{ timeout: {} }}\n", "999999999999d".repeat(250));
     let long_fin = format!("{{ \"udp_timeout\": \"{}\" }}", "1d".repeat(200));

@@ -273,6 +273,13 @@ fn forwards(mode: &str) {
     let (tcp_port, udp_port) = if mode == "nat" { (80, 53) } else { (8080, 5353) };
     let mut lbd = Lbd::start_in(&topology.director, &config(mode));
     lbd.wait_for_log("packet data plane started", 1);
+    let route = Command::new("ip")
+        .args(["-n", &topology.director, "route", "show", VIP])
+        .output()
+        .unwrap();
+    let route = String::from_utf8_lossy(&route.stdout);
+    // Oversize DF packets to a tunnelled VIP are answered with "fragmentation needed".
+    assert_eq!(route.contains("mtu 1480"), mode == "tun", "{route}");
 
     // rr over both reals; each real sees the client's own address.
     let greetings: Vec<String> = (0..4).map(|_| greet(&topology.client, tcp_port).0).collect();
@@ -552,4 +559,78 @@ fn manual_setup_refuses_to_start_and_names_what_is_missing() {
     lbd.wait_for_log("packet data plane started", 1);
     let (greeting, _) = greet(&topology.client, 80);
     assert!(greeting.ends_with(CLIENT), "{greeting}");
+}
+
+/// The reply-steering rules (`lookup 100`) of the director, as `ip rule` lists them.
+fn reply_rules(director: &str) -> Vec<String> {
+    let output = Command::new("ip")
+        .args(["-n", director, "rule", "show"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|line| line.contains("lookup 100"))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn a_reload_whose_host_setup_fails_changes_nothing_and_a_corrected_one_applies() {
+    if !root() {
+        return;
+    }
+    let topology = topology();
+    let _rs1 = start_servers(&topology.reals[0], "rs1", "0.0.0.0");
+    let _rs2 = start_servers(&topology.reals[1], "rs2", "0.0.0.0");
+    let config = config("nat").replace(
+        "workers: 2\n",
+        "workers: 2\nmetrics: { listen: '127.0.0.1:9901' }\n",
+    );
+    let mut lbd = Lbd::start_in(&topology.director, &config);
+    lbd.wait_for_log("packet data plane started", 1);
+    let before = reply_rules(&topology.director);
+    assert_eq!(before.len(), 4, "{before:?}");
+    // A third nat real moves the UDP rules to prefs 1003 and 1004; one the new plan needs is
+    // in the way, so its step fails after the rule for the new real (pref 1002) was added.
+    let blocker = "pref 1003 iif br0 from 10.77.0.11 ipproto udp sport 5353 lookup 100";
+    ip(&format!("-n {} rule add {blocker}", topology.director));
+    let third = config.replace(
+        "      - address: 10.77.0.12:8080\n",
+        "      - address: 10.77.0.12:8080\n      - address: 10.77.0.13:8080\n",
+    );
+    std::fs::write(lbd.config_path(), &third).unwrap();
+    lbd.signal(Signal::SIGHUP);
+    lbd.wait_for_log("reload refused", 1);
+    assert!(lbd.log_text().contains("File exists"), "{}", lbd.log_text());
+    let mut after = reply_rules(&topology.director);
+    after.retain(|rule| !(rule.starts_with("1003:") && rule.contains("10.77.0.11 iif br0 ipproto udp")));
+    assert_eq!(after, before, "the host is exactly as it was");
+    assert_eq!(
+        metric(
+            &topology.director,
+            "lbd_config_reloads_total{result=\"failure\"}".to_owned()
+        ),
+        1
+    );
+    let (name, _stream) = greet(&topology.client, 80);
+    assert!(name.starts_with("rs"), "still forwarding: {name}");
+    // Corrected: the same reload applies, and the old UDP rule at 1002 is gone.
+    ip(&format!("-n {} rule del {blocker}", topology.director));
+    lbd.signal(Signal::SIGHUP);
+    lbd.wait_for_log("configuration reloaded", 1);
+    let rules = reply_rules(&topology.director);
+    assert_eq!(rules.len(), 5, "{rules:?}");
+    assert!(
+        rules
+            .iter()
+            .any(|rule| rule.starts_with("1002:") && rule.contains("10.77.0.13")),
+        "{rules:?}"
+    );
+    assert!(
+        rules
+            .iter()
+            .any(|rule| rule.starts_with("1003:") && rule.contains("udp")),
+        "{rules:?}"
+    );
+    drop(lbd);
 }

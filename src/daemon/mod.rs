@@ -110,6 +110,9 @@ pub enum ReloadError {
 /// A new table could not be applied; the running one is untouched.
 #[derive(Debug, Error)]
 pub enum ApplyError {
+    /// The host lacks what the new configuration needs.
+    #[error("the host lacks what the configuration needs:\n  {}", .0.join("\n  "))]
+    Preflight(Vec<String>),
     /// A new service address could not be bound.
     #[error(transparent)]
     Bind(#[from] BindError),
@@ -281,6 +284,10 @@ impl Director {
             .filter(|key| proxied.contains(key))
             .map(|&key| socket::bind(key, self.workers.len()).map(|listeners| (key, listeners)))
             .collect::<Result<_, _>>()?;
+        let problems = preflight::problems(&config);
+        if !problems.is_empty() {
+            return Err(ApplyError::Preflight(problems));
+        }
         let started_plane = match &self.packets {
             None if crate::lvs::plane::needed(&config) => crate::lvs::plane::PacketPlane::start(
                 &config,
@@ -289,8 +296,19 @@ impl Director {
             )?,
             _ => None,
         };
-        if let Some(path) = &config.state_file {
-            state_file::store(path, &config.services)?;
+        // The host setup moves beside the old one; anything that fails from here on puts it
+        // back, so a refused change leaves the host, the table and the state file as they were.
+        let pending = match &mut self.packets {
+            Some(plane) => Some(plane.prepare(&config)?),
+            None => None,
+        };
+        if let Some(path) = &config.state_file
+            && let Err(error) = state_file::store(path, &config.services)
+        {
+            if let (Some(plane), Some(pending)) = (&mut self.packets, pending) {
+                plane.revert(pending);
+            }
+            return Err(error.into());
         }
         let changed = config
             .services
@@ -321,12 +339,11 @@ impl Director {
         for (key, listeners) in bound {
             self.hand_out(key, listeners);
         }
+        if let (Some(plane), Some(pending)) = (&mut self.packets, pending) {
+            plane.commit(pending);
+        }
         if started_plane.is_some() {
             self.packets = started_plane;
-        } else if let Some(plane) = &mut self.packets
-            && let Err(error) = plane.reconfigure(&config)
-        {
-            tracing::error!("{error}");
         }
         for &key in old.difference(&new) {
             for worker in &self.workers {

@@ -212,23 +212,57 @@ impl PacketPlane {
         }))
     }
 
-    /// Brings the host setup and the steering program in line with a new config (after a
-    /// reload or an admin change).
-    pub fn reconfigure(&mut self, config: &Config) -> Result<(), PlaneError> {
-        if let Some(steering) = self.steering.as_mut() {
-            steering.update(crate::table::packet_vips(config));
-        }
+    /// Brings the host setup in line with `config` beside the running one (after a reload or
+    /// an admin change): what the new plan adds is applied now, what it drops stays until
+    /// [`commit`](Self::commit). On error nothing changed. With `setup: manual`, checks that
+    /// the host has the new plan.
+    pub fn prepare(&mut self, config: &Config) -> Result<Pending, PlaneError> {
         let plan = plan(config);
-        if plan == self.plan || self.setup.is_none() {
-            return Ok(());
-        }
-        if let Some(mut old) = self.setup.take() {
-            old.undo_all();
-        }
-        self.setup = Some(setup::apply(&plan)?);
-        self.plan = plan;
-        Ok(())
+        let change = match self.setup.as_mut() {
+            Some(applied) => Some(applied.change(&plan)?),
+            None => {
+                let missing = setup::missing(&plan);
+                if !missing.is_empty() {
+                    let commands: Vec<String> = missing.iter().map(|step| format!("  {step}")).collect();
+                    return Err(PlaneError::Missing(commands.join("\n")));
+                }
+                None
+            }
+        };
+        Ok(Pending {
+            plan,
+            change,
+            vips: crate::table::packet_vips(config),
+        })
     }
+
+    /// Completes a prepared change once the new table is published: the old plan's steps the
+    /// new one lacks are undone, and the steering program follows the new VIPs.
+    pub fn commit(&mut self, pending: Pending) {
+        if let Some(change) = pending.change {
+            change.commit();
+        }
+        if let Some(steering) = self.steering.as_mut() {
+            steering.update(pending.vips);
+        }
+        self.plan = pending.plan;
+    }
+
+    /// Undoes a prepared change: the host is as it was before [`prepare`](Self::prepare).
+    pub fn revert(&mut self, pending: Pending) {
+        if let (Some(applied), Some(change)) = (self.setup.as_mut(), pending.change) {
+            applied.revert(change);
+        }
+    }
+}
+
+/// A host setup change applied beside the running one, waiting for the rest of a reload.
+#[derive(Debug)]
+#[must_use = "commit or revert the change"]
+pub struct Pending {
+    plan: Vec<Step>,
+    change: Option<setup::Change>,
+    vips: Vec<IpAddr>,
 }
 
 impl Drop for PacketPlane {

@@ -18,6 +18,8 @@ use crate::config::{Config, ForwardMethod, Protocol};
 pub const REPLY_TABLE: u32 = 100;
 /// Preference of the first reply-steering rule.
 const RULE_PREF: u32 = 1000;
+/// The MTU of a tunnelled VIP's route: an Ethernet MTU less the outer IPv4 header.
+pub const TUNNEL_MTU: u32 = 1480;
 
 /// One step of the setup: a sysctl or an `ip` command, with how to undo it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -101,10 +103,18 @@ pub fn plan(config: &Config, client_interfaces: &[String]) -> Vec<Step> {
         // Replies from the VIP (DR, TUN) come back through the server side: loose at most.
         steps.push(sysctl(&format!("net.ipv4.conf.{server}.rp_filter"), "2"));
     }
-    for vip in &vips {
-        let vip = host(vip);
+    for address in &vips {
+        let vip = host(address);
+        // Tunnelled packets grow by the outer header (20 bytes): the VIP's route is that much
+        // narrower, so the kernel answers oversize DF packets with "fragmentation needed" and
+        // the client's path MTU discovery works (as IPVS's tunnel does).
+        let mtu = if tunnelled.contains(address) {
+            format!(" mtu {TUNNEL_MTU}")
+        } else {
+            String::new()
+        };
         steps.push(ip(
-            &format!("route replace {vip} dev {tun}"),
+            &format!("route replace {vip} dev {tun}{mtu}"),
             &format!("route del {vip} dev {tun}"),
         ));
         for interface in client_interfaces {
@@ -138,6 +148,17 @@ pub fn plan(config: &Config, client_interfaces: &[String]) -> Vec<Step> {
         }
     }
     steps
+}
+
+impl Step {
+    /// The `ip` arguments of an `ip` step (empty for a sysctl).
+    #[cfg(test)]
+    fn args_of(&self) -> Vec<String> {
+        match self {
+            Self::Ip { args, .. } => args.clone(),
+            Self::Sysctl { .. } => Vec::new(),
+        }
+    }
 }
 
 fn host(ip: &IpAddr) -> String {
@@ -240,10 +261,11 @@ fn squeeze(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// Steps applied, to undo at exit.
+/// Steps applied, each with how to undo it, to undo at exit (or when a new plan no longer
+/// has them).
 #[derive(Debug, Default)]
 pub struct Applied {
-    undo: Vec<Undo>,
+    steps: Vec<(Step, Option<Undo>)>,
 }
 
 #[derive(Debug)]
@@ -265,19 +287,27 @@ pub struct SetupError {
 /// Applies `steps`, remembering how to undo each; on a failure, undoes what was applied.
 pub fn apply(steps: &[Step]) -> Result<Applied, SetupError> {
     let mut applied = Applied::default();
-    for step in steps {
-        match run(step) {
-            Ok(undo) => applied.undo.extend(undo),
-            Err(reason) => {
-                applied.undo_all();
-                return Err(SetupError {
-                    step: step.to_string(),
-                    reason,
-                });
-            }
-        }
-    }
+    applied.change(steps).map(Change::commit)?;
     Ok(applied)
+}
+
+/// A move from one plan to another, made beside the old one: the new plan's steps all hold,
+/// and the old plan's other steps still hold until [`Change::commit`] undoes them, or until
+/// [`Applied::revert`] puts the host back exactly as it was.
+#[derive(Debug)]
+#[must_use = "commit or revert the change"]
+pub struct Change {
+    /// The steps this change ran (not in the old plan), to undo on revert.
+    added: Vec<Step>,
+    /// The old plan's steps the new one lacks, undone at commit.
+    retired: Applied,
+}
+
+impl Change {
+    /// Undoes the old plan's steps the new plan lacks.
+    pub fn commit(self) {
+        drop(self.retired);
+    }
 }
 
 fn run(step: &Step) -> Result<Option<Undo>, String> {
@@ -305,18 +335,79 @@ fn run(step: &Step) -> Result<Option<Undo>, String> {
 }
 
 impl Applied {
-    /// Undoes every step, last first.
-    pub fn undo_all(&mut self) {
-        while let Some(undo) = self.undo.pop() {
-            match undo {
-                Undo::Sysctl(path, old) => {
-                    let _ = std::fs::write(path, old);
+    /// Moves to `plan` beside what is applied: steps already applied are kept, the others run
+    /// in order. If one fails, those that ran are undone and nothing changed.
+    pub fn change(&mut self, plan: &[Step]) -> Result<Change, SetupError> {
+        let mut old = std::mem::take(&mut self.steps);
+        let mut added = Vec::new();
+        for step in plan {
+            if let Some(position) = old.iter().position(|(applied, _)| applied == step) {
+                self.steps.push(old.remove(position));
+                continue;
+            }
+            match run(step) {
+                Ok(undo) => {
+                    self.steps.push((step.clone(), undo));
+                    added.push(step.clone());
                 }
-                Undo::Ip(args) => {
-                    let _ = Command::new("ip").args(&args).output();
+                Err(reason) => {
+                    self.revert(Change {
+                        added,
+                        retired: Self { steps: old },
+                    });
+                    return Err(SetupError {
+                        step: step.to_string(),
+                        reason,
+                    });
                 }
             }
         }
+        Ok(Change {
+            added,
+            retired: Self { steps: old },
+        })
+    }
+
+    /// Undoes a change not committed: the steps it ran are undone (last first) and the old
+    /// plan's steps are held again.
+    pub fn revert(&mut self, change: Change) {
+        let Change { added, mut retired } = change;
+        let mut kept = Vec::new();
+        while let Some((step, undo)) = self.steps.pop() {
+            if added.contains(&step) {
+                undo_step(undo);
+            } else {
+                kept.push((step, undo));
+            }
+        }
+        kept.reverse();
+        self.steps = kept;
+        self.steps.append(&mut retired.steps);
+    }
+
+    /// Undoes every step, last first.
+    pub fn undo_all(&mut self) {
+        while let Some((_, undo)) = self.steps.pop() {
+            undo_step(undo);
+        }
+    }
+}
+
+fn undo_step(undo: Option<Undo>) {
+    match undo {
+        Some(Undo::Sysctl(path, old)) => {
+            let _ = std::fs::write(path, old);
+        }
+        Some(Undo::Ip(args)) => match Command::new("ip").args(&args).output() {
+            Ok(output) if output.status.success() => {}
+            Ok(output) => tracing::warn!(
+                "undoing the dataplane setup: `ip {}` failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr).trim()
+            ),
+            Err(error) => tracing::warn!("undoing the dataplane setup: cannot run ip: {error}"),
+        },
+        None => {}
     }
 }
 
@@ -330,6 +421,32 @@ impl Drop for Applied {
 mod tests {
     use super::*;
     use crate::config;
+
+    #[test]
+    fn a_tunnelled_vip_route_is_narrower_by_the_outer_header() {
+        let config = config::parse(
+            "dataplane: { tun: lbtun0, server_interface: br0 }\nservices:\n  - { protocol: tcp, listen: '192.168.77.100:80', forward: tun, reals: [{address: '10.77.0.11:80'}] }\n  - { protocol: tcp, listen: '192.168.77.101:80', forward: dr, reals: [{address: '10.77.0.11:80'}] }\n",
+            "t",
+        )
+        .unwrap();
+        let steps: Vec<String> = plan(&config, &[]).iter().map(ToString::to_string).collect();
+        assert!(
+            steps.contains(&"ip route replace 192.168.77.100/32 dev lbtun0 mtu 1480".to_owned()),
+            "{steps:?}"
+        );
+        assert!(
+            steps.contains(&"ip route replace 192.168.77.101/32 dev lbtun0".to_owned()),
+            "{steps:?}"
+        );
+        // `setup: manual` finds such a route by its destination and device.
+        let route = plan(&config, &[])
+            .into_iter()
+            .find(|step| step.to_string().contains("mtu"))
+            .unwrap();
+        let (list, fragments) = listing_of(&route.args_of()).unwrap();
+        assert_eq!(list, ["route", "show"]);
+        assert_eq!(fragments, ["192.168.77.100 dev lbtun0"]);
+    }
 
     #[test]
     fn a_nat_service_needs_routes_rules_and_sysctls() {
