@@ -130,3 +130,52 @@ fn persistence_keeps_a_client_then_lets_it_move_after_expiry() {
         "after expiry rr moves the client on"
     );
 }
+
+/// Short connections are spread by weight under wlc, because closed flows keep counting in
+/// InActConn for TIME_WAIT, as in IPVS: one client after another splits exactly by weight;
+/// with 3 clients at once, open flows (each weighing as much as 256 closed ones, IPVS's rule)
+/// tilt the split a little towards the lightest real.
+#[test]
+fn wlc_honours_weights_under_short_connections() {
+    let backends: Vec<_> = ["a", "b", "c"]
+        .iter()
+        .map(|name| TcpBackend::start(name))
+        .collect();
+    let listen = service_addr();
+    let weights = [4, 4, 1];
+    let reals: Vec<(SocketAddr, u32)> = backends
+        .iter()
+        .zip(weights)
+        .map(|(backend, weight)| (backend.address, weight))
+        .collect();
+    let _lbd = Lbd::start(&one_service("tcp", listen, "wlc", &reals, ""));
+    // Sequential clients, then concurrent ones.
+    let mut counts = distribution(listen, 1500);
+    println!("one client at a time: {counts:?}");
+    for (name, expected) in [("a", 666), ("b", 667), ("c", 167)] {
+        assert!(counts[name].abs_diff(expected) <= 45, "{name}: {counts:?}");
+    }
+    let clients: Vec<_> = (0..3)
+        .map(|_| std::thread::spawn(move || distribution(listen, 300)))
+        .collect();
+    for client in clients {
+        for (name, n) in client.join().unwrap() {
+            *counts.entry(name).or_insert(0) += n;
+        }
+    }
+    let total: usize = counts.values().sum();
+    let share = |name: &str| counts.get(name).copied().unwrap_or(0) as f64 * 100.0 / total as f64;
+    println!(
+        "wlc 4:4:1 over {total} short connections: {:.1} / {:.1} / {:.1} %",
+        share("a"),
+        share("b"),
+        share("c")
+    );
+    for (name, expected) in [("a", 44.4), ("b", 44.4), ("c", 11.1)] {
+        assert!(
+            (share(name) - expected).abs() <= 3.0,
+            "{name}: {:.1} % (expected {expected} ± 3): {counts:?}",
+            share(name)
+        );
+    }
+}

@@ -36,6 +36,19 @@ pub(crate) struct Limits {
 /// Largest request head (request line and headers) accepted.
 const MAX_HEAD: usize = 16 * 1024;
 
+tokio::task_local! {
+    /// The address of the client whose request is being answered.
+    static CLIENT: String;
+}
+
+/// The address of the client whose request is being answered (for logs), as far as the
+/// listener knows it.
+pub(crate) fn client() -> String {
+    CLIENT
+        .try_with(Clone::clone)
+        .unwrap_or_else(|_| "unknown".to_owned())
+}
+
 /// Connections refused because an endpoint was at its limit, for `/metrics`.
 pub(crate) static REFUSED: AtomicU64 = AtomicU64::new(0);
 
@@ -48,7 +61,7 @@ where
     let open = Arc::new(Semaphore::new(limits.max_connections));
     let mut warned = crate::log::Throttle::new(Duration::from_secs(10));
     loop {
-        let (io, _peer) = listener.accept().await;
+        let (io, peer) = listener.accept().await;
         let Ok(permit) = Arc::clone(&open).try_acquire_owned() else {
             REFUSED.fetch_add(1, Relaxed);
             if let Some(suppressed) = warned.ready() {
@@ -62,9 +75,13 @@ where
             continue;
         };
         let app = app.clone();
+        let peer = format!("{peer:?}");
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
-                answer(app.clone(), request.map(Body::new), limits.request_timeout)
+                CLIENT.scope(
+                    peer.clone(),
+                    answer(app.clone(), request.map(Body::new), limits.request_timeout),
+                )
             });
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())

@@ -190,7 +190,7 @@ fn router(state: AppState) -> Router {
                     },
                 )
                 .delete(|s: State<AppState>, Path(service): Path<String>| {
-                    ask(s, Request::Change(Change::DeleteService(service)))
+                    ask(s, change_request(Change::DeleteService(service)))
                 }),
         )
         .route(
@@ -215,7 +215,7 @@ fn router(state: AppState) -> Router {
             )
             .delete(
                 |s: State<AppState>, Path((service, address)): Path<(String, String)>| {
-                    ask(s, Request::Change(Change::DeleteReals { service, address }))
+                    ask(s, change_request(Change::DeleteReals { service, address }))
                 },
             ),
         )
@@ -227,7 +227,7 @@ fn router(state: AppState) -> Router {
                     patch.insert("weight".into(), 0.into());
                     ask(
                         s,
-                        Request::Change(Change::EditReals {
+                        change_request(Change::EditReals {
                             service,
                             address,
                             patch: serde_yaml::Value::Mapping(patch),
@@ -239,16 +239,16 @@ fn router(state: AppState) -> Router {
         .route(
             "/v1/services/{service}/zero",
             post(|s: State<AppState>, Path(service): Path<String>| {
-                ask(s, Request::Change(Change::Zero(Some(service))))
+                ask(s, change_request(Change::Zero(Some(service))))
             }),
         )
         .route(
             "/v1/zero",
-            post(|s: State<AppState>| ask(s, Request::Change(Change::Zero(None)))),
+            post(|s: State<AppState>| ask(s, change_request(Change::Zero(None)))),
         )
         .route(
             "/v1/reload",
-            post(|s: State<AppState>| ask(s, Request::Change(Change::Reload))),
+            post(|s: State<AppState>| ask(s, change_request(Change::Reload))),
         )
         .route(
             "/v1/connections",
@@ -321,7 +321,7 @@ async fn change(
     make: impl FnOnce(serde_yaml::Value) -> Change,
 ) -> Response {
     match parse_body(&state.parsers, body).await {
-        Ok(value) => ask(state, Request::Change(make(value))).await,
+        Ok(value) => ask(state, change_request(make(value))).await,
         Err(message) => problem(StatusCode::BAD_REQUEST, message),
     }
 }
@@ -341,6 +341,14 @@ async fn parse_body(parsers: &tokio::sync::Semaphore, body: Bytes) -> Result<ser
         .await
         .map_err(|_| "the body could not be parsed".to_owned())?
         .map_err(|error| format!("the body is not valid YAML or JSON: {error}"))
+}
+
+/// A change request from the client of the request being served.
+fn change_request(change: Change) -> Request {
+    Request::Change {
+        change,
+        client: crate::httpd::client(),
+    }
 }
 
 /// Sends `request` to the director and turns its answer into a response.

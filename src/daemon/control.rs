@@ -30,8 +30,13 @@ pub enum Request {
     Save,
     /// Flows in progress.
     Connections,
-    /// A change.
-    Change(Change),
+    /// A change, and who asked for it (for the log).
+    Change {
+        /// What to change.
+        change: Change,
+        /// The admin client's address.
+        client: String,
+    },
 }
 
 /// A change to the services table. Bodies are YAML or JSON in the config file's format.
@@ -112,93 +117,21 @@ impl Director {
             Request::Status => Ok(json(&self.status())),
             Request::Services => Ok(json(&self.service_views())),
             Request::Service(id) => {
-                let index = self.find(&id)?;
+                let index = find(&self.config.services, &id)?;
                 Ok(json(&self.service_view(index)))
             }
             Request::Save => Ok(Answer::Yaml(config::services_yaml(&self.config.services))),
             Request::Connections => Ok(json(&self.connections())),
-            Request::Change(change) => self.change(change),
+            Request::Change { change, client } => self.change(change, &client),
         }
     }
 
-    fn change(&mut self, change: Change) -> Result<Answer, ControlError> {
-        let mut services = self.config.services.clone();
-        let touched = match change {
-            Change::AddService(body) => {
-                services.push(service_from(body)?);
-                Some(services.len() - 1)
-            }
-            Change::EditService { service, patch } => {
-                let index = self.find(&service)?;
-                let mut value = config::service_value(&services[index]);
-                merge(&mut value, patch, &["protocol", "listen", "reals"])?;
-                services[index] = service_from(value)?;
-                Some(index)
-            }
-            Change::DeleteService(service) => {
-                services.remove(self.find(&service)?);
-                None
-            }
-            Change::ReplaceServices(body) => {
-                services = services_from(body)?;
-                None
-            }
-            Change::AddReals { service, reals } => {
-                let index = self.find(&service)?;
-                let added = reals_from(&services[index], reals)?;
-                let target = &mut services[index];
-                let known: HashSet<SocketAddr> = target.reals.iter().map(|real| real.address).collect();
-                for real in added {
-                    if known.contains(&real.address) {
-                        return Err(ControlError::Invalid(format!(
-                            "real {} is already in service `{}`; nothing was added",
-                            real.address, target.name
-                        )));
-                    }
-                    target.reals.push(real);
-                }
-                Some(index)
-            }
-            Change::EditReals {
-                service,
-                address,
-                patch,
-            } => {
-                let index = self.find(&service)?;
-                let targets = self.reals_named(index, &address)?;
-                // Only the reals named are re-read through the config rules.
-                let mut edited = Vec::with_capacity(targets.len());
-                for real in services[index]
-                    .reals
-                    .iter()
-                    .filter(|real| targets.contains(&real.address))
-                {
-                    let mut value = config::real_value(real);
-                    merge(&mut value, patch.clone(), &["address"])?;
-                    edited.push(value);
-                }
-                let edited = reals_from(&services[index], Value::Sequence(edited))?;
-                for (real, new) in services[index]
-                    .reals
-                    .iter_mut()
-                    .filter(|real| targets.contains(&real.address))
-                    .zip(edited)
-                {
-                    *real = new;
-                }
-                Some(index)
-            }
-            Change::DeleteReals { service, address } => {
-                let index = self.find(&service)?;
-                let targets = self.reals_named(index, &address)?;
-                services[index]
-                    .reals
-                    .retain(|real| !targets.contains(&real.address));
-                Some(index)
-            }
+    fn change(&mut self, change: Change, client: &str) -> Result<Answer, ControlError> {
+        let what = change.to_string();
+        let answer = match change {
             Change::Zero(service) => {
                 self.zero(service.as_deref())?;
-                return Ok(json(&self.service_views()));
+                json(&self.service_views())
             }
             Change::Reload => {
                 let summary = self.reload()?;
@@ -208,63 +141,37 @@ impl Director {
                     changed = summary.changed,
                     "configuration reloaded (admin API)"
                 );
-                return Ok(json(&self.service_views()));
+                json(&self.service_views())
+            }
+            edit => {
+                let (config, key) = edited(&self.config, edit)?;
+                let summary = self.apply(config)?;
+                tracing::info!(
+                    client,
+                    added = summary.added,
+                    removed = summary.removed,
+                    changed = summary.changed,
+                    "admin change applied: {what}"
+                );
+                let index = key.and_then(|key| {
+                    self.config
+                        .services
+                        .iter()
+                        .position(|service| service.key() == key)
+                });
+                return Ok(match index {
+                    Some(index) => json(&self.service_view(index)),
+                    None => json(&self.service_views()),
+                });
             }
         };
-        let key = touched.map(|index| services[index].key());
-        let config = Config {
-            services,
-            ..self.config.clone_without_services()
-        };
-        config::check(&config).map_err(ControlError::Invalid)?;
-        self.apply(config)?;
-        match key.and_then(|key| {
-            self.config
-                .services
-                .iter()
-                .position(|service| service.key() == key)
-        }) {
-            Some(index) => Ok(json(&self.service_view(index))),
-            None => Ok(json(&self.service_views())),
-        }
-    }
-
-    /// The index of the service `id`: `tcp:VIP:PORT` / `udp:VIP:PORT` finds a service by its
-    /// key alone; anything else is a name. (A name never reads as another service's key.)
-    fn find(&self, id: &str) -> Result<usize, ControlError> {
-        let services = &self.config.services;
-        match config::ServiceKey::parse(id) {
-            Some(key) => services.iter().position(|service| service.key() == key),
-            None => services.iter().position(|service| service.name == id),
-        }
-        .ok_or_else(|| ControlError::NotFound(format!("no service `{id}`")))
-    }
-
-    /// The addresses a real address or range names in service `index`; every one must exist.
-    fn reals_named(&self, index: usize, address: &str) -> Result<HashSet<SocketAddr>, ControlError> {
-        let service = &self.config.services[index];
-        let known: HashSet<SocketAddr> = service.reals.iter().map(|real| real.address).collect();
-        let texts = nodeset::expand(address).map_err(|error| ControlError::Invalid(error.to_string()))?;
-        texts
-            .iter()
-            .map(|text| {
-                let real =
-                    config::parse_real_addr(text, service.listen.port()).map_err(ControlError::Invalid)?;
-                if known.contains(&real) {
-                    Ok(real)
-                } else {
-                    Err(ControlError::NotFound(format!(
-                        "no real {real} in service `{}`; nothing was changed",
-                        service.name
-                    )))
-                }
-            })
-            .collect()
+        tracing::info!(client, "admin change applied: {what}");
+        Ok(answer)
     }
 
     fn zero(&mut self, service: Option<&str>) -> Result<(), ControlError> {
         let keys: Vec<_> = match service {
-            Some(id) => vec![self.config.services[self.find(id)?].key()],
+            Some(id) => vec![self.config.services[find(&self.config.services, id)?].key()],
             None => self.config.services.iter().map(ServiceConfig::key).collect(),
         };
         let table = self.shared.table.snapshot();
@@ -427,6 +334,151 @@ fn health_view(real: &table::Real) -> Option<api::Health> {
         last_passed: record.last.as_ref().map(|last| last.passed),
         last_reason: record.last.map(|last| last.reason),
     })
+}
+
+/// The configuration an edit of the services table makes of `running`, checked by the config
+/// file's rules, and the key of the service it touched (none for a deletion or a whole new
+/// table). Pure: nothing is applied. `Zero` and `Reload` are not edits and are refused.
+pub fn edited(
+    running: &Config,
+    change: Change,
+) -> Result<(Config, Option<config::ServiceKey>), ControlError> {
+    let mut services = running.services.clone();
+    let touched = match change {
+        Change::AddService(body) => {
+            services.push(service_from(body)?);
+            Some(services.len() - 1)
+        }
+        Change::EditService { service, patch } => {
+            let index = find(&services, &service)?;
+            let mut value = config::service_value(&services[index]);
+            merge(&mut value, patch, &["protocol", "listen", "reals"])?;
+            services[index] = service_from(value)?;
+            Some(index)
+        }
+        Change::DeleteService(service) => {
+            services.remove(find(&services, &service)?);
+            None
+        }
+        Change::ReplaceServices(body) => {
+            services = services_from(body)?;
+            None
+        }
+        Change::AddReals { service, reals } => {
+            let index = find(&services, &service)?;
+            let added = reals_from(&services[index], reals)?;
+            let target = &mut services[index];
+            let known: HashSet<SocketAddr> = target.reals.iter().map(|real| real.address).collect();
+            for real in added {
+                if known.contains(&real.address) {
+                    return Err(ControlError::Invalid(format!(
+                        "real {} is already in service `{}`; nothing was added",
+                        real.address, target.name
+                    )));
+                }
+                target.reals.push(real);
+            }
+            Some(index)
+        }
+        Change::EditReals {
+            service,
+            address,
+            patch,
+        } => {
+            let index = find(&services, &service)?;
+            let targets = reals_named(&services[index], &address)?;
+            // Only the reals named are re-read through the config rules.
+            let mut edited = Vec::with_capacity(targets.len());
+            for real in services[index]
+                .reals
+                .iter()
+                .filter(|real| targets.contains(&real.address))
+            {
+                let mut value = config::real_value(real);
+                merge(&mut value, patch.clone(), &["address"])?;
+                edited.push(value);
+            }
+            let edited = reals_from(&services[index], Value::Sequence(edited))?;
+            for (real, new) in services[index]
+                .reals
+                .iter_mut()
+                .filter(|real| targets.contains(&real.address))
+                .zip(edited)
+            {
+                *real = new;
+            }
+            Some(index)
+        }
+        Change::DeleteReals { service, address } => {
+            let index = find(&services, &service)?;
+            let targets = reals_named(&services[index], &address)?;
+            services[index]
+                .reals
+                .retain(|real| !targets.contains(&real.address));
+            Some(index)
+        }
+        Change::Zero(_) | Change::Reload => {
+            return Err(ControlError::Invalid(
+                "zero and reload do not edit the services table".to_owned(),
+            ));
+        }
+    };
+    let key = touched.map(|index| services[index].key());
+    let config = Config {
+        services,
+        ..running.clone_without_services()
+    };
+    config::check(&config).map_err(ControlError::Invalid)?;
+    Ok((config, key))
+}
+
+/// The index of the service `id` in `services`: `tcp:VIP:PORT` / `udp:VIP:PORT` finds a
+/// service by its key alone; anything else is a name. (A name never reads as another
+/// service's key.)
+fn find(services: &[ServiceConfig], id: &str) -> Result<usize, ControlError> {
+    match config::ServiceKey::parse(id) {
+        Some(key) => services.iter().position(|service| service.key() == key),
+        None => services.iter().position(|service| service.name == id),
+    }
+    .ok_or_else(|| ControlError::NotFound(format!("no service `{id}`")))
+}
+
+/// The addresses a real address or range names in `service`; every one must exist.
+fn reals_named(service: &ServiceConfig, address: &str) -> Result<HashSet<SocketAddr>, ControlError> {
+    let known: HashSet<SocketAddr> = service.reals.iter().map(|real| real.address).collect();
+    let texts = nodeset::expand(address).map_err(|error| ControlError::Invalid(error.to_string()))?;
+    texts
+        .iter()
+        .map(|text| {
+            let real = config::parse_real_addr(text, service.listen.port()).map_err(ControlError::Invalid)?;
+            if known.contains(&real) {
+                Ok(real)
+            } else {
+                Err(ControlError::NotFound(format!(
+                    "no real {real} in service `{}`; nothing was changed",
+                    service.name
+                )))
+            }
+        })
+        .collect()
+}
+
+/// What the change is, for the log: its lbadm command and what it names.
+impl std::fmt::Display for Change {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::AddService(_) => f.write_str("add-service"),
+            Self::EditService { service, .. } => write!(f, "edit-service {service}"),
+            Self::DeleteService(service) => write!(f, "del-service {service}"),
+            Self::ReplaceServices(_) => f.write_str("restore (every service replaced)"),
+            Self::AddReals { service, .. } => write!(f, "add-real to {service}"),
+            Self::EditReals { service, address, .. } => write!(f, "edit-real {address} of {service}"),
+            Self::DeleteReals { service, address } => write!(f, "del-real {address} of {service}"),
+            Self::Zero(Some(service)) => write!(f, "zero {service}"),
+            Self::Zero(None) => f.write_str("zero (every service)"),
+            Self::Reload => f.write_str("reload"),
+        }
+    }
 }
 
 fn json<T: serde::Serialize>(value: &T) -> Answer {

@@ -8,6 +8,7 @@
 //! not parse config or decide health.
 
 pub mod flows;
+mod linger;
 mod pool;
 mod relay;
 pub mod socket;

@@ -7,6 +7,7 @@ use tokio_util::sync::CancellationToken;
 use super::{
     Failed, Shared,
     flows::FlowRecord,
+    linger::{self, Closed},
     relay,
     relay::{IdleTimeouts, RelayEnd},
     stream::{Listener, Stream},
@@ -105,10 +106,21 @@ async fn handle(
         timeouts,
     )
     .await;
-    match end {
-        RelayEnd::Closed => {}
-        RelayEnd::IdleTimeout => tracing::debug!(service = %key, client = %peer, "idle timeout"),
-        RelayEnd::Error(error) => tracing::debug!(service = %key, client = %peer, %error, "connection reset"),
+    // As in IPVS, the closed flow keeps counting in its real's InActConn (TIME_WAIT after a
+    // clean close, CLOSE after a reset); an idle timeout ends it at once.
+    let closed = match end {
+        RelayEnd::Closed => Some(Closed::Cleanly),
+        RelayEnd::IdleTimeout => {
+            tracing::debug!(service = %key, client = %peer, "idle timeout");
+            None
+        }
+        RelayEnd::Error(error) => {
+            tracing::debug!(service = %key, client = %peer, %error, "connection reset");
+            Some(Closed::Reset)
+        }
+    };
+    if let Some(closed) = closed {
+        linger::hold(scheduled.binding, closed, Millis::now());
     }
 }
 

@@ -67,7 +67,8 @@ impl Worker {
 /// that expires before the driver's next planned wake-up. Every connect timeout and every
 /// relay's idle timer would do so on a worker with nothing earlier pending: a syscall per
 /// connection. A heartbeat keeps the next wake-up at most this far ahead, so timers of a
-/// second or more never cost that write; it costs one wake-up per second when idle.
+/// second or more never cost that write; it costs one wake-up per second when idle. It also
+/// releases closed flows whose TIME_WAIT or CLOSE period is over ([`super::linger`]).
 const HEARTBEAT: Duration = Duration::from_secs(1);
 
 async fn run(mut inbox: mpsc::UnboundedReceiver<Command>, shared: Shared) {
@@ -75,6 +76,8 @@ async fn run(mut inbox: mpsc::UnboundedReceiver<Command>, shared: Shared) {
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
         loop {
             heartbeat.tick().await;
+            // Closed flows whose TIME_WAIT or CLOSE period is over stop counting.
+            super::linger::release_expired(crate::clock::Millis::now());
         }
     });
     let drain = CancellationToken::new();
