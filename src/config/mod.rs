@@ -97,7 +97,7 @@ fn shaped(source: &str, origin: &str) -> Result<(), ConfigError> {
 /// Parses and validates config text. `origin` names the text in errors (usually the file path).
 pub fn parse(source: &str, origin: &str) -> Result<Config, ConfigError> {
     shaped(source, origin)?;
-    let config: Config = serde_yaml::from_str(source).map_err(|error| yaml_error(&error, origin))?;
+    let config: Config = serde_yaml::from_str(source).map_err(|error| yaml_error(&error, source, origin))?;
     validate(&config)
         .and_then(|()| supported(&config))
         .map_err(|problem| problem.into_error(source, origin))?;
@@ -119,7 +119,8 @@ pub fn parse_services(
         services: Vec<ServiceConfig>,
     }
     shaped(source, origin)?;
-    let parsed: ServicesOnly = serde_yaml::from_str(source).map_err(|error| yaml_error(&error, origin))?;
+    let parsed: ServicesOnly =
+        serde_yaml::from_str(source).map_err(|error| yaml_error(&error, source, origin))?;
     let config = Config {
         services: parsed.services,
         ..running.clone_without_services()
@@ -139,19 +140,49 @@ pub fn check(config: &Config) -> Result<(), String> {
         .map_err(|problem| problem.message)
 }
 
-fn yaml_error(error: &serde_yaml::Error, origin: &str) -> ConfigError {
+fn yaml_error(error: &serde_yaml::Error, source: &str, origin: &str) -> ConfigError {
     let location = error.location();
     let mut message = error.to_string();
     // serde_yaml appends " at line L column C"; we print the position as a prefix instead.
     if let Some(cut) = message.find(" at line ") {
         message.truncate(cut);
     }
+    // A check of a whole service (a real's address, a duplicate, a flag that does not fit)
+    // fails where the service starts; the value it quotes first, found from there on, is
+    // where the problem is.
+    let quoted = message.split('`').nth(1).filter(|quoted| !quoted.is_empty());
+    let (line, column) = match (&location, quoted) {
+        (Some(location), Some(quoted)) => source
+            .get(location.index()..)
+            .and_then(|rest| rest.find(quoted))
+            .map(|offset| position(source, location.index() + offset))
+            .map_or((location.line(), location.column()), |(line, column)| {
+                (line, column)
+            }),
+        (Some(location), None) => (location.line(), location.column()),
+        (None, _) => {
+            return ConfigError::Invalid {
+                origin: origin.to_owned(),
+                line: None,
+                column: None,
+                message,
+            };
+        }
+    };
     ConfigError::Invalid {
         origin: origin.to_owned(),
-        line: location.as_ref().map(serde_yaml::Location::line),
-        column: location.as_ref().map(serde_yaml::Location::column),
+        line: Some(line),
+        column: Some(column),
         message,
     }
+}
+
+/// 1-based line and column of byte `offset` of `source`.
+fn position(source: &str, offset: usize) -> (usize, usize) {
+    let before = &source[..offset];
+    let line = before.matches('\n').count() + 1;
+    let column = offset - before.rfind('\n').map_or(0, |newline| newline + 1) + 1;
+    (line, column)
 }
 
 /// A problem found after deserialisation, with the text to look for to locate it.
@@ -180,10 +211,7 @@ fn locate(source: &str, needle: &str, occurrence: usize) -> Option<(usize, usize
         return None;
     }
     let (offset, _) = source.match_indices(needle).nth(occurrence)?;
-    let before = &source[..offset];
-    let line = before.matches('\n').count() + 1;
-    let column = offset - before.rfind('\n').map_or(0, |newline| newline + 1) + 1;
-    Some((line, column))
+    Some(position(source, offset))
 }
 
 /// For each service, which appearance of its listen text in the source is its own (a second

@@ -242,9 +242,33 @@ fn duplicate_real_within_a_service() {
         "      - address: 127.0.0.1:[9001-9003]\n      - address: 127.0.0.1:9002\n",
     ));
     assert!(
-        message.contains("duplicate real 127.0.0.1:9002 in service `tcp:127.0.0.1:8080`"),
+        message.contains("`127.0.0.1:9002` repeats real 127.0.0.1:9002 of service tcp:127.0.0.1:8080"),
         "{message}"
     );
+    // The position is the repeated real's, not the service's.
+    let line = MINIMAL.lines().count() + 1;
+    assert!(message.contains(&format!(":{line}:")), "line {line}: {message}");
+}
+
+#[test]
+fn errors_in_one_item_point_at_that_item() {
+    for (text, expected) in [
+        (
+            "services:\n  - protocol: tcp\n    listen: 127.0.0.1:80\n    scheduler: wrr\n    scheduler_flags: [sh-port]\n",
+            "t:5:23:",
+        ),
+        (
+            "services:\n  - protocol: tcp\n    listen: 127.0.0.1:80\n    reals:\n      - address: 10.0.0.1:80\n      - address: 10.0.0.[3-1]:80\n",
+            "t:6:18:",
+        ),
+        (
+            "services:\n  - protocol: tcp\n    listen: 127.0.0.1:80\n    reals:\n      - address: 10.0.0.1:80\n      - address: 10.0.0.300:80\n",
+            "t:6:18:",
+        ),
+    ] {
+        let message = parse(text, "t").unwrap_err().to_string();
+        assert!(message.starts_with(expected), "{expected}: {message}");
+    }
 }
 
 #[test]

@@ -367,8 +367,11 @@ impl FromStr for SchedulerKind {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, String> {
-        Self::deserialize(de::value::StrDeserializer::<de::value::Error>::new(text))
-            .map_err(|error| error.to_string())
+        Self::deserialize(de::value::StrDeserializer::<de::value::Error>::new(text)).map_err(|_| {
+            format!(
+                "unknown scheduler `{text}`: expected one of rr, wrr, lc, wlc, sed, nq, lblc, lblcr, dh, sh, mh, fo, ovf, twos"
+            )
+        })
     }
 }
 
@@ -793,7 +796,10 @@ impl ServiceConfig {
                 let address = parse_real_addr(&text, listen.port())
                     .map_err(|error| format!("reals: {error} (from `{}`)", raw_real.address))?;
                 if !seen.insert(address) {
-                    return Err(format!("reals: duplicate real {address} in service `{name}`"));
+                    return Err(format!(
+                        "reals: `{}` repeats real {address} of service {name} (a real appears once)",
+                        raw_real.address
+                    ));
                 }
                 if packets && address.is_ipv6() {
                     return Err(format!(

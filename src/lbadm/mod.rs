@@ -76,14 +76,27 @@ enum Command {
 #[group(required = false, multiple = false)]
 struct Target {
     /// A TCP service.
-    #[arg(short = 't', long = "tcp-service", value_name = "VIP:PORT")]
-    tcp: Option<String>,
+    #[arg(short = 't', long = "tcp-service", value_name = "VIP:PORT", value_parser = vip_port)]
+    tcp: Option<std::net::SocketAddr>,
     /// A UDP service.
-    #[arg(short = 'u', long = "udp-service", value_name = "VIP:PORT")]
-    udp: Option<String>,
+    #[arg(short = 'u', long = "udp-service", value_name = "VIP:PORT", value_parser = vip_port)]
+    udp: Option<std::net::SocketAddr>,
     /// A service by name.
     #[arg(long = "service", value_name = "NAME")]
     name: Option<String>,
+}
+
+/// Reads `-t`/`-u`'s VIP:PORT; anything else is a usage error (exit 2) that says so.
+fn vip_port(text: &str) -> Result<std::net::SocketAddr, String> {
+    text.parse().map_err(|_| {
+        format!("`{text}` is not VIP:PORT (like 192.168.77.100:80, or [2001:db8::1]:80 for IPv6)")
+    })
+}
+
+/// Reads `-s`: a scheduler name, with the list of them when it is not one.
+fn scheduler_name(text: &str) -> Result<String, String> {
+    text.parse::<crate::config::SchedulerKind>()
+        .map(|scheduler| scheduler.name().to_owned())
 }
 
 impl Target {
@@ -166,7 +179,7 @@ struct ServiceArgs {
     #[command(flatten)]
     target: Target,
     /// The scheduler: rr wrr lc wlc sed nq lblc lblcr dh sh mh fo ovf twos.
-    #[arg(short = 's', long = "scheduler")]
+    #[arg(short = 's', long = "scheduler", value_parser = scheduler_name)]
     scheduler: Option<String>,
     /// Scheduler flags, comma-separated: sh-fallback, sh-port, mh-fallback, mh-port.
     #[arg(short = 'b', long = "sched-flags", value_delimiter = ',')]
@@ -355,9 +368,14 @@ async fn execute(cli: Cli) -> Result<String, Failure> {
         }
         Command::Restore { file } => {
             let text = read_input(&file)?;
-            Ok(changed(
-                client.call(Method::PUT, "/v1/services", Some(text)).await?,
-            ))
+            let answer = client.call(Method::PUT, "/v1/services", Some(text)).await;
+            Ok(changed(answer.map_err(|error| {
+                let failure = Failure::from(error);
+                Failure {
+                    message: format!("restore {file}: {}", failure.message),
+                    ..failure
+                }
+            })?))
         }
         Command::Reload => Ok(changed(client.call(Method::POST, "/v1/reload", None).await?)),
         Command::Status => {
@@ -445,8 +463,8 @@ fn service_body(args: &ServiceArgs, adding: bool) -> Value {
     let mut body = Map::new();
     if adding {
         let (protocol, listen) = match (&args.target.tcp, &args.target.udp) {
-            (Some(address), _) => ("tcp", address.clone()),
-            (_, Some(address)) => ("udp", address.clone()),
+            (Some(address), _) => ("tcp", address.to_string()),
+            (_, Some(address)) => ("udp", address.to_string()),
             _ => ("tcp", String::new()),
         };
         body.insert("protocol".to_owned(), json!(protocol));
