@@ -120,7 +120,11 @@ fn every_command_changes_the_table_and_the_traffic() {
     let logged = format!("admin change applied: add-real to tcp:{svc}");
     d.lbd.wait_for_log(&logged, 1);
     assert_eq!(d.lbd.log_count(&logged), 1, "{}", d.lbd.log_text());
-    assert!(d.lbd.log_text().contains("client=\"127.0.0.1:"), "{}", d.lbd.log_text());
+    assert!(
+        d.lbd.log_text().contains("client=\"127.0.0.1:"),
+        "{}",
+        d.lbd.log_text()
+    );
     assert_eq!(names(&distribution(d.listen, 4)), ["a", "b"]);
     // A range adds several; edit-real changes weight and thresholds.
     let range = format!("127.0.0.1:[{}-{}]", c.address.port(), c.address.port());

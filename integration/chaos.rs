@@ -293,8 +293,180 @@ fn hostile_admin_bodies_are_refused_without_stalling_the_director() {
     assert_eq!(connect_and_greet(tcp).0, "web");
     let (_, services) = http_fetch(admin, "GET", "/v1/services", b"").unwrap();
     assert_eq!(services.matches("\"name\"").count(), 1, "{services}");
+    // A large file is read and parsed off the control loop: scrapes go on meanwhile.
+    let big = free_addr();
+    let reals: String = (0..40_000)
+        .map(|n| {
+            format!(
+                "      - {{ address: '10.{}.{}.{}:80', weight: 2 }}\n",
+                100 + n / 62_500,
+                n / 250 % 250,
+                n % 250 + 1
+            )
+        })
+        .collect();
+    std::fs::write(
+        lbd.config_path(),
+        format!("{config}  - name: big\n    protocol: tcp\n    listen: '{big}'\n    reals:\n{reals}"),
+    )
+    .unwrap();
     lbd.signal(Signal::SIGHUP);
+    let started = Instant::now();
+    let mut slowest = Duration::ZERO;
+    while lbd.log_count("configuration reloaded") == 0 && started.elapsed() < Duration::from_secs(60) {
+        let scrape = Instant::now();
+        assert_eq!(http_fetch(metrics, "GET", "/v1/none", b"").unwrap().0, 404);
+        slowest = slowest.max(scrape.elapsed());
+        thread::sleep(Duration::from_millis(20));
+    }
+    println!(
+        "reload of a {} KB file: {:?}; slowest request to /metrics' listener meanwhile: {slowest:?}",
+        std::fs::metadata(lbd.config_path()).unwrap().len() / 1024,
+        started.elapsed()
+    );
     lbd.wait_for_log("configuration reloaded", 1);
+    assert!(slowest < Duration::from_millis(500), "{slowest:?}");
+    assert_eq!(connect_and_greet(tcp).0, "web");
     let counts: HashMap<&str, usize> = [("panicked", lbd.log_count("panicked"))].into();
     assert_eq!(counts["panicked"], 0, "{}", lbd.log_text());
+}
+
+/// Clients that open short connections in a loop (greeting, then close) until stopped, and
+/// count which backend answered and how many connects failed.
+struct Load {
+    stop: Arc<AtomicBool>,
+    threads: Vec<thread::JoinHandle<(HashMap<String, Vec<Instant>>, u64)>>,
+}
+
+impl Load {
+    fn start(service: SocketAddr, clients: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..clients)
+            .map(|_| {
+                let stop = Arc::clone(&stop);
+                thread::spawn(move || {
+                    let mut seen: HashMap<String, Vec<Instant>> = HashMap::new();
+                    let mut failed = 0;
+                    while !stop.load(Ordering::SeqCst) {
+                        let greeted =
+                            TcpStream::connect_timeout(&service, Duration::from_secs(3)).and_then(|stream| {
+                                stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+                                let mut line = String::new();
+                                std::io::BufRead::read_line(&mut std::io::BufReader::new(stream), &mut line)?;
+                                Ok(line.trim().to_owned())
+                            });
+                        match greeted {
+                            Ok(name) if !name.is_empty() => {
+                                seen.entry(name).or_default().push(Instant::now())
+                            }
+                            _ => failed += 1,
+                        }
+                        thread::sleep(Duration::from_millis(2));
+                    }
+                    (seen, failed)
+                })
+            })
+            .collect();
+        Self { stop, threads }
+    }
+
+    /// Stops; returns when each backend answered, and the connects that failed.
+    fn finish(self) -> (HashMap<String, Vec<Instant>>, u64) {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut seen: HashMap<String, Vec<Instant>> = HashMap::new();
+        let mut failed = 0;
+        for thread in self.threads {
+            let (more, lost) = thread.join().unwrap();
+            failed += lost;
+            for (name, times) in more {
+                seen.entry(name).or_default().extend(times);
+            }
+        }
+        (seen, failed)
+    }
+}
+
+#[test]
+fn a_reload_and_lbadm_storm_under_load_drops_no_connection() {
+    let (a, b, c) = (
+        TcpBackend::start("a"),
+        TcpBackend::start("b"),
+        TcpBackend::start("c"),
+    );
+    let (web, admin) = (free_addr(), free_addr());
+    let config = format!(
+        "workers: 2\nadmin: {{ listen: '{admin}' }}\nservices:\n  - {{ name: web, protocol: tcp, listen: '{web}', scheduler: wlc, reals: [{{address: '{}'}}, {{address: '{}'}}] }}\n",
+        a.address, b.address
+    );
+    let mut lbd = Lbd::start(&config);
+    lbd.wait_for_log("admin API listening", 1);
+    let load = Load::start(web, 4);
+    let admin = admin.to_string();
+    let (web_text, c_text) = (web.to_string(), c.address.to_string());
+    let started = Instant::now();
+    let mut storms = 0;
+    while started.elapsed() < Duration::from_secs(5) {
+        lbd.signal(Signal::SIGHUP);
+        for args in [
+            vec!["add-real", "-t", &web_text, "-r", &c_text, "-w", "2"],
+            vec!["edit-real", "-t", &web_text, "-r", &c_text, "-w", "5"],
+            vec!["edit-service", "-t", &web_text, "-s", "rr"],
+            vec!["del-real", "-t", &web_text, "-r", &c_text],
+        ] {
+            // A reload may have just put the table back: some of these are refused, none fails.
+            let output = std::process::Command::new(env!("CARGO_BIN_EXE_lbadm"))
+                .arg("--admin")
+                .arg(&admin)
+                .args(&args)
+                .output()
+                .unwrap();
+            assert!(
+                matches!(output.status.code(), Some(0 | 1)),
+                "{args:?}: {output:?}"
+            );
+        }
+        storms += 1;
+    }
+    let (seen, failed) = load.finish();
+    let served: usize = seen.values().map(Vec::len).sum();
+    println!(
+        "{storms} rounds of SIGHUP + 4 lbadm changes in 5 s: {served} connections served, {failed} failed"
+    );
+    assert_eq!(failed, 0, "every client connection was served");
+    assert!(storms >= 10 && served > 1000, "{storms} storms, {served} served");
+    lbd.wait_for_log("configuration reloaded", storms / 2);
+    assert_eq!(lbd.log_count("panicked"), 0, "{}", lbd.log_text());
+}
+
+#[test]
+fn a_real_killed_and_restarted_under_load_is_back_within_about_a_second() {
+    let (mut a, b) = (TcpBackend::start("a"), TcpBackend::start("b"));
+    let web = free_addr();
+    let config = format!(
+        "workers: 2\nservices:\n  - {{ name: web, protocol: tcp, listen: '{web}', scheduler: wlc, reals: [{{address: '{}'}}, {{address: '{}'}}] }}\n",
+        a.address, b.address
+    );
+    let lbd = Lbd::start(&config);
+    let load = Load::start(web, 4);
+    thread::sleep(Duration::from_millis(500));
+    a.stop();
+    thread::sleep(Duration::from_millis(500));
+    a.restart();
+    let restarted = Instant::now();
+    thread::sleep(Duration::from_millis(3_000));
+    let (seen, failed) = load.finish();
+    let back = seen["a"]
+        .iter()
+        .filter(|at| **at > restarted)
+        .min()
+        .map(|first| first.duration_since(restarted));
+    println!(
+        "a down 0.5 s under 4 clients: {failed} client connects failed; a back {back:?} after it restarted; served a {} / b {}",
+        seen["a"].len(),
+        seen["b"].len()
+    );
+    assert_eq!(failed, 0, "connects to the dead real were retried on the other");
+    let back = back.expect("a gets connections again");
+    assert!(back < Duration::from_millis(2_000), "back after {back:?}");
+    assert!(lbd.log_count("connect to real server failed") >= 1);
 }

@@ -134,14 +134,8 @@ impl Director {
                 json(&self.service_views())
             }
             Change::Reload => {
-                let summary = self.reload()?;
-                tracing::info!(
-                    added = summary.added,
-                    removed = summary.removed,
-                    changed = summary.changed,
-                    "configuration reloaded (admin API)"
-                );
-                json(&self.service_views())
+                let reloaded = self.reload().map(drop).map_err(ControlError::from);
+                return self.reloaded(reloaded, client);
             }
             edit => {
                 let (config, key) = edited(&self.config, edit)?;
@@ -167,6 +161,17 @@ impl Director {
         };
         tracing::info!(client, "admin change applied: {what}");
         Ok(answer)
+    }
+
+    /// The answer to `lbadm reload` once the reload is done (or refused), logged once.
+    pub fn reloaded(
+        &self,
+        outcome: Result<impl Sized, ControlError>,
+        client: &str,
+    ) -> Result<Answer, ControlError> {
+        outcome?;
+        tracing::info!(client, "admin change applied: reload");
+        Ok(json(&self.service_views()))
     }
 
     fn zero(&mut self, service: Option<&str>) -> Result<(), ControlError> {

@@ -244,13 +244,25 @@ impl Director {
     /// Re-reads the configuration file and applies it without touching flows in progress; it
     /// replaces runtime changes (and the state file, if any).
     pub fn reload(&mut self) -> Result<ReloadSummary, ReloadError> {
-        let result = self.reload_inner();
+        let loaded = self.source.load();
+        self.reload_with(loaded)
+    }
+
+    /// Where the configuration comes from (to load it away from the control loop).
+    pub fn source(&self) -> &ConfigSource {
+        &self.source
+    }
+
+    /// Applies a configuration loaded from [`source`](Self::source) (or the error loading
+    /// it), as a reload, and counts the reload.
+    pub fn reload_with(&mut self, loaded: Result<Config, ConfigError>) -> Result<ReloadSummary, ReloadError> {
+        let result = self.reload_inner(loaded);
         crate::telemetry::count_reload(result.is_ok());
         result
     }
 
-    fn reload_inner(&mut self) -> Result<ReloadSummary, ReloadError> {
-        let config = self.source.load()?;
+    fn reload_inner(&mut self, loaded: Result<Config, ConfigError>) -> Result<ReloadSummary, ReloadError> {
+        let config = loaded?;
         if config.worker_count() != self.workers.len() {
             tracing::warn!(
                 running = self.workers.len(),
@@ -477,29 +489,114 @@ pub async fn serve(source: ConfigSource, config: Config) -> Result<(), StartErro
     let mut rate_clock = tokio::time::interval(rates::PERIOD);
     rate_clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_sample = Instant::now();
+    // Reloads read and parse the file on a blocking thread, so a large file never holds up
+    // the control loop (and with it /metrics, signals and admin requests).
+    let mut reloads = Reloads::default();
     loop {
         tokio::select! {
             () = health_changes.notified() => director.publish_health(),
-            Some((request, reply)) = next_request(&mut admin) => {
-                let _ = reply.send(director.handle(request));
-            }
+            Some((request, reply)) = next_request(&mut admin) => match request {
+                control::Request::Change { change: control::Change::Reload, client } => {
+                    reloads.wanted(director.source(), Some((reply, client)));
+                }
+                request => {
+                    let _ = reply.send(director.handle(request));
+                }
+            },
             _ = rate_clock.tick() => {
                 director.sample_rates(last_sample.elapsed());
                 last_sample = Instant::now();
             }
-            _ = hangup.recv() => match director.reload() {
-                Ok(summary) => tracing::info!(
-                    added = summary.added, removed = summary.removed, changed = summary.changed,
-                    "configuration reloaded"
-                ),
-                Err(error) => tracing::error!("reload refused, running configuration kept: {error}"),
-            },
+            _ = hangup.recv() => reloads.wanted(director.source(), None),
+            loaded = reloads.loaded(), if reloads.loading() => {
+                let result = director.reload_with(loaded);
+                match &result {
+                    Ok(summary) => tracing::info!(
+                        added = summary.added, removed = summary.removed, changed = summary.changed,
+                        "configuration reloaded"
+                    ),
+                    Err(error) => tracing::error!("reload refused, running configuration kept: {error}"),
+                }
+                reloads.answer(&mut director, result);
+            }
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
         }
     }
     drain(&director).await;
     Ok(())
+}
+
+/// An admin client waiting for a reload's outcome.
+type ReloadWaiter = (
+    tokio::sync::oneshot::Sender<Result<control::Answer, control::ControlError>>,
+    String,
+);
+
+/// Reloads asked for (SIGHUP, `lbadm reload`): at most one load of the file runs at a time, on
+/// a blocking thread; one asked for meanwhile runs after it, so the last edit is always read.
+#[derive(Default)]
+struct Reloads {
+    running: Option<tokio::task::JoinHandle<Result<Config, ConfigError>>>,
+    again: bool,
+    waiting: Vec<ReloadWaiter>,
+    next: Vec<ReloadWaiter>,
+}
+
+impl Reloads {
+    /// A reload is asked for, by `waiter` if an admin client waits for its outcome.
+    fn wanted(&mut self, source: &ConfigSource, waiter: Option<ReloadWaiter>) {
+        if self.running.is_some() {
+            self.again = true;
+            self.next.extend(waiter);
+            return;
+        }
+        self.waiting.extend(waiter);
+        let source = source.clone();
+        self.running = Some(tokio::task::spawn_blocking(move || source.load()));
+    }
+
+    fn loading(&self) -> bool {
+        self.running.is_some()
+    }
+
+    /// The loaded configuration (or why it could not be loaded), once the load is done.
+    async fn loaded(&mut self) -> Result<Config, ConfigError> {
+        let Some(running) = self.running.as_mut() else {
+            return std::future::pending().await;
+        };
+        let loaded = running.await.unwrap_or_else(|error| {
+            Err(ConfigError::Invalid {
+                origin: "the config file".to_owned(),
+                line: None,
+                column: None,
+                message: format!("loading it failed: {error}"),
+            })
+        });
+        self.running = None;
+        loaded
+    }
+
+    /// Answers the admin clients that waited for this reload, and starts the next one if it
+    /// was asked for meanwhile.
+    fn answer(&mut self, director: &mut Director, result: Result<ReloadSummary, ReloadError>) {
+        let mut result = Some(result);
+        for (reply, client) in self.waiting.drain(..) {
+            // The first waiter gets the error itself; others (rare) its message.
+            let outcome = match result.take() {
+                Some(result) => result.map_err(control::ControlError::from),
+                None => Err(control::ControlError::Invalid(
+                    "reloaded together with another request; see its answer".to_owned(),
+                )),
+            };
+            let _ = reply.send(director.reloaded(outcome, &client));
+        }
+        if std::mem::take(&mut self.again) {
+            let next = std::mem::take(&mut self.next);
+            self.wanted(&director.source, None);
+            self.waiting.extend(next);
+        }
+    }
 }
 
 /// The next admin request, or never when the admin API is not served.
