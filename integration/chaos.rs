@@ -331,11 +331,14 @@ fn hostile_admin_bodies_are_refused_without_stalling_the_director() {
     assert_eq!(counts["panicked"], 0, "{}", lbd.log_text());
 }
 
+/// When each backend answered, and how many connects failed.
+type Answered = (HashMap<String, Vec<Instant>>, u64);
+
 /// Clients that open short connections in a loop (greeting, then close) until stopped, and
 /// count which backend answered and how many connects failed.
 struct Load {
     stop: Arc<AtomicBool>,
-    threads: Vec<thread::JoinHandle<(HashMap<String, Vec<Instant>>, u64)>>,
+    threads: Vec<thread::JoinHandle<Answered>>,
 }
 
 impl Load {
@@ -371,7 +374,7 @@ impl Load {
     }
 
     /// Stops; returns when each backend answered, and the connects that failed.
-    fn finish(self) -> (HashMap<String, Vec<Instant>>, u64) {
+    fn finish(self) -> Answered {
         self.stop.store(true, Ordering::SeqCst);
         let mut seen: HashMap<String, Vec<Instant>> = HashMap::new();
         let mut failed = 0;
