@@ -26,6 +26,19 @@ struct Topology {
 
 impl Drop for Topology {
     fn drop(&mut self) {
+        // lbd keeps how to undo its host setup in /run/lbd, per network namespace; a killed
+        // lbd leaves its journal there.
+        use std::os::unix::fs::MetadataExt;
+        if let Ok(namespace) = std::fs::metadata(format!("/run/netns/{}", self.director))
+            && let Ok(entries) = std::fs::read_dir("/run/lbd")
+        {
+            let suffix = format!("-net{}", namespace.ino());
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().ends_with(&suffix) {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
         for namespace in [&self.client, &self.director, &self.reals[0], &self.reals[1]] {
             let _ = Command::new("ip").args(["netns", "del", namespace]).output();
         }
@@ -633,4 +646,58 @@ fn a_reload_whose_host_setup_fails_changes_nothing_and_a_corrected_one_applies()
         "{rules:?}"
     );
     drop(lbd);
+}
+
+#[test]
+fn an_lbd_that_was_killed_leaves_nothing_the_next_one_trips_on() {
+    if !root() {
+        return;
+    }
+    let topology = topology();
+    let _rs1 = start_servers(&topology.reals[0], "rs1", "0.0.0.0");
+    let _rs2 = start_servers(&topology.reals[1], "rs2", "0.0.0.0");
+    let config = config("nat");
+    let mut first = Lbd::start_in(&topology.director, &config);
+    first.wait_for_log("packet data plane started", 1);
+    assert_eq!(reply_rules(&topology.director).len(), 4);
+    // A second lbd on the same TUN device in this namespace is refused, naming why.
+    let mut second = Lbd::spawn_in_netns(&topology.director, &config);
+    let status = second.wait_exit(Duration::from_secs(10));
+    assert!(!status.success());
+    assert!(
+        second
+            .log_text()
+            .contains("another lbd in this network namespace uses the TUN device lbtun0"),
+        "{}",
+        second.log_text()
+    );
+    assert_eq!(
+        reply_rules(&topology.director).len(),
+        4,
+        "the second changed nothing"
+    );
+    // SIGKILL: no undo ran; the rules are still there.
+    first.signal(Signal::SIGKILL);
+    first.wait_exit(Duration::from_secs(5));
+    assert_eq!(reply_rules(&topology.director).len(), 4);
+    // The next lbd undoes what the dead one left before it applies its own setup.
+    let mut third = Lbd::start_in(&topology.director, &config);
+    third.wait_for_log("packet data plane started", 1);
+    assert!(
+        third.log_text().contains("did not exit cleanly"),
+        "{}",
+        third.log_text()
+    );
+    assert_eq!(
+        reply_rules(&topology.director).len(),
+        4,
+        "{:?}",
+        reply_rules(&topology.director)
+    );
+    let (name, _stream) = greet(&topology.client, 80);
+    assert!(name.starts_with("rs"), "forwarding: {name}");
+    // A clean exit leaves no rule behind.
+    third.signal(Signal::SIGTERM);
+    assert!(third.wait_exit(Duration::from_secs(10)).success());
+    assert_eq!(reply_rules(&topology.director), Vec::<String>::new());
 }

@@ -168,7 +168,7 @@ impl PacketPlane {
         }
         let plan = plan(config);
         let setup = match dataplane.setup {
-            crate::config::DataplaneSetup::Auto => Some(setup::apply(&plan)?),
+            crate::config::DataplaneSetup::Auto => Some(setup::apply(&dataplane.tun, &plan)?),
             crate::config::DataplaneSetup::Manual => {
                 let missing = setup::missing(&plan);
                 if !missing.is_empty() {
@@ -239,8 +239,8 @@ impl PacketPlane {
     /// Completes a prepared change once the new table is published: the old plan's steps the
     /// new one lacks are undone, and the steering program follows the new VIPs.
     pub fn commit(&mut self, pending: Pending) {
-        if let Some(change) = pending.change {
-            change.commit();
+        if let (Some(applied), Some(change)) = (self.setup.as_mut(), pending.change) {
+            applied.commit(change);
         }
         if let Some(steering) = self.steering.as_mut() {
             steering.update(pending.vips);

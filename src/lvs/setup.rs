@@ -262,16 +262,116 @@ fn squeeze(text: &str) -> String {
 }
 
 /// Steps applied, each with how to undo it, to undo at exit (or when a new plan no longer
-/// has them).
+/// has them). With a [`Journal`], how to undo them is also kept on disk, so that the next
+/// `lbd` can undo what one that died (SIGKILL, a crash) left behind.
 #[derive(Debug, Default)]
 pub struct Applied {
     steps: Vec<(Step, Option<Undo>)>,
+    journal: Option<Journal>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Undo {
     Sysctl(PathBuf, String),
     Ip(Vec<String>),
+}
+
+impl Undo {
+    /// One line of the journal.
+    fn line(&self) -> String {
+        match self {
+            Self::Sysctl(path, old) => format!("sysctl {} {old}", path.display()),
+            Self::Ip(args) => format!("ip {}", args.join(" ")),
+        }
+    }
+
+    /// Reads a journal line back.
+    fn parse(line: &str) -> Option<Self> {
+        let mut words = line.split_whitespace();
+        match words.next()? {
+            "sysctl" => {
+                let path = PathBuf::from(words.next()?);
+                // Only what this module writes: a file under /proc/sys.
+                path.starts_with("/proc/sys/")
+                    .then(|| Self::Sysctl(path, words.collect::<Vec<_>>().join(" ")))
+            }
+            "ip" => Some(Self::Ip(words.map(str::to_owned).collect())),
+            _ => None,
+        }
+    }
+}
+
+/// Where how to undo the host setup is kept while lbd runs, locked by the running lbd: one
+/// file per TUN device and network namespace under `/run/lbd/`. A file left with lines in it
+/// is what an lbd that did not exit cleanly applied.
+#[derive(Debug)]
+pub struct Journal {
+    path: PathBuf,
+    _lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+/// The directory of the journals.
+const JOURNALS: &str = "/run/lbd";
+
+/// An empty journal (everything undone) is removed when lbd lets go of it.
+impl Drop for Journal {
+    fn drop(&mut self) {
+        if std::fs::metadata(&self.path).is_ok_and(|metadata| metadata.len() == 0) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+impl Journal {
+    /// Opens and locks the journal of `tun` in this network namespace, and undoes what a
+    /// previous lbd left in it. Fails if another lbd here holds it.
+    fn open(tun: &str) -> Result<Self, SetupError> {
+        use std::os::unix::fs::MetadataExt;
+        let failed = |reason: String| SetupError {
+            step: format!("lock {JOURNALS}/setup-{tun}"),
+            reason,
+        };
+        let namespace = std::fs::metadata("/proc/self/ns/net").map_or(0, |metadata| metadata.ino());
+        std::fs::create_dir_all(JOURNALS).map_err(|error| failed(error.to_string()))?;
+        let path = PathBuf::from(format!("{JOURNALS}/setup-{tun}-net{namespace}"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|error| failed(error.to_string()))?;
+        let lock =
+            nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|_| {
+                failed(format!(
+                    "another lbd in this network namespace uses the TUN device {tun} (it holds {})",
+                    path.display()
+                ))
+            })?;
+        let left = std::fs::read_to_string(&path).unwrap_or_default();
+        let stale: Vec<Undo> = left.lines().filter_map(Undo::parse).collect();
+        if !stale.is_empty() {
+            tracing::warn!(
+                steps = stale.len(),
+                journal = %path.display(),
+                "an lbd that did not exit cleanly left its host setup; undoing it first"
+            );
+            for undo in stale.into_iter().rev() {
+                undo_step(Some(undo));
+            }
+        }
+        let journal = Self { path, _lock: lock };
+        journal.save(std::iter::empty());
+        Ok(journal)
+    }
+
+    /// Writes how to undo `undos`, in the order they were applied.
+    fn save<'a>(&self, undos: impl Iterator<Item = &'a Undo>) {
+        let text: String = undos.map(|undo| undo.line() + "\n").collect();
+        if let Err(error) = std::fs::write(&self.path, text) {
+            tracing::warn!(journal = %self.path.display(), %error, "cannot keep the dataplane setup journal");
+        }
+    }
 }
 
 /// A step could not be applied.
@@ -284,10 +384,16 @@ pub struct SetupError {
     pub reason: String,
 }
 
-/// Applies `steps`, remembering how to undo each; on a failure, undoes what was applied.
-pub fn apply(steps: &[Step]) -> Result<Applied, SetupError> {
-    let mut applied = Applied::default();
-    applied.change(steps).map(Change::commit)?;
+/// Applies `steps` for the TUN device `tun`, remembering how to undo each, on disk too (see
+/// [`Journal`]; what an lbd that died left is undone first); on a failure, undoes what was
+/// applied.
+pub fn apply(tun: &str, steps: &[Step]) -> Result<Applied, SetupError> {
+    let mut applied = Applied {
+        steps: Vec::new(),
+        journal: Some(Journal::open(tun)?),
+    };
+    let change = applied.change(steps)?;
+    applied.commit(change);
     Ok(applied)
 }
 
@@ -301,13 +407,6 @@ pub struct Change {
     added: Vec<Step>,
     /// The old plan's steps the new one lacks, undone at commit.
     retired: Applied,
-}
-
-impl Change {
-    /// Undoes the old plan's steps the new plan lacks.
-    pub fn commit(self) {
-        drop(self.retired);
-    }
 }
 
 fn run(step: &Step) -> Result<Option<Undo>, String> {
@@ -353,7 +452,10 @@ impl Applied {
                 Err(reason) => {
                     self.revert(Change {
                         added,
-                        retired: Self { steps: old },
+                        retired: Self {
+                            steps: old,
+                            journal: None,
+                        },
                     });
                     return Err(SetupError {
                         step: step.to_string(),
@@ -361,11 +463,34 @@ impl Applied {
                     });
                 }
             }
+            // Until the change is committed or reverted, both plans' steps hold.
+            self.save_with(&old);
         }
         Ok(Change {
             added,
-            retired: Self { steps: old },
+            retired: Self {
+                steps: old,
+                journal: None,
+            },
         })
+    }
+
+    /// Completes a change: the old plan's steps the new plan lacks are undone.
+    pub fn commit(&mut self, change: Change) {
+        drop(change.retired);
+        self.save_with(&[]);
+    }
+
+    /// Keeps the journal in step: how to undo every step held, and `also`'s.
+    fn save_with(&self, also: &[(Step, Option<Undo>)]) {
+        if let Some(journal) = &self.journal {
+            journal.save(
+                self.steps
+                    .iter()
+                    .chain(also)
+                    .filter_map(|(_, undo)| undo.as_ref()),
+            );
+        }
     }
 
     /// Undoes a change not committed: the steps it ran are undone (last first) and the old
@@ -383,12 +508,14 @@ impl Applied {
         kept.reverse();
         self.steps = kept;
         self.steps.append(&mut retired.steps);
+        self.save_with(&[]);
     }
 
     /// Undoes every step, last first.
     pub fn undo_all(&mut self) {
         while let Some((_, undo)) = self.steps.pop() {
             undo_step(undo);
+            self.save_with(&[]);
         }
     }
 }
@@ -421,6 +548,18 @@ impl Drop for Applied {
 mod tests {
     use super::*;
     use crate::config;
+
+    #[test]
+    fn journal_lines_read_back() {
+        for undo in [
+            Undo::Sysctl(PathBuf::from("/proc/sys/net/ipv4/ip_forward"), "0".to_owned()),
+            Undo::Ip(vec!["rule".into(), "del".into(), "pref".into(), "1000".into()]),
+        ] {
+            assert_eq!(Undo::parse(&undo.line()), Some(undo));
+        }
+        assert_eq!(Undo::parse("sysctl /etc/passwd x"), None, "only /proc/sys");
+        assert_eq!(Undo::parse("rm -rf /"), None);
+    }
 
     #[test]
     fn a_tunnelled_vip_route_is_narrower_by_the_outer_header() {
