@@ -67,6 +67,20 @@ impl Prober {
     }
 }
 
+/// A config with the admin API, `/metrics` and a health-checked or plain TCP service `web`.
+fn web_config(
+    workers: u8,
+    admin: SocketAddr,
+    metrics: SocketAddr,
+    tcp: SocketAddr,
+    real: SocketAddr,
+    check: &str,
+) -> String {
+    format!(
+        "workers: {workers}\nadmin: {{ listen: '{admin}' }}\nmetrics: {{ listen: '{metrics}' }}\nservices:\n  - name: web\n    protocol: tcp\n    listen: '{tcp}'\n{check}    reals: [{{address: '{real}'}}]\n"
+    )
+}
+
 /// The value of one sample of a `/metrics` page.
 fn sample(page: &str, series: &str) -> u64 {
     page.lines()
@@ -151,10 +165,8 @@ fn descriptor_exhaustion_refuses_new_flows_and_blames_no_real() {
     raise_own_open_files();
     let web = TcpBackend::start("web");
     let (tcp, admin, metrics) = (free_addr(), free_addr(), free_addr());
-    let config = format!(
-        "workers: 2\nadmin: {{ listen: '{admin}' }}\nmetrics: {{ listen: '{metrics}' }}\nservices:\n  - name: web\n    protocol: tcp\n    listen: '{tcp}'\n    health_check: {{ type: tcp, interval: 200ms, timeout: 1s, rise: 1, fall: 2 }}\n    reals: [{{address: '{}'}}]\n",
-        web.address
-    );
+    let check = "    health_check: { type: tcp, interval: 200ms, timeout: 1s, rise: 1, fall: 2 }\n";
+    let config = web_config(2, admin, metrics, tcp, web.address, check);
     let mut lbd = Lbd::start_with_open_files(1024, &config);
     lbd.wait_for_log("metrics served", 1);
     // Twice what 1,024 descriptors can hold (two per proxied connection).
@@ -206,10 +218,7 @@ fn half_open_admin_and_metrics_connections_are_bounded_and_timed_out() {
     raise_own_open_files();
     let web = TcpBackend::start("web");
     let (tcp, admin, metrics) = (free_addr(), free_addr(), free_addr());
-    let config = format!(
-        "workers: 1\nadmin: {{ listen: '{admin}' }}\nmetrics: {{ listen: '{metrics}' }}\nservices:\n  - {{ name: web, protocol: tcp, listen: '{tcp}', reals: [{{address: '{}'}}] }}\n",
-        web.address
-    );
+    let config = web_config(1, admin, metrics, tcp, web.address, "");
     let mut lbd = Lbd::start(&config);
     lbd.wait_for_log("metrics served", 1);
     let mut half_open = Vec::new();
@@ -246,10 +255,7 @@ fn half_open_admin_and_metrics_connections_are_bounded_and_timed_out() {
 fn hostile_admin_bodies_are_refused_without_stalling_the_director() {
     let web = TcpBackend::start("web");
     let (tcp, admin, metrics) = (free_addr(), free_addr(), free_addr());
-    let config = format!(
-        "workers: 1\nadmin: {{ listen: '{admin}' }}\nmetrics: {{ listen: '{metrics}' }}\nservices:\n  - {{ name: web, protocol: tcp, listen: '{tcp}', reals: [{{address: '{}'}}] }}\n",
-        web.address
-    );
+    let config = web_config(1, admin, metrics, tcp, web.address, "");
     let mut lbd = Lbd::start(&config);
     lbd.wait_for_log("metrics served", 1);
     let deep = format!("{{\"services\": {}{}}}", "[".repeat(60_000), "]".repeat(60_000));

@@ -522,18 +522,23 @@ pub fn http_fetch(
     path: &str,
     body: &[u8],
 ) -> std::io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5))?;
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    http_exchange(&address.to_string(), &request)
+}
+
+/// Sends `request` as it is and reads the answer to the end: (status, body); status 0 when
+/// the answer is not HTTP.
+pub fn http_exchange(address: &str, request: &[u8]) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(address)?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    stream.write_all(
-        format!(
-            "{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
-            body.len()
-        )
-        .as_bytes(),
-    )?;
-    stream.write_all(body)?;
+    stream.write_all(request)?;
     let mut response = Vec::new();
-    stream.read_to_end(&mut response)?;
+    let _ = stream.read_to_end(&mut response);
     let text = String::from_utf8_lossy(&response).into_owned();
     let status = text
         .split_whitespace()

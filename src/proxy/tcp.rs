@@ -16,7 +16,7 @@ use crate::{
     clock::Millis,
     config::{Protocol, ServiceKey},
     host::DescriptorHold,
-    log::Throttle,
+    log::{SharedThrottle, Throttle},
     sched::Flow,
     table::{Refusal, Scheduled},
 };
@@ -171,7 +171,11 @@ async fn connect(
             ),
         };
         let failures = scheduled.failed(&shared.table, &key, now);
-        tracing::info!(service = %key, real = %address, %error, failures, "connect to real server failed; trying another");
+        // A real that dies under load fails thousands of connects a second: one line a second.
+        static FAILED: SharedThrottle = SharedThrottle::new(1_000);
+        if let Some(suppressed) = FAILED.ready(now) {
+            tracing::info!(service = %key, real = %address, %error, failures, suppressed, "connect to real server failed; trying another");
+        }
     }
     None
 }
