@@ -79,7 +79,7 @@ fn check(path: &std::path::Path) -> Result<(), (u8, String)> {
     let config = &ConfigSource::File(path.to_owned())
         .load()
         .map_err(|error| (1, error.to_string()))?;
-    let problems = daemon::preflight::problems(config);
+    let problems = daemon::preflight::check(config);
     if !problems.is_empty() {
         return Err((
             2,

@@ -296,7 +296,7 @@ impl Director {
             .filter(|key| proxied.contains(key))
             .map(|&key| socket::bind(key, self.workers.len()).map(|listeners| (key, listeners)))
             .collect::<Result<_, _>>()?;
-        let problems = preflight::problems(&config);
+        let problems = preflight::dataplane_problems(&config);
         if !problems.is_empty() {
             return Err(ApplyError::Preflight(problems));
         }
@@ -580,15 +580,15 @@ impl Reloads {
     /// Answers the admin clients that waited for this reload, and starts the next one if it
     /// was asked for meanwhile.
     fn answer(&mut self, director: &mut Director, result: Result<ReloadSummary, ReloadError>) {
-        let mut result = Some(result);
+        // Every waiter hears the outcome; the first gets the error itself, others (rare, two
+        // `lbadm reload` at once) its message.
+        let refused = result.as_ref().err().map(ToString::to_string);
+        let mut result = Some(result.map(drop).map_err(control::ControlError::from));
         for (reply, client) in self.waiting.drain(..) {
-            // The first waiter gets the error itself; others (rare) its message.
-            let outcome = match result.take() {
-                Some(result) => result.map_err(control::ControlError::from),
-                None => Err(control::ControlError::Invalid(
-                    "reloaded together with another request; see its answer".to_owned(),
-                )),
-            };
+            let outcome = result.take().unwrap_or_else(|| match &refused {
+                Some(message) => Err(control::ControlError::Invalid(message.clone())),
+                None => Ok(()),
+            });
             let _ = reply.send(director.reloaded(outcome, &client));
         }
         if std::mem::take(&mut self.again) {

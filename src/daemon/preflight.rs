@@ -9,7 +9,7 @@ use std::path::Path;
 use crate::config::{AdminListen, Config, DataplaneSetup};
 
 /// Every problem found, each a sentence naming what is missing; empty when the host has all
-/// the configuration needs.
+/// the configuration needs. (Whether the state file's contents load is [`check`]'s.)
 pub fn problems(config: &Config) -> Vec<String> {
     let mut problems = Vec::new();
     if let Some(admin) = &config.admin {
@@ -28,10 +28,15 @@ pub fn problems(config: &Config) -> Vec<String> {
     }
     if let Some(path) = &config.state_file {
         directory_exists(path, "state_file", &mut problems);
-        if let Err(error) = super::state_file::load(path, config) {
-            problems.push(error.to_string());
-        }
     }
+    problems.extend(dataplane_problems(config));
+    problems
+}
+
+/// What the packet data plane of `config` needs of the host and lacks (checked again at every
+/// reload and admin change: the host may have changed since the start).
+pub fn dataplane_problems(config: &Config) -> Vec<String> {
+    let mut problems = Vec::new();
     if let Some(dataplane) = config
         .dataplane
         .as_ref()
@@ -52,6 +57,18 @@ pub fn problems(config: &Config) -> Vec<String> {
         }
     }
     problems
+}
+
+/// What `lbd --check` checks of the host: [`problems`], and that the state file, when there
+/// is one, holds services this configuration accepts (lbd would start from them).
+pub fn check(config: &Config) -> Vec<String> {
+    let mut found = problems(config);
+    if let Some(path) = &config.state_file
+        && let Err(error) = super::state_file::load(path, config)
+    {
+        found.push(error.to_string());
+    }
+    found
 }
 
 /// Notes a problem if the directory that would hold `path` does not exist.
