@@ -214,6 +214,29 @@ fn descriptor_exhaustion_refuses_new_flows_and_blames_no_real() {
 }
 
 #[test]
+fn the_soft_open_file_limit_is_raised_to_the_hard_limit() {
+    let web = TcpBackend::start("web");
+    let tcp = free_addr();
+    let config = format!(
+        "workers: 1\nservices:\n  - {{ name: web, protocol: tcp, listen: '{tcp}', reals: [{{address: '{}'}}] }}\n",
+        web.address
+    );
+    let lbd = Lbd::start_with_open_file_limits(1024, 4096, &config);
+    assert!(
+        lbd.log_text()
+            .contains("open-file limit raised to the hard limit from=1024 to=4096"),
+        "{}",
+        lbd.log_text()
+    );
+    // 4,096 less the reserve (256) and one listener: the budget of proxied flows.
+    assert!(
+        lbd.log_text().contains("open_files=4096 proxy_descriptors=3839"),
+        "{}",
+        lbd.log_text()
+    );
+}
+
+#[test]
 fn half_open_admin_and_metrics_connections_are_bounded_and_timed_out() {
     raise_own_open_files();
     let web = TcpBackend::start("web");

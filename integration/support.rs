@@ -79,7 +79,12 @@ impl Lbd {
     /// Starts `lbd` with an open-file limit of `nofile` (soft and hard, as `ulimit -n`), waiting
     /// until it logs that it started.
     pub fn start_with_open_files(nofile: u32, config: &str) -> Self {
-        let mut lbd = Self::spawn_with(None, Some(nofile), config);
+        Self::start_with_open_file_limits(nofile, nofile, config)
+    }
+
+    /// Starts `lbd` with soft and hard open-file limits, waiting until it logs that it started.
+    pub fn start_with_open_file_limits(soft: u32, hard: u32, config: &str) -> Self {
+        let mut lbd = Self::spawn_with(None, Some((soft, hard)), config);
         lbd.wait_for_log("lbd started", 1);
         lbd
     }
@@ -93,7 +98,7 @@ impl Lbd {
         Self::spawn_with(netns, None, config)
     }
 
-    fn spawn_with(netns: Option<&str>, nofile: Option<u32>, config: &str) -> Self {
+    fn spawn_with(netns: Option<&str>, nofile: Option<(u32, u32)>, config: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("lbd.yaml");
         std::fs::write(&config_path, config).unwrap();
@@ -103,11 +108,16 @@ impl Lbd {
                 command.args(["netns", "exec", netns, lbd_binary()]);
                 command
             }
-            (None, Some(nofile)) => {
+            (None, Some((soft, hard))) => {
                 let mut command = Command::new("sh");
                 command
-                    .args(["-c", "ulimit -n \"$1\" && exec \"$2\" \"$3\" \"$4\"", "sh"])
-                    .arg(nofile.to_string())
+                    .args([
+                        "-c",
+                        "ulimit -Sn \"$1\" && ulimit -Hn \"$2\" && exec \"$3\" \"$4\" \"$5\"",
+                        "sh",
+                    ])
+                    .arg(soft.to_string())
+                    .arg(hard.to_string())
                     .arg(lbd_binary());
                 command
             }
