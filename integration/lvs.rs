@@ -53,7 +53,7 @@ fn root() -> bool {
         .find_map(|line| line.strip_prefix("Uid:"))
         .and_then(|ids| ids.split_whitespace().nth(1).map(str::to_owned));
     if euid.as_deref() != Some("0") {
-        eprintln!("skipped: the packet data plane tests need root (network namespaces, TUN)");
+        skipped("the packet data plane tests need root (network namespaces, TUN)");
         return false;
     }
     true

@@ -52,7 +52,7 @@ fn tool(name: &str) -> bool {
             std::env::var_os("CI").is_none(),
             "{name} is missing in CI; .ci/run installs Debian's `prometheus` package"
         );
-        eprintln!("skipped: {name} is not installed (apt-get install prometheus)");
+        skipped(&format!("{name} is not installed (apt-get install prometheus)"));
     }
     found
 }

@@ -2,18 +2,23 @@
 //!
 //! # Layout
 //! - [`config`]: the YAML config file → a typed, validated [`config::Config`]; nodeset ranges.
-//! - [`table`]: the service table snapshot the data plane reads, and live per-real state.
+//! - [`live`]: what is live about a real (snapshot view, counters, health status): the leaf the
+//!   schedulers and the table share.
+//! - [`table`]: the service table snapshot the data plane reads.
 //! - [`sched`]: the IPVS schedulers and persistence, pure functions of the snapshot.
 //! - [`proxy`]: the TCP/UDP proxy data plane (worker threads).
 //! - [`health`]: health checks (control plane).
 //! - [`daemon`]: the director's lifecycle and control loop: start, reload, admin requests.
-//! - [`admin`]: the admin API (HTTP/JSON) and its documents.
+//! - [`api`]: the admin API's routes, requests, answers and JSON documents, shared by the
+//!   admin server, the control loop and `lbadm`.
+//! - [`admin`]: the admin API's HTTP server.
 //! - [`lbadm`]: the admin CLI.
 //! - [`telemetry`]: Prometheus metrics at `/metrics`.
 //! - [`host`]: the host's limits: open files, the proxy's descriptor budget, local errors.
 //! - `httpd`: serving the admin API and `/metrics` within limits (timeouts, connections).
 //! - `log`: log lines that may repeat, throttled.
 pub mod admin;
+pub mod api;
 pub mod clock;
 pub mod config;
 pub mod daemon;
@@ -21,6 +26,7 @@ pub mod health;
 pub mod host;
 mod httpd;
 pub mod lbadm;
+pub mod live;
 mod log;
 pub mod lvs;
 pub mod packet;

@@ -15,13 +15,9 @@ use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::AbortOnDropHandle;
 
-use super::api::Problem;
 use crate::{
+    api::{Answer, Change, ControlError, Problem, Request, routes},
     config::{AdminConfig, AdminListen},
-    daemon::{
-        ReloadError,
-        control::{Answer, Change, ControlError, Request},
-    },
 };
 
 /// The largest request body accepted (a `restore` of some ten thousand reals fits).
@@ -170,9 +166,9 @@ fn bind_unix(path: &std::path::Path) -> io::Result<tokio::net::UnixListener> {
 
 fn router(state: AppState) -> Router {
     Router::new()
-        .route("/v1/status", get(|s: State<AppState>| ask(s, Request::Status)))
+        .route(routes::STATUS, get(|s: State<AppState>| ask(s, Request::Status)))
         .route(
-            "/v1/services",
+            routes::SERVICES,
             get(|s: State<AppState>| ask(s, Request::Services))
                 .post(|s: State<AppState>, body: Bytes| async move {
                     change(s, body, Change::AddService).await
@@ -182,7 +178,7 @@ fn router(state: AppState) -> Router {
                 }),
         )
         .route(
-            "/v1/services/{service}",
+            routes::SERVICE,
             get(|s: State<AppState>, Path(service): Path<String>| ask(s, Request::Service(service)))
                 .patch(
                     |s: State<AppState>, Path(service): Path<String>, body: Bytes| async move {
@@ -194,7 +190,7 @@ fn router(state: AppState) -> Router {
                 }),
         )
         .route(
-            "/v1/services/{service}/reals",
+            routes::REALS,
             post(
                 |s: State<AppState>, Path(service): Path<String>, body: Bytes| async move {
                     change(s, body, |reals| Change::AddReals { service, reals }).await
@@ -202,7 +198,7 @@ fn router(state: AppState) -> Router {
             ),
         )
         .route(
-            "/v1/services/{service}/reals/{address}",
+            routes::REAL,
             axum::routing::patch(
                 |s: State<AppState>, Path((service, address)): Path<(String, String)>, body: Bytes| async move {
                     change(s, body, |patch| Change::EditReals {
@@ -220,41 +216,32 @@ fn router(state: AppState) -> Router {
             ),
         )
         .route(
-            "/v1/services/{service}/reals/{address}/drain",
+            routes::DRAIN,
             post(
                 |s: State<AppState>, Path((service, address)): Path<(String, String)>| {
-                    let mut patch = serde_yaml::Mapping::new();
-                    patch.insert("weight".into(), 0.into());
-                    ask(
-                        s,
-                        change_request(Change::EditReals {
-                            service,
-                            address,
-                            patch: serde_yaml::Value::Mapping(patch),
-                        }),
-                    )
+                    ask(s, change_request(Change::DrainReals { service, address }))
                 },
             ),
         )
         .route(
-            "/v1/services/{service}/zero",
+            routes::ZERO_SERVICE,
             post(|s: State<AppState>, Path(service): Path<String>| {
                 ask(s, change_request(Change::Zero(Some(service))))
             }),
         )
         .route(
-            "/v1/zero",
+            routes::ZERO,
             post(|s: State<AppState>| ask(s, change_request(Change::Zero(None)))),
         )
         .route(
-            "/v1/reload",
+            routes::RELOAD,
             post(|s: State<AppState>| ask(s, change_request(Change::Reload))),
         )
         .route(
-            "/v1/connections",
+            routes::CONNECTIONS,
             get(|s: State<AppState>| ask(s, Request::Connections)),
         )
-        .route("/v1/save", get(|s: State<AppState>| ask(s, Request::Save)))
+        .route(routes::SAVE, get(|s: State<AppState>| ask(s, Request::Save)))
         .fallback(|| async {
             problem(
                 StatusCode::NOT_FOUND,
@@ -366,12 +353,8 @@ async fn ask(State(state): State<AppState>, request: Request) -> Response {
         Ok(Err(error)) => {
             let status = match &error {
                 ControlError::NotFound(_) => StatusCode::NOT_FOUND,
-                ControlError::Invalid(_) | ControlError::Reload(ReloadError::Config(_)) => {
-                    StatusCode::BAD_REQUEST
-                }
-                ControlError::Apply(_) | ControlError::Reload(ReloadError::Apply(_)) => {
-                    StatusCode::INTERNAL_SERVER_ERROR
-                }
+                ControlError::Invalid(_) => StatusCode::BAD_REQUEST,
+                ControlError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
             };
             problem(status, error.to_string())
         }

@@ -243,13 +243,13 @@ fn validate(config: &Config) -> Result<(), Problem> {
                 occurrence,
             });
         }
-        if service.scheduler == SchedulerKind::Mh && service.reals.len() > crate::sched::MH_MAX_REALS {
+        if service.scheduler == SchedulerKind::Mh && service.reals.len() > MH_TABLE_SIZE {
             return Err(Problem {
                 message: format!(
                     "service `{}`: {} reals, but an mh service holds at most {} (its table size)",
                     service.name,
                     service.reals.len(),
-                    crate::sched::MH_MAX_REALS
+                    MH_TABLE_SIZE
                 ),
                 needle: listen_text,
                 occurrence,

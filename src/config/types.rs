@@ -375,6 +375,10 @@ impl FromStr for SchedulerKind {
     }
 }
 
+/// The size of an `mh` scheduler's lookup table (IPVS's default, a prime): the most reals an
+/// `mh` service may have.
+pub const MH_TABLE_SIZE: usize = 4093;
+
 /// A scheduler flag, as ipvsadm `-b` takes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]

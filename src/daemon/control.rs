@@ -6,108 +6,33 @@
 use std::{collections::HashSet, net::SocketAddr, time::SystemTime};
 
 use serde_yaml::{Mapping, Value};
-use thiserror::Error;
 
-use super::{ApplyError, ConfigSource, Director, ReloadError, rates::Counters};
+use super::{
+    ApplyError, ConfigSource, Director, ReloadError,
+    rates::{real_counters, service_counters},
+};
+pub use crate::api::{Answer, Change, ControlError, Request};
 use crate::{
-    admin::api,
+    api::{self, Counters},
     clock::Millis,
     config::{self, Config, ServiceConfig, nodeset},
     proxy::flows::FlowState,
     table::{self, ServiceTable},
 };
 
-/// A question or a change from the admin API.
-#[derive(Debug)]
-pub enum Request {
-    /// Version, uptime, counts.
-    Status,
-    /// Every service.
-    Services,
-    /// One service, by name or `tcp:VIP:PORT` / `udp:VIP:PORT`.
-    Service(String),
-    /// The services as config YAML (`lbadm save`).
-    Save,
-    /// Flows in progress.
-    Connections,
-    /// A change, and who asked for it (for the log).
-    Change {
-        /// What to change.
-        change: Change,
-        /// The admin client's address.
-        client: String,
-    },
+impl From<ApplyError> for ControlError {
+    fn from(error: ApplyError) -> Self {
+        Self::Failed(error.to_string())
+    }
 }
 
-/// A change to the services table. Bodies are YAML or JSON in the config file's format.
-#[derive(Debug)]
-pub enum Change {
-    /// Add a service.
-    AddService(Value),
-    /// Change some keys of a service (`null` removes an optional key).
-    EditService {
-        /// Which.
-        service: String,
-        /// The keys to change.
-        patch: Value,
-    },
-    /// Remove a service; its flows finish on their own.
-    DeleteService(String),
-    /// Replace every service (`restore`, and `clear` with an empty list).
-    ReplaceServices(Value),
-    /// Add reals (one mapping or a list; `address` may be a range).
-    AddReals {
-        /// To which service.
-        service: String,
-        /// The reals.
-        reals: Value,
-    },
-    /// Change some keys of reals.
-    EditReals {
-        /// Whose.
-        service: String,
-        /// Which: an address or a range.
-        address: String,
-        /// The keys to change.
-        patch: Value,
-    },
-    /// Remove reals; their flows finish on their own.
-    DeleteReals {
-        /// Whose.
-        service: String,
-        /// Which: an address or a range.
-        address: String,
-    },
-    /// Zero the counters of one service, or of all.
-    Zero(Option<String>),
-    /// Re-read the config file.
-    Reload,
-}
-
-/// What the director answers.
-#[derive(Debug)]
-pub enum Answer {
-    /// A JSON document, serialized.
-    Json(Vec<u8>),
-    /// YAML text (`save`).
-    Yaml(String),
-}
-
-/// A refused request; nothing changed.
-#[derive(Debug, Error)]
-pub enum ControlError {
-    /// The service or real named does not exist (404).
-    #[error("{0}")]
-    NotFound(String),
-    /// The request is invalid (400).
-    #[error("{0}")]
-    Invalid(String),
-    /// The change could not be applied (bind, state file) (500).
-    #[error(transparent)]
-    Apply(#[from] ApplyError),
-    /// The config file could not be reloaded (400 if invalid).
-    #[error(transparent)]
-    Reload(#[from] ReloadError),
+impl From<ReloadError> for ControlError {
+    fn from(error: ReloadError) -> Self {
+        match error {
+            ReloadError::Config(error) => Self::Invalid(error.to_string()),
+            ReloadError::Apply(error) => Self::Failed(error.to_string()),
+        }
+    }
 }
 
 impl Director {
@@ -295,7 +220,7 @@ fn service_view(
                 inactive: current.map_or(0, |current| current.state.inactive()),
                 overloaded: current.is_some_and(|current| current.state.is_overloaded()),
                 health: current.and_then(health_view),
-                stats: current.map_or_else(Counters::default, |current| Counters::of(&current.state)),
+                stats: current.map_or_else(Counters::default, |current| real_counters(&current.state)),
                 rate: rates.rates(&key, Some(real.address)),
             }
         })
@@ -323,7 +248,7 @@ fn service_view(
             .as_ref()
             .filter(|check| check.kind != config::HealthCheckKind::None)
             .map(|check| check.kind.name().to_owned()),
-        stats: live.map_or_else(Counters::default, |service| Counters::of_service(service)),
+        stats: live.map_or_else(Counters::default, |service| service_counters(service)),
         rate: rates.rates(&key, None),
         reals,
     }
@@ -414,6 +339,19 @@ pub fn edited(
             }
             Some(index)
         }
+        Change::DrainReals { service, address } => {
+            // Draining is weight 0, as `ipvsadm -e -w 0`: the drain policy lives here.
+            let mut patch = Mapping::new();
+            patch.insert("weight".into(), 0.into());
+            return edited(
+                running,
+                Change::EditReals {
+                    service,
+                    address,
+                    patch: Value::Mapping(patch),
+                },
+            );
+        }
         Change::DeleteReals { service, address } => {
             let index = find(&services, &service)?;
             let targets = reals_named(&services[index], &address)?;
@@ -466,24 +404,6 @@ fn reals_named(service: &ServiceConfig, address: &str) -> Result<HashSet<SocketA
             }
         })
         .collect()
-}
-
-/// What the change is, for the log: its lbadm command and what it names.
-impl std::fmt::Display for Change {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::AddService(_) => f.write_str("add-service"),
-            Self::EditService { service, .. } => write!(f, "edit-service {service}"),
-            Self::DeleteService(service) => write!(f, "del-service {service}"),
-            Self::ReplaceServices(_) => f.write_str("restore (every service replaced)"),
-            Self::AddReals { service, .. } => write!(f, "add-real to {service}"),
-            Self::EditReals { service, address, .. } => write!(f, "edit-real {address} of {service}"),
-            Self::DeleteReals { service, address } => write!(f, "del-real {address} of {service}"),
-            Self::Zero(Some(service)) => write!(f, "zero {service}"),
-            Self::Zero(None) => f.write_str("zero (every service)"),
-            Self::Reload => f.write_str("reload"),
-        }
-    }
 }
 
 fn json<T: serde::Serialize>(value: &T) -> Answer {

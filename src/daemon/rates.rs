@@ -3,9 +3,8 @@
 
 use std::{collections::HashMap, net::SocketAddr, sync::atomic::Ordering::Relaxed, time::Duration};
 
-use serde::{Deserialize, Serialize};
-
 use crate::{
+    api::{Counters, Rates},
     config::ServiceKey,
     table::{RealState, Service, ServiceTable},
 };
@@ -13,81 +12,29 @@ use crate::{
 /// How often the counters are sampled.
 pub const PERIOD: Duration = Duration::from_secs(2);
 
-/// ipvsadm's counters (`--stats`): flows, packets and bytes each way.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Counters {
-    /// Flows.
-    pub conns: u64,
-    /// Packets client → real (proxy mode: UDP datagrams; TCP is counted in bytes only).
-    pub in_pkts: u64,
-    /// Packets real → client.
-    pub out_pkts: u64,
-    /// Bytes client → real.
-    pub in_bytes: u64,
-    /// Bytes real → client.
-    pub out_bytes: u64,
-}
-
-impl Counters {
-    /// The counters of one real.
-    pub fn of(state: &RealState) -> Self {
-        Self {
-            conns: state.conns.load(Relaxed),
-            in_pkts: state.packets_in.load(Relaxed),
-            out_pkts: state.packets_out.load(Relaxed),
-            in_bytes: state.bytes_in.load(Relaxed),
-            out_bytes: state.bytes_out.load(Relaxed),
-        }
-    }
-
-    /// A service's counters: its flows, and its reals' (and sorry server's) traffic.
-    pub fn of_service(service: &Service) -> Self {
-        let traffic = service
-            .reals
-            .iter()
-            .chain(service.sorry.as_ref())
-            .map(|real| Self::of(&real.state))
-            .fold(Self::default(), |sum, real| sum.plus(real));
-        Self {
-            conns: service.stats.conns.load(Relaxed),
-            ..traffic
-        }
-    }
-
-    fn plus(self, other: Self) -> Self {
-        Self {
-            conns: self.conns + other.conns,
-            in_pkts: self.in_pkts + other.in_pkts,
-            out_pkts: self.out_pkts + other.out_pkts,
-            in_bytes: self.in_bytes + other.in_bytes,
-            out_bytes: self.out_bytes + other.out_bytes,
-        }
-    }
-
-    fn values(self) -> [u64; 5] {
-        [
-            self.conns,
-            self.in_pkts,
-            self.out_pkts,
-            self.in_bytes,
-            self.out_bytes,
-        ]
+/// The counters of one real.
+pub fn real_counters(state: &RealState) -> Counters {
+    Counters {
+        conns: state.conns.load(Relaxed),
+        in_pkts: state.packets_in.load(Relaxed),
+        out_pkts: state.packets_out.load(Relaxed),
+        in_bytes: state.bytes_in.load(Relaxed),
+        out_bytes: state.bytes_out.load(Relaxed),
     }
 }
 
-/// ipvsadm's rates (`--rate`), per second.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Rates {
-    /// Flows per second.
-    pub cps: u64,
-    /// Packets per second, client → real.
-    pub in_pps: u64,
-    /// Packets per second, real → client.
-    pub out_pps: u64,
-    /// Bytes per second, client → real.
-    pub in_bps: u64,
-    /// Bytes per second, real → client.
-    pub out_bps: u64,
+/// A service's counters: its flows, and its reals' (and sorry server's) traffic.
+pub fn service_counters(service: &Service) -> Counters {
+    let traffic = service
+        .reals
+        .iter()
+        .chain(service.sorry.as_ref())
+        .map(|real| real_counters(&real.state))
+        .fold(Counters::default(), Counters::plus);
+    Counters {
+        conns: service.stats.conns.load(Relaxed),
+        ..traffic
+    }
 }
 
 /// The estimates of every service (`None`) and real (`Some(address)`).
@@ -108,11 +55,11 @@ impl Estimator {
         let seconds = elapsed.as_secs_f64().max(0.001);
         let mut seen = HashMap::with_capacity(self.entries.len());
         for service in table.services() {
-            let points = std::iter::once((None, Counters::of_service(service))).chain(
+            let points = std::iter::once((None, service_counters(service))).chain(
                 service
                     .reals
                     .iter()
-                    .map(|real| (Some(real.address), Counters::of(&real.state))),
+                    .map(|real| (Some(real.address), real_counters(&real.state))),
             );
             for (real, now) in points {
                 let id = (service.key, real);

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 
 use tokio::io::AsyncReadExt;
 
-use super::{machine::Outcome, probe};
+use super::{common, machine::Outcome};
 use crate::table::DynamicWeight;
 
 /// The longest reply read.
@@ -16,7 +16,7 @@ const REPLY_LIMIT: usize = 512;
 
 /// Asks the agent at `address`; the caller bounds the whole exchange by the check's timeout.
 pub(super) async fn check(address: SocketAddr, timeout: std::time::Duration) -> Outcome {
-    let mut stream = match probe::connect(address, timeout).await {
+    let mut stream = match common::connect(address, timeout).await {
         Ok(stream) => stream,
         Err(failed) => {
             return Outcome {
@@ -34,7 +34,7 @@ pub(super) async fn check(address: SocketAddr, timeout: std::time::Duration) -> 
             Err(error) => return Outcome::fail(format!("agent: read failed: {error}")),
         }
     }
-    probe::close_with_reset(&stream);
+    common::close_with_reset(&stream);
     let line = String::from_utf8_lossy(&reply);
     parse(line.lines().next().unwrap_or(""))
 }

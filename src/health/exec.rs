@@ -11,7 +11,7 @@ use nix::{
 };
 use tokio::process::Command;
 
-use super::{machine::Outcome, probe::Target};
+use super::{common::Target, machine::Outcome};
 use crate::{config::format_duration, table::DynamicWeight};
 
 /// Runs `command` for `target` and judges its exit status.

@@ -10,7 +10,10 @@ use hyper::{
 };
 use hyper_util::rt::TokioIo;
 
-use super::{machine::Outcome, probe};
+use super::{
+    common::{self, contains},
+    machine::Outcome,
+};
 
 /// The most of a body searched for `expect_body`.
 const BODY_LIMIT: usize = 64 * 1024;
@@ -27,7 +30,7 @@ pub(super) struct Request<'a> {
 /// Sends the GET and judges the response. The caller bounds the whole exchange by the
 /// check's timeout; `timeout` bounds the connect.
 pub(super) async fn check(address: SocketAddr, request: &Request<'_>, timeout: Duration) -> Outcome {
-    let stream = match probe::connect(address, timeout).await {
+    let stream = match common::connect(address, timeout).await {
         Ok(stream) => stream,
         Err(failed) => return failed,
     };
@@ -94,9 +97,4 @@ async fn exchange(
         }
     }
     Outcome::fail(format!("HTTP {status}, body lacks {expected:?}"))
-}
-
-/// Whether `needle` occurs in `haystack`.
-pub(super) fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    needle.is_empty() || haystack.windows(needle.len()).any(|window| window == needle)
 }

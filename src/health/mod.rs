@@ -10,6 +10,7 @@
 //! ([`Monitor::changes`]) to publish a new snapshot.
 
 mod agent;
+mod common;
 mod exec;
 mod http;
 pub mod machine;
@@ -26,8 +27,8 @@ use std::{
 use tokio::{sync::Notify, time::Instant};
 use tokio_util::task::AbortOnDropHandle;
 
+pub use self::common::Target;
 use self::machine::Outcome;
-pub use self::probe::Target;
 use crate::{
     config::{Config, HealthCheckConfig, HealthCheckKind, ServiceKey, StartState},
     table::{CheckStatus, HealthView},

@@ -10,7 +10,7 @@ use std::{
 
 use tokio::net::UdpSocket;
 
-use super::{http::contains, machine::Outcome};
+use super::{common::contains, machine::Outcome};
 use crate::config::format_duration;
 
 /// Sends `send` to `address` and judges the reply.

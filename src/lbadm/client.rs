@@ -12,7 +12,7 @@ use hyper_util::rt::TokioIo;
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::admin::api::Problem;
+use crate::api::Problem;
 
 /// How long one call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);

@@ -10,11 +10,10 @@ use std::{io::Read, path::PathBuf, process::ExitCode};
 
 use clap::{Args, Parser, Subcommand};
 use hyper::Method;
-use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::{Map, Value, json};
 
 pub use self::client::{Client, ClientError, Endpoint};
-use crate::admin::api;
+use crate::api::{self, routes};
 
 /// lbadm: administer a running lbd, the way ipvsadm administers IPVS.
 #[derive(Debug, Parser)]
@@ -100,20 +99,24 @@ fn scheduler_name(text: &str) -> Result<String, String> {
 }
 
 impl Target {
-    /// The API path of the service: `/v1/services/<id>`, the id percent-encoded.
-    fn path(&self) -> Option<String> {
-        let id = match (&self.tcp, &self.udp, &self.name) {
-            (Some(address), _, _) => format!("tcp:{address}"),
-            (_, Some(address), _) => format!("udp:{address}"),
-            (_, _, Some(name)) => name.clone(),
-            _ => return None,
-        };
-        Some(format!("/v1/services/{}", encode(&id)))
+    /// The service's id in the API: `tcp:VIP:PORT`, `udp:VIP:PORT` or its name.
+    fn id(&self) -> Option<String> {
+        match (&self.tcp, &self.udp, &self.name) {
+            (Some(address), _, _) => Some(format!("tcp:{address}")),
+            (_, Some(address), _) => Some(format!("udp:{address}")),
+            (_, _, Some(name)) => Some(name.clone()),
+            _ => None,
+        }
     }
 
-    /// The path, which this command needs.
-    fn required(&self) -> Result<String, Failure> {
-        self.path().ok_or_else(|| {
+    /// The service's `route` (with `{service}`), when a service is named.
+    fn path(&self, route: &str) -> Option<String> {
+        self.id().map(|id| routes::fill(route, &id, ""))
+    }
+
+    /// The service's `route`, which this command needs.
+    fn required(&self, route: &str) -> Result<String, Failure> {
+        self.path(route).ok_or_else(|| {
             usage("name the service with -t VIP:PORT, -u VIP:PORT or --service NAME".to_owned())
         })
     }
@@ -299,22 +302,24 @@ async fn execute(cli: Cli) -> Result<String, Failure> {
             let body = service_body(&args, true);
             Ok(changed(
                 client
-                    .call(Method::POST, "/v1/services", Some(to_bytes(&body)))
+                    .call(Method::POST, routes::SERVICES, Some(to_bytes(&body)))
                     .await?,
             ))
         }
         Command::EditService(args) => {
-            let path = args.target.required()?;
+            let path = args.target.required(routes::SERVICE)?;
             let body = service_body(&args, false);
             Ok(changed(
                 client.call(Method::PATCH, &path, Some(to_bytes(&body))).await?,
             ))
         }
         Command::DelService(target) => Ok(changed(
-            client.call(Method::DELETE, &target.required()?, None).await?,
+            client
+                .call(Method::DELETE, &target.required(routes::SERVICE)?, None)
+                .await?,
         )),
         Command::AddReal(args) => {
-            let path = format!("{}/reals", args.real.target.required()?);
+            let path = args.real.target.required(routes::REALS)?;
             let mut body = real_body(&args);
             body.insert("address".to_owned(), json!(args.real.real));
             Ok(changed(
@@ -325,7 +330,7 @@ async fn execute(cli: Cli) -> Result<String, Failure> {
         }
         Command::EditReal(args) => {
             let body = real_body(&args);
-            let path = real_path(&args.real)?;
+            let path = real_path(&args.real, routes::REAL)?;
             Ok(changed(
                 client
                     .call(Method::PATCH, &path, Some(to_bytes(&Value::Object(body))))
@@ -333,26 +338,28 @@ async fn execute(cli: Cli) -> Result<String, Failure> {
             ))
         }
         Command::DelReal(real) => Ok(changed(
-            client.call(Method::DELETE, &real_path(&real)?, None).await?,
+            client
+                .call(Method::DELETE, &real_path(&real, routes::REAL)?, None)
+                .await?,
         )),
         Command::DrainReal(real) => {
-            let path = format!("{}/drain", real_path(&real)?);
+            let path = real_path(&real, routes::DRAIN)?;
             Ok(changed(client.call(Method::POST, &path, None).await?))
         }
         Command::Zero(target) => {
-            let path = match target.path() {
-                Some(service) => format!("{service}/zero"),
-                None => "/v1/zero".to_owned(),
+            let path = match target.path(routes::ZERO_SERVICE) {
+                Some(service) => service,
+                None => routes::ZERO.to_owned(),
             };
             Ok(changed(client.call(Method::POST, &path, None).await?))
         }
         Command::Clear => Ok(changed(
             client
-                .call(Method::PUT, "/v1/services", Some(b"services: []\n".to_vec()))
+                .call(Method::PUT, routes::SERVICES, Some(b"services: []\n".to_vec()))
                 .await?,
         )),
         Command::Save => {
-            let text = client.call(Method::GET, "/v1/save", None).await?;
+            let text = client.call(Method::GET, routes::SAVE, None).await?;
             if json_out {
                 // The same table as JSON, which `restore` accepts too.
                 let value: Value = serde_yaml::from_slice(&text).map_err(|error| Failure {
@@ -368,7 +375,7 @@ async fn execute(cli: Cli) -> Result<String, Failure> {
         }
         Command::Restore { file } => {
             let text = read_input(&file)?;
-            let answer = client.call(Method::PUT, "/v1/services", Some(text)).await;
+            let answer = client.call(Method::PUT, routes::SERVICES, Some(text)).await;
             Ok(changed(answer.map_err(|error| {
                 let failure = Failure::from(error);
                 Failure {
@@ -377,9 +384,9 @@ async fn execute(cli: Cli) -> Result<String, Failure> {
                 }
             })?))
         }
-        Command::Reload => Ok(changed(client.call(Method::POST, "/v1/reload", None).await?)),
+        Command::Reload => Ok(changed(client.call(Method::POST, routes::RELOAD, None).await?)),
         Command::Status => {
-            let bytes = client.call(Method::GET, "/v1/status", None).await?;
+            let bytes = client.call(Method::GET, routes::STATUS, None).await?;
             if json_out {
                 return Ok(pretty(&bytes));
             }
@@ -401,14 +408,14 @@ async fn execute(cli: Cli) -> Result<String, Failure> {
 
 async fn list(client: &Client, args: ListArgs, json_out: bool) -> Result<String, Failure> {
     if args.conns {
-        let bytes = client.call(Method::GET, "/v1/connections", None).await?;
+        let bytes = client.call(Method::GET, routes::CONNECTIONS, None).await?;
         if json_out {
             return Ok(pretty(&bytes));
         }
         let flows: Vec<api::Connection> = parse(&bytes)?;
         return Ok(render::connections(&flows));
     }
-    let services: Vec<api::Service> = match args.target.path() {
+    let services: Vec<api::Service> = match args.target.path(routes::SERVICE) {
         Some(path) => {
             let bytes = client.call(Method::GET, &path, None).await?;
             if json_out {
@@ -417,14 +424,14 @@ async fn list(client: &Client, args: ListArgs, json_out: bool) -> Result<String,
             vec![parse(&bytes)?]
         }
         None => {
-            let bytes = client.call(Method::GET, "/v1/services", None).await?;
+            let bytes = client.call(Method::GET, routes::SERVICES, None).await?;
             if json_out {
                 return Ok(pretty(&bytes));
             }
             parse(&bytes)?
         }
     };
-    let status: api::Status = parse(&client.call(Method::GET, "/v1/status", None).await?)?;
+    let status: api::Status = parse(&client.call(Method::GET, routes::STATUS, None).await?)?;
     let columns = if args.stats {
         render::Columns::Stats
     } else if args.rate {
@@ -446,16 +453,12 @@ async fn list(client: &Client, args: ListArgs, json_out: bool) -> Result<String,
     ))
 }
 
-fn real_path(real: &RealTarget) -> Result<String, Failure> {
-    Ok(format!(
-        "{}/reals/{}",
-        real.target.required()?,
-        encode(&real.real)
-    ))
-}
-
-fn encode(segment: &str) -> String {
-    utf8_percent_encode(segment, NON_ALPHANUMERIC).to_string()
+/// The real's `route` (with `{service}` and `{address}`).
+fn real_path(real: &RealTarget, route: &str) -> Result<String, Failure> {
+    let id = real.target.id().ok_or_else(|| {
+        usage("name the service with -t VIP:PORT, -u VIP:PORT or --service NAME".to_owned())
+    })?;
+    Ok(routes::fill(route, &id, &real.real))
 }
 
 /// The body of add-service (everything given) or edit-service (only what changes).

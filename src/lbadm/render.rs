@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use crate::admin::api::{Connection, Counters, Rates, Service};
+use crate::api::{Connection, Counters, Rates, Service};
 
 /// Which columns `list` shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -252,7 +252,7 @@ fn format_age(seconds: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::admin::api::{Persistence, Real};
+    use crate::api::{Persistence, Real};
 
     fn real(address: &str, forward: &str, weight: u32, active: u32, inactive: u32) -> Real {
         Real {

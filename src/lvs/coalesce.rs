@@ -12,7 +12,7 @@
 
 use std::net::IpAddr;
 
-use super::plane::PACKET_AT;
+use super::buffer::PACKET_AT;
 use crate::packet::{
     Offload,
     checksum::{self, fold, sum},

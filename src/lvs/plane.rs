@@ -15,6 +15,7 @@ use std::{
 use thiserror::Error;
 
 use super::{
+    buffer::{ETHERNET_LEN, PACKET_AT},
     coalesce::{Coalescer, Joined, Offer, Outlet},
     flow_table::{FlowTable, Partition},
     neighbours::Neighbours,
@@ -30,12 +31,7 @@ use crate::{
 
 /// The largest packet read from the TUN device (a TCP or UDP super-packet at most).
 const PACKET_MAX: usize = 65_536;
-/// Bytes of an Ethernet header (dr frames).
-const ETHERNET_LEN: usize = 14;
-/// Where a packet starts in a worker's buffer: its `virtio_net_hdr` is read just before it, and
-/// in front of that there is room for the Ethernet header (and the header moved in front of
-/// that) of a dr frame, so no packet is ever copied to be framed.
-pub(crate) const PACKET_AT: usize = ETHERNET_LEN + VNET_HEADER_LEN;
+
 /// Wire packets a super-packet may stand for when it must be cut up here (tun egress).
 const SEGMENTS_MAX: usize = 64;
 /// The largest segment cut here.

@@ -6,7 +6,7 @@ use std::{
 };
 
 use super::Flow;
-use crate::{clock::Millis, table::Real};
+use crate::{clock::Millis, live::Real};
 
 /// The multiplier of IPVS's multiplicative hashes (`2654435761`, Knuth's golden ratio).
 pub(super) const GOLDEN: u32 = 2_654_435_761;

@@ -10,7 +10,7 @@ use super::{
     Flow, Scheduler,
     common::{GOLDEN, fold, unavailable, up_members},
 };
-use crate::table::Real;
+use crate::live::Real;
 
 /// Table size: `CONFIG_IP_VS_DH_TAB_BITS` = 8.
 const BUCKETS: usize = 256;

@@ -2,7 +2,7 @@
 //! in the list wins a tie.
 
 use super::{Flow, Scheduler, common::heaviest};
-use crate::table::Real;
+use crate::live::Real;
 
 /// Weighted failover.
 #[derive(Debug)]

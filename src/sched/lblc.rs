@@ -12,7 +12,7 @@ use super::{
     common::{address_index, conn_overhead, locality_overloaded, own_weight, weighted_least},
     locality::{Change, LocalityTable},
 };
-use crate::table::Real;
+use crate::live::Real;
 
 /// Locality-based least connection.
 #[derive(Debug)]

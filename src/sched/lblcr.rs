@@ -10,7 +10,7 @@ use super::{
     common::{address_index, conn_overhead, locality_overloaded, own_weight, weighted_least},
     locality::{Change, EXPIRATION_MS, LocalityTable},
 };
-use crate::{clock::Millis, table::Real};
+use crate::{clock::Millis, live::Real};
 
 /// The reals serving one destination, most recently added first, and when it last changed.
 #[derive(Debug, Clone)]

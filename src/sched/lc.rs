@@ -6,7 +6,7 @@ use super::{
     Flow, Scheduler,
     common::{conn_overhead, weighted_least},
 };
-use crate::table::Real;
+use crate::live::Real;
 
 /// Least connection.
 #[derive(Debug)]

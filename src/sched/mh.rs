@@ -8,10 +8,10 @@ use super::{
     Flow, Scheduler,
     common::{fold, hashed_port, unavailable, up_members},
 };
-use crate::table::Real;
+use crate::live::Real;
 
 /// Table size: `CONFIG_IP_VS_MH_TAB_INDEX` = 12 selects the prime 4093.
-pub(super) const TABLE_SIZE: usize = 4093;
+pub(super) const TABLE_SIZE: usize = crate::config::MH_TABLE_SIZE;
 /// Half of `CONFIG_IP_VS_MH_TAB_INDEX`: the bits of weight kept before shifting.
 const TAB_BITS: u32 = 6;
 /// hash1 and hash2 keys of `generate_hash_secret`.

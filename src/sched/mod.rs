@@ -33,7 +33,7 @@ use std::{fmt, net::SocketAddr, sync::Arc};
 use crate::{
     clock::Millis,
     config::{SchedulerFlag, SchedulerKind},
-    table::Real,
+    live::Real,
 };
 
 /// What a scheduler knows of a new flow.
@@ -81,9 +81,6 @@ enum Carried {
     Lblc(Arc<locality::LocalityTable<SocketAddr>>),
     Lblcr(Arc<locality::LocalityTable<lblcr::DestSet>>),
 }
-
-/// The most reals an `mh` service may have: its table size.
-pub const MH_MAX_REALS: usize = mh::TABLE_SIZE;
 
 /// Builds the scheduler `kind` for `reals`, reusing the state of the scheduler it replaces
 /// (see [`Scheduler::shared_state`]) when that one had the same kind.
@@ -140,7 +137,7 @@ pub mod testing {
     use super::Flow;
     use crate::{
         clock::Millis,
-        table::{Real, RealState},
+        live::{Real, RealState},
     };
 
     /// Reals `10.0.0.1`, `10.0.0.2`, … with these weights, in list order.
@@ -158,7 +155,7 @@ pub mod testing {
     }
 
     /// Sets a real's ActiveConn and InActConn by binding flows; keep the bindings alive.
-    pub fn load(real: &Real, active: u32, inactive: u32) -> Vec<crate::table::FlowBinding> {
+    pub fn load(real: &Real, active: u32, inactive: u32) -> Vec<crate::live::FlowBinding> {
         (0..active + inactive)
             .map(|i| {
                 let mut flow = real.state.bind();
@@ -218,7 +215,7 @@ mod properties {
     fn loaded(
         weights: &[u32],
         counts: &[(u32, u32)],
-    ) -> (Vec<crate::table::Real>, Vec<crate::table::FlowBinding>) {
+    ) -> (Vec<crate::live::Real>, Vec<crate::live::FlowBinding>) {
         let reals = testing::reals(weights);
         let held = reals
             .iter()

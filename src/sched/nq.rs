@@ -2,7 +2,7 @@
 //! gets it at once; when every real is busy, sed's rule `(ActiveConn + 1) / weight` decides.
 
 use super::{Flow, Scheduler};
-use crate::table::Real;
+use crate::live::Real;
 
 /// Never queue.
 #[derive(Debug)]

@@ -2,7 +2,7 @@
 //! do not exceed its weight; traffic spills to the next weight once they do.
 
 use super::{Flow, Scheduler, common::heaviest};
-use crate::table::Real;
+use crate::live::Real;
 
 /// Weighted overflow.
 #[derive(Debug)]

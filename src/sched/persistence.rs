@@ -19,7 +19,7 @@ use super::{
     Flow, Scheduler,
     cache::{Change, ShardedCache},
 };
-use crate::{clock::Millis, config, table::Real};
+use crate::{clock::Millis, config, live::Real};
 
 /// How often expired templates are swept out.
 const SWEEP_INTERVAL_MS: u64 = 10_000;

@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::{Flow, Scheduler};
-use crate::table::Real;
+use crate::live::Real;
 
 /// Round robin.
 #[derive(Debug)]

@@ -5,7 +5,7 @@ use super::{
     Flow, Scheduler,
     common::{own_weight, weighted_least},
 };
-use crate::table::Real;
+use crate::live::Real;
 
 /// Shortest expected delay.
 #[derive(Debug)]

@@ -7,7 +7,7 @@ use super::{
     Flow, Scheduler,
     common::{GOLDEN, fold, hashed_port, unavailable, up_members},
 };
-use crate::table::Real;
+use crate::live::Real;
 
 /// Table size: `CONFIG_IP_VS_SH_TAB_BITS` = 8.
 const BUCKETS: usize = 256;

@@ -7,7 +7,7 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use super::{Flow, Scheduler, common::conn_overhead};
-use crate::table::Real;
+use crate::live::Real;
 
 /// Power of two choices.
 #[derive(Debug)]

@@ -6,7 +6,7 @@ use super::{
     Flow, Scheduler,
     common::{conn_overhead, own_weight, weighted_least},
 };
-use crate::table::Real;
+use crate::live::Real;
 
 /// Weighted least connection.
 #[derive(Debug)]

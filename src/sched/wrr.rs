@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{Flow, Scheduler};
-use crate::table::Real;
+use crate::live::Real;
 
 /// Weighted round robin.
 #[derive(Debug)]

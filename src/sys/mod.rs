@@ -130,12 +130,22 @@ fn bpf<T>(command: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     }
 }
 
+/// One eBPF instruction, laid out as the kernel reads it (`struct bpf_insn`): the layout
+/// [`load_socket_filter`] hands to `bpf(2)` as it is, so it is defined here, beside that
+/// `unsafe`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C)]
+pub(crate) struct Insn {
+    pub(crate) code: u8,
+    /// Source register in the high nibble, destination in the low one.
+    pub(crate) registers: u8,
+    pub(crate) offset: i16,
+    pub(crate) immediate: i32,
+}
+
 /// Loads `program` as a socket-filter eBPF program named `name` (at most 15 bytes are kept).
 /// A program the verifier refuses gives an error carrying the verifier's log.
-pub(crate) fn load_socket_filter(
-    program: &[crate::lvs::steering::Insn],
-    name: &str,
-) -> io::Result<std::os::fd::OwnedFd> {
+pub(crate) fn load_socket_filter(program: &[Insn], name: &str) -> io::Result<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd;
     let license = c"GPL";
     let mut log = vec![0u8; 64 * 1024];

@@ -1,9 +1,61 @@
-//! The admin API's JSON documents, shared by `lbd` (which writes them) and `lbadm` (which
-//! reads them). `docs/api.md` describes them field by field.
+//! The admin API's JSON documents, written by `lbd` and read by `lbadm`. `docs/api.md`
+//! describes them field by field.
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::daemon::rates::{Counters, Rates};
+/// ipvsadm's counters (`--stats`): flows, packets and bytes each way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Flows.
+    pub conns: u64,
+    /// Packets client → real (proxy mode: UDP datagrams; TCP is counted in bytes only).
+    pub in_pkts: u64,
+    /// Packets real → client.
+    pub out_pkts: u64,
+    /// Bytes client → real.
+    pub in_bytes: u64,
+    /// Bytes real → client.
+    pub out_bytes: u64,
+}
+
+impl Counters {
+    /// The sum of two sets of counters.
+    pub fn plus(self, other: Self) -> Self {
+        Self {
+            conns: self.conns + other.conns,
+            in_pkts: self.in_pkts + other.in_pkts,
+            out_pkts: self.out_pkts + other.out_pkts,
+            in_bytes: self.in_bytes + other.in_bytes,
+            out_bytes: self.out_bytes + other.out_bytes,
+        }
+    }
+
+    /// The five counters, in ipvsadm's column order.
+    pub fn values(self) -> [u64; 5] {
+        [
+            self.conns,
+            self.in_pkts,
+            self.out_pkts,
+            self.in_bytes,
+            self.out_bytes,
+        ]
+    }
+}
+
+/// ipvsadm's rates (`--rate`), per second.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rates {
+    /// Flows per second.
+    pub cps: u64,
+    /// Packets per second, client → real.
+    pub in_pps: u64,
+    /// Packets per second, real → client.
+    pub out_pps: u64,
+    /// Bytes per second, client → real.
+    pub in_bps: u64,
+    /// Bytes per second, real → client.
+    pub out_bps: u64,
+}
 
 /// `GET /v1/status`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
