@@ -21,7 +21,7 @@ fn picks(c: &mut Criterion) {
                 .enumerate()
                 .flat_map(|(i, real)| testing::load(real, (i % 3) as u32, (i % 5) as u32))
                 .collect();
-            let scheduler = sched::build(kind, &[], &reals, None);
+            let scheduler = sched::build(kind, &[], &reals, None, 1);
             let flow = testing::flow();
             group.bench_with_input(BenchmarkId::new(kind.name(), size), &size, |b, _| {
                 b.iter(|| scheduler.pick(black_box(&reals), black_box(&flow)))

@@ -42,13 +42,37 @@ pub enum Verdict {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DropReason {
     /// Not a valid IPv4 packet.
-    Malformed,
+    Malformed = 0,
     /// A non-first fragment (not followed yet).
-    Fragment,
+    Fragment = 1,
     /// No service, flow or real for it.
-    NoFlow,
+    NoFlow = 2,
     /// The connection table refused a new flow (full, or the source's share used up).
-    TableFull,
+    TableFull = 3,
+    /// dr: the real's MAC is not known yet, or sending failed; tun: sending failed.
+    NoNeighbour = 4,
+}
+
+impl DropReason {
+    /// Every reason, in the order of their counters.
+    pub const ALL: [Self; 5] = [
+        Self::Malformed,
+        Self::Fragment,
+        Self::NoFlow,
+        Self::TableFull,
+        Self::NoNeighbour,
+    ];
+
+    /// The `reason` label of `lbd_packets_dropped_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed",
+            Self::Fragment => "fragment",
+            Self::NoFlow => "no_flow",
+            Self::TableFull => "table_full",
+            Self::NoNeighbour => "no_neighbour",
+        }
+    }
 }
 
 /// Handles one plain packet in `buf`: one wire packet, checksums complete.

@@ -75,19 +75,20 @@ pub enum PlaneError {
     Worker(io::Error),
 }
 
-/// Packets dropped, by reason.
+/// Packets dropped, one counter per [`DropReason`].
 #[derive(Debug, Default)]
-pub struct Drops {
-    /// Not valid IPv4.
-    pub malformed: AtomicU64,
-    /// Non-first fragments.
-    pub fragments: AtomicU64,
-    /// No flow or real.
-    pub no_flow: AtomicU64,
-    /// The table refused a flow.
-    pub table_full: AtomicU64,
-    /// dr: the real's MAC is not known yet (or sending failed); tun: sending failed.
-    pub no_neighbour: AtomicU64,
+pub struct Drops([AtomicU64; DropReason::ALL.len()]);
+
+impl Drops {
+    /// Counts one packet dropped for `reason`.
+    pub fn count(&self, reason: DropReason) {
+        self.0[reason as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Packets dropped for `reason` so far.
+    pub fn get(&self, reason: DropReason) -> u64 {
+        self.0[reason as usize].load(Relaxed)
+    }
 }
 
 /// What the packet data plane shares with the control plane (listings, metrics): its
@@ -489,7 +490,7 @@ fn run(
         };
         let end = ETHERNET_LEN + read;
         let Some(offload) = Offload::decode(&buf[ETHERNET_LEN..end]).filter(|_| end > PACKET_AT) else {
-            drops.malformed.fetch_add(1, Relaxed);
+            drops.count(DropReason::Malformed);
             continue;
         };
         let packet = &mut buf[PACKET_AT..end];
@@ -507,19 +508,13 @@ fn run(
             }
             Verdict::Tunnel(real) => {
                 if !egress.tunnel(packet, offload, real, &mut cut) {
-                    drops.no_neighbour.fetch_add(1, Relaxed);
+                    drops.count(DropReason::NoNeighbour);
                 }
                 continue;
             }
             Verdict::Drop(reason) => {
                 tracing::trace!(?reason, read, "packet dropped");
-                let counter = match reason {
-                    DropReason::Malformed => &drops.malformed,
-                    DropReason::Fragment => &drops.fragments,
-                    DropReason::NoFlow => &drops.no_flow,
-                    DropReason::TableFull => &drops.table_full,
-                };
-                counter.fetch_add(1, Relaxed);
+                drops.count(reason);
                 continue;
             }
         };
@@ -580,7 +575,7 @@ fn deliver(
         Outlet::Frame(real) => {
             if !egress.route(buf, offload, real) {
                 tracing::trace!(%real, "no MAC for the real yet (or the send failed); packet dropped");
-                drops.no_neighbour.fetch_add(1, Relaxed);
+                drops.count(DropReason::NoNeighbour);
             }
         }
     }

@@ -204,7 +204,7 @@ mod tests {
     #[test]
     fn a_client_keeps_its_real_across_flows() {
         let reals = testing::reals(&[1, 1, 1]);
-        let rr = build(crate::config::SchedulerKind::Rr, &[], &reals, None);
+        let rr = build(crate::config::SchedulerKind::Rr, &[], &reals, None, 1);
         let persistence = table(None, 360);
         let (first, _hold) = persistence
             .schedule(&reals, |a| find(&reals, a), rr.as_ref(), &from([192, 0, 2, 1], 0))
@@ -222,7 +222,7 @@ mod tests {
     #[test]
     fn the_netmask_groups_clients() {
         let reals = testing::reals(&[1, 1, 1]);
-        let rr = build(crate::config::SchedulerKind::Rr, &[], &reals, None);
+        let rr = build(crate::config::SchedulerKind::Rr, &[], &reals, None, 1);
         let persistence = table(Some(24), 360);
         let (a, _h1) = persistence
             .schedule(&reals, |a| find(&reals, a), rr.as_ref(), &from([192, 0, 2, 1], 0))
@@ -245,7 +245,7 @@ mod tests {
     #[test]
     fn a_template_expires_after_its_last_flow_plus_timeout() {
         let reals = testing::reals(&[1, 1]);
-        let rr = build(crate::config::SchedulerKind::Rr, &[], &reals, None);
+        let rr = build(crate::config::SchedulerKind::Rr, &[], &reals, None, 1);
         let persistence = table(None, 0);
         let (first, hold) = persistence
             .schedule(&reals, |a| find(&reals, a), rr.as_ref(), &from([192, 0, 2, 1], 0))
@@ -277,7 +277,7 @@ mod tests {
     #[test]
     fn weight_zero_keeps_clients_but_a_down_real_loses_them() {
         let mut reals = testing::reals(&[1, 1]);
-        let rr = build(crate::config::SchedulerKind::Rr, &[], &reals, None);
+        let rr = build(crate::config::SchedulerKind::Rr, &[], &reals, None, 1);
         let persistence = table(None, 360);
         let (first, _hold) = persistence
             .schedule(&reals, |a| find(&reals, a), rr.as_ref(), &from([192, 0, 2, 1], 0))

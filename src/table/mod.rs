@@ -253,7 +253,12 @@ impl Service {
         let carried = previous
             .filter(|service| service.config.scheduler == config.scheduler)
             .and_then(|service| service.scheduler.shared_state());
-        let scheduler = sched::build(config.scheduler, &config.scheduler_flags, &reals, carried);
+        // A seed of this process's own (twos draws at random): directors never draw alike.
+        static SEEDS: std::sync::OnceLock<ahash::RandomState> = std::sync::OnceLock::new();
+        let seed = SEEDS
+            .get_or_init(ahash::RandomState::new)
+            .hash_one((key, NEXT_SEQUENCE.fetch_add(1, Relaxed)));
+        let scheduler = sched::build(config.scheduler, &config.scheduler_flags, &reals, carried, seed);
         let persistence = config.persistence.as_ref().map(|settings| {
             previous
                 .and_then(|service| service.persistence.as_ref())

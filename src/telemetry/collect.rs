@@ -4,7 +4,7 @@ use std::{fmt::Write, sync::atomic::Ordering::Relaxed};
 
 use crate::{
     config::Protocol,
-    lvs::plane::PacketShared,
+    lvs::{path::DropReason, plane::PacketShared},
     table::{Real, Refusal, Service, ServiceTable},
 };
 
@@ -225,18 +225,12 @@ pub(super) fn packets(out: &mut String, packet: &PacketShared) {
         "counter",
         "Packets the packet data plane (nat, dr, tun) dropped, by reason.",
         |out| {
-            for (reason, counter) in [
-                ("malformed", &drops.malformed),
-                ("fragment", &drops.fragments),
-                ("no_flow", &drops.no_flow),
-                ("table_full", &drops.table_full),
-                ("no_neighbour", &drops.no_neighbour),
-            ] {
+            for reason in DropReason::ALL {
                 sample(
                     out,
                     "lbd_packets_dropped_total",
-                    &[("reason", reason)],
-                    counter.load(Relaxed),
+                    &[("reason", reason.label())],
+                    drops.get(reason),
                 );
             }
         },
