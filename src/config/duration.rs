@@ -131,6 +131,16 @@ pub fn format(duration: Duration) -> String {
     }
 }
 
+pub(super) fn optional<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+    range: Range,
+) -> Result<Option<Duration>, D::Error> {
+    <Option<String> as serde::Deserialize>::deserialize(deserializer)?
+        .map(|text| range.parse(&text))
+        .transpose()
+        .map_err(serde::de::Error::custom)
+}
+
 /// serde adapters for durations within a [`Range`]: one module per range, used as
 /// `#[serde(with = "duration::idle")]`.
 macro_rules! serde_range {

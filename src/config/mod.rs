@@ -5,18 +5,21 @@
 //! values (duplicate services, duplicate reals) run after deserialisation. This module binds no
 //! socket and never touches the running service table.
 
+mod address;
 mod duration;
 mod error;
+mod file;
+mod health_check;
 pub mod nodeset;
 mod save;
-mod types;
+mod service;
 
 use std::{collections::HashSet, path::Path};
 
+pub use self::{address::*, file::*, health_check::*, service::*};
 pub use duration::{format as format_duration, parse as parse_duration};
 pub use error::ConfigError;
 pub use save::{real_value, service_value, services_yaml};
-pub use types::*;
 
 /// The largest config file (or state file, or admin request body) read: some hundred thousand
 /// reals fit.

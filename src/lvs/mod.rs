@@ -5,10 +5,14 @@
 mod buffer;
 pub mod coalesce;
 pub mod decap;
+mod egress;
+mod error;
 pub mod flow_table;
 pub mod neighbours;
 pub mod path;
 pub mod plane;
 pub mod setup;
+mod shared;
 pub mod steering;
 pub mod tcp_state;
+mod worker;

@@ -1,0 +1,124 @@
+//! What the admin API asks of the director, and how the director answers: reads build JSON
+//! documents from the live table; changes are computed as a whole new services table, checked
+//! by the config file's rules, and applied in one step (bind, state file, swap). A change that
+//! fails anywhere changes nothing.
+//!
+//! `edit` computes what a change makes of the running configuration (pure); `views` builds
+//! the documents that reads answer.
+
+mod edit;
+mod views;
+
+pub use self::edit::edited;
+use self::edit::find;
+use super::{ApplyError, Director, ReloadError};
+pub use crate::api::{Answer, Change, ControlError, Request};
+use crate::config::{self, ServiceConfig};
+
+impl From<ApplyError> for ControlError {
+    fn from(error: ApplyError) -> Self {
+        Self::Failed(error.to_string())
+    }
+}
+
+impl From<ReloadError> for ControlError {
+    fn from(error: ReloadError) -> Self {
+        match error {
+            ReloadError::Config(error) => Self::Invalid(error.to_string()),
+            ReloadError::Apply(error) => Self::Failed(error.to_string()),
+        }
+    }
+}
+
+impl Director {
+    /// Answers one admin request.
+    pub fn handle(&mut self, request: Request) -> Result<Answer, ControlError> {
+        match request {
+            Request::Status => Ok(json(&self.status())),
+            Request::Services => Ok(json(&self.service_views())),
+            Request::Service(id) => {
+                let index = find(&self.config.services, &id)?;
+                Ok(json(&self.service_view(index)))
+            }
+            Request::Save => Ok(Answer::Yaml(config::services_yaml(&self.config.services))),
+            Request::Connections => Ok(json(&self.connections())),
+            Request::Change { change, client } => self.change(change, &client),
+        }
+    }
+
+    fn change(&mut self, change: Change, client: &str) -> Result<Answer, ControlError> {
+        let what = change.to_string();
+        let answer = match change {
+            Change::Zero(service) => {
+                self.zero(service.as_deref())?;
+                json(&self.service_views())
+            }
+            Change::Reload => {
+                let reloaded = self.reload().map(drop).map_err(ControlError::from);
+                return self.reloaded(reloaded, client);
+            }
+            edit => {
+                let (config, key) = edited(&self.config, edit)?;
+                let summary = self.apply(config)?;
+                tracing::info!(
+                    client,
+                    added = summary.added,
+                    removed = summary.removed,
+                    changed = summary.changed,
+                    "admin change applied: {what}"
+                );
+                let index = key.and_then(|key| {
+                    self.config
+                        .services
+                        .iter()
+                        .position(|service| service.key() == key)
+                });
+                return Ok(match index {
+                    Some(index) => json(&self.service_view(index)),
+                    None => json(&self.service_views()),
+                });
+            }
+        };
+        tracing::info!(client, "admin change applied: {what}");
+        Ok(answer)
+    }
+
+    /// The answer to `lbadm reload` once the reload is done (or refused), logged once.
+    pub fn reloaded(
+        &self,
+        outcome: Result<impl Sized, ControlError>,
+        client: &str,
+    ) -> Result<Answer, ControlError> {
+        outcome?;
+        tracing::info!(client, "admin change applied: reload");
+        Ok(json(&self.service_views()))
+    }
+
+    fn zero(&mut self, service: Option<&str>) -> Result<(), ControlError> {
+        let keys: Vec<_> = match service {
+            Some(id) => vec![self.config.services[find(&self.config.services, id)?].key()],
+            None => self.config.services.iter().map(ServiceConfig::key).collect(),
+        };
+        let table = self.shared.table.snapshot();
+        for key in keys {
+            if let Some(service) = table.service(&key) {
+                for real in service.reals.iter().chain(service.sorry.as_ref()) {
+                    real.state.zero();
+                }
+                service.stats.zero();
+            }
+            self.rates.reset(&key);
+        }
+        Ok(())
+    }
+
+    /// Samples the counters for the rate estimates; called every [`rates::PERIOD`](super::rates::PERIOD).
+    pub fn sample_rates(&mut self, elapsed: std::time::Duration) {
+        let table = self.shared.table.snapshot();
+        self.rates.sample(&table, elapsed);
+    }
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Answer {
+    Answer::Json(serde_json::to_vec(value).unwrap_or_else(|_| b"null".to_vec()))
+}

@@ -1,0 +1,226 @@
+//! lbadm's command line: the commands and flags, ipvsadm's where it has them.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use super::{Failure, usage};
+use crate::api::routes;
+
+/// lbadm: administer a running lbd, the way ipvsadm administers IPVS.
+#[derive(Debug, Parser)]
+#[command(name = "lbadm", version)]
+pub struct Cli {
+    /// The director's admin API: IP:PORT or unix:/path.
+    #[arg(long, global = true, env = "LBADM_ADMIN", default_value = "127.0.0.1:9900")]
+    pub(super) admin: String,
+    /// A file holding the admin API's bearer token.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub(super) token_file: Option<PathBuf>,
+    /// Print JSON instead of text (reads), or the new state (changes).
+    #[arg(long, global = true)]
+    pub(super) json: bool,
+    #[command(subcommand)]
+    pub(super) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(super) enum Command {
+    /// List the table (ipvsadm -L).
+    #[command(visible_alias = "ls")]
+    List(ListArgs),
+    /// Add a virtual service (ipvsadm -A).
+    AddService(ServiceArgs),
+    /// Change a virtual service's settings (ipvsadm -E); only the options given change.
+    EditService(ServiceArgs),
+    /// Delete a virtual service (ipvsadm -D); its flows finish on their own.
+    DelService(Target),
+    /// Add real servers (ipvsadm -a); -r accepts ranges like 10.0.0.[1-4]:80.
+    AddReal(RealArgs),
+    /// Change real servers (ipvsadm -e); only the options given change.
+    EditReal(RealArgs),
+    /// Delete real servers (ipvsadm -d); their flows finish on their own.
+    DelReal(RealTarget),
+    /// Set real servers' weight to 0: no new flows, existing flows finish.
+    DrainReal(RealTarget),
+    /// Zero the counters of a service, or of all (ipvsadm -Z).
+    Zero(Target),
+    /// Remove every service (ipvsadm -C).
+    Clear,
+    /// Print the services as YAML that `restore` and the config file accept (ipvsadm -S).
+    Save,
+    /// Replace the whole table from a file, or `-` for standard input (ipvsadm -R).
+    Restore {
+        /// The YAML (`services:` list, as `save` prints it).
+        #[arg(default_value = "-")]
+        file: String,
+    },
+    /// Re-read lbd's config file, replacing runtime changes (as SIGHUP).
+    Reload,
+    /// Version, uptime, config file, counts of services, reals and flows.
+    Status,
+}
+
+/// Names a service: -t / -u VIP:PORT, or --service NAME (one of them; required by every
+/// command but `list` and `zero`).
+#[derive(Debug, Clone, Args)]
+#[group(required = false, multiple = false)]
+pub(super) struct Target {
+    /// A TCP service.
+    #[arg(short = 't', long = "tcp-service", value_name = "VIP:PORT", value_parser = vip_port)]
+    pub(super) tcp: Option<std::net::SocketAddr>,
+    /// A UDP service.
+    #[arg(short = 'u', long = "udp-service", value_name = "VIP:PORT", value_parser = vip_port)]
+    pub(super) udp: Option<std::net::SocketAddr>,
+    /// A service by name.
+    #[arg(long = "service", value_name = "NAME")]
+    pub(super) name: Option<String>,
+}
+
+/// Reads `-t`/`-u`'s VIP:PORT; anything else is a usage error (exit 2) that says so.
+pub(super) fn vip_port(text: &str) -> Result<std::net::SocketAddr, String> {
+    text.parse().map_err(|_| {
+        format!("`{text}` is not VIP:PORT (like 192.168.77.100:80, or [2001:db8::1]:80 for IPv6)")
+    })
+}
+
+/// Reads `-s`: a scheduler name, with the list of them when it is not one.
+pub(super) fn scheduler_name(text: &str) -> Result<String, String> {
+    text.parse::<crate::config::SchedulerKind>()
+        .map(|scheduler| scheduler.name().to_owned())
+}
+
+impl Target {
+    /// The service's id in the API: `tcp:VIP:PORT`, `udp:VIP:PORT` or its name.
+    pub(super) fn id(&self) -> Option<String> {
+        match (&self.tcp, &self.udp, &self.name) {
+            (Some(address), _, _) => Some(format!("tcp:{address}")),
+            (_, Some(address), _) => Some(format!("udp:{address}")),
+            (_, _, Some(name)) => Some(name.clone()),
+            _ => None,
+        }
+    }
+
+    /// The service's `route` (with `{service}`), when a service is named.
+    pub(super) fn path(&self, route: &str) -> Option<String> {
+        self.id().map(|id| routes::fill(route, &id, ""))
+    }
+
+    /// The service's `route`, which this command needs.
+    pub(super) fn required(&self, route: &str) -> Result<String, Failure> {
+        self.path(route).ok_or_else(|| {
+            usage("name the service with -t VIP:PORT, -u VIP:PORT or --service NAME".to_owned())
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub(super) struct ListArgs {
+    #[command(flatten)]
+    pub(super) target: Target,
+    /// Numeric output (always numeric; accepted for ipvsadm habits).
+    #[arg(short = 'n', long)]
+    pub(super) numeric: bool,
+    /// Counters: Conns InPkts OutPkts InBytes OutBytes.
+    #[arg(long, group = "view")]
+    pub(super) stats: bool,
+    /// Rates: CPS InPPS OutPPS InBPS OutBPS.
+    #[arg(long, group = "view")]
+    pub(super) rate: bool,
+    /// The connection table, as ipvsadm -L -c.
+    #[arg(short = 'c', long, group = "view")]
+    pub(super) conns: bool,
+    /// Health check state and last result of each real.
+    #[arg(long, group = "view")]
+    pub(super) health: bool,
+    /// Full numbers in --stats and --rate.
+    #[arg(long)]
+    pub(super) exact: bool,
+}
+
+/// The forwarding method flags.
+#[derive(Debug, Clone, Args)]
+#[group(required = false, multiple = false)]
+pub(super) struct Forward {
+    /// Direct routing (LVS/DR).
+    #[arg(short = 'g', long = "gatewaying")]
+    pub(super) dr: bool,
+    /// NAT (LVS/NAT, masquerading).
+    #[arg(short = 'm', long = "masquerading")]
+    pub(super) nat: bool,
+    /// IPIP tunnelling (LVS/TUN).
+    #[arg(short = 'i', long = "ipip")]
+    pub(super) tun: bool,
+    /// The TCP/UDP proxy.
+    #[arg(long)]
+    pub(super) proxy: bool,
+}
+
+impl Forward {
+    pub(super) fn method(&self) -> Option<&'static str> {
+        [
+            (self.dr, "dr"),
+            (self.nat, "nat"),
+            (self.tun, "tun"),
+            (self.proxy, "proxy"),
+        ]
+        .into_iter()
+        .find_map(|(set, name)| set.then_some(name))
+    }
+}
+
+#[derive(Debug, Args)]
+pub(super) struct ServiceArgs {
+    #[command(flatten)]
+    pub(super) target: Target,
+    /// The scheduler: rr wrr lc wlc sed nq lblc lblcr dh sh mh fo ovf twos.
+    #[arg(short = 's', long = "scheduler", value_parser = scheduler_name)]
+    pub(super) scheduler: Option<String>,
+    /// Scheduler flags, comma-separated: sh-fallback, sh-port, mh-fallback, mh-port.
+    #[arg(short = 'b', long = "sched-flags", value_delimiter = ',')]
+    pub(super) flags: Option<Vec<String>>,
+    /// Persistence, with an optional timeout in seconds (default 360).
+    #[arg(short = 'p', long = "persistent", num_args = 0..=1, default_missing_value = "360", value_name = "TIMEOUT")]
+    pub(super) persistent: Option<u64>,
+    /// Edit: stop being persistent.
+    #[arg(long, conflicts_with = "persistent")]
+    pub(super) no_persistent: bool,
+    /// Persistence netmask, e.g. 255.255.255.0 or 24.
+    #[arg(short = 'M', long = "netmask")]
+    pub(super) netmask: Option<String>,
+    /// UDP: schedule every datagram on its own.
+    #[arg(short = 'o', long = "ops")]
+    pub(super) ops: bool,
+    /// A name for the service (with -t / -u).
+    #[arg(long = "name")]
+    pub(super) new_name: Option<String>,
+    #[command(flatten)]
+    pub(super) forward: Forward,
+}
+
+/// Names real servers of a service.
+#[derive(Debug, Args)]
+pub(super) struct RealTarget {
+    #[command(flatten)]
+    pub(super) target: Target,
+    /// The real server(s): RIP[:PORT], or a range like 10.0.0.[1-4]:80.
+    #[arg(short = 'r', long = "real-server", value_name = "RIP[:PORT]")]
+    pub(super) real: String,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct RealArgs {
+    #[command(flatten)]
+    pub(super) real: RealTarget,
+    /// Weight, 0..65535 (0 = quiescent).
+    #[arg(short = 'w', long = "weight")]
+    pub(super) weight: Option<i64>,
+    /// Upper connection threshold (0 = none).
+    #[arg(short = 'x', long = "u-threshold")]
+    pub(super) max_conns: Option<u32>,
+    /// Lower connection threshold.
+    #[arg(short = 'y', long = "l-threshold")]
+    pub(super) min_conns: Option<u32>,
+    #[command(flatten)]
+    pub(super) forward: Forward,
+}
