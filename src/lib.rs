@@ -7,6 +7,9 @@
 //! - [`table`]: the service table snapshot the data plane reads.
 //! - [`sched`]: the IPVS schedulers and persistence, pure functions of the snapshot.
 //! - [`proxy`]: the TCP/UDP proxy data plane (worker threads).
+//! - [`lvs`]: the packet data plane (nat, dr, tun) over a TUN device: host setup, workers, the
+//!   connection table, eBPF steering.
+//! - [`packet`]: IPv4 parsing and in-place rewrites with incremental checksums (pure).
 //! - [`health`]: health checks (control plane).
 //! - [`daemon`]: the director's lifecycle and control loop: start, reload, admin requests.
 //! - [`api`]: the admin API's routes, requests, answers and JSON documents, shared by the
@@ -17,6 +20,12 @@
 //! - [`host`]: the host's limits: open files, the proxy's descriptor budget, local errors.
 //! - `httpd`: serving the admin API and `/metrics` within limits (timeouts, connections).
 //! - `log`: log lines that may repeat, throttled.
+//! - [`clock`]: a coarse monotonic clock in milliseconds, and overflow-free deadlines.
+//! - `sys`: the only module with `unsafe` code and raw syscalls (eBPF, TUN steering, sockets).
+//!
+//! Data and control flow one way: config → live → sched → table → data planes; the control
+//! plane (daemon, health, admin) builds new snapshots and never the other way round.
+//! `.ci/module-cycles` checks in CI that no module uses one that uses it back.
 pub mod admin;
 pub mod api;
 pub mod clock;

@@ -15,8 +15,7 @@ use std::net::IpAddr;
 use super::buffer::PACKET_AT;
 use crate::packet::{
     Offload,
-    checksum::{self, fold, sum},
-    offload::GSO_UDP_L4,
+    udp_join::{self, HEADERS_LEN},
 };
 
 /// Datagrams joined at most (as Linux's UDP GSO allows).
@@ -25,9 +24,6 @@ const SEGMENTS_MAX: u16 = 64;
 /// Joining 16 KiB already divides the per-packet cost of large datagrams by ten or more, and
 /// it bounds a worker's batch buffers to `SETS * WAYS * 16 KiB` (4 MiB).
 const LEN_MAX: usize = 16 * 1024;
-/// IPv4 header without options, and UDP header.
-const IP_LEN: usize = 20;
-const HEADERS_LEN: usize = IP_LEN + 8;
 
 /// Where a joined packet goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,33 +117,13 @@ impl Default for Coalescer {
     }
 }
 
-/// The payload of `packet` when it is a datagram that can be joined: IPv4 without options,
-/// not a fragment, UDP with a length that matches, a payload of at least one byte, no longer
-/// than a batch.
+/// The payload of `packet` when it can be joined: see [`udp_join::joinable`]; and never a
+/// packet that is already a super-packet.
 fn joinable(packet: &[u8], offload: Offload) -> Option<usize> {
-    if offload.is_segmented()
-        || packet.len() <= HEADERS_LEN
-        || packet.len() > LEN_MAX
-        || packet[0] != 0x45
-        || packet[9] != 17
-    {
+    if offload.is_segmented() {
         return None;
     }
-    let total = usize::from(u16::from_be_bytes([packet[2], packet[3]]));
-    let fragment = u16::from_be_bytes([packet[6], packet[7]]) & 0x3fff;
-    let udp_len = usize::from(u16::from_be_bytes([packet[24], packet[25]]));
-    // `total` is the packet's length only after the first test, so it may be subtracted from.
-    if total == packet.len() && fragment == 0 && udp_len == total - IP_LEN {
-        Some(total - HEADERS_LEN)
-    } else {
-        None
-    }
-}
-
-/// Whether two IPv4/UDP headers belong to the same flow and would be cut back alike: TOS, DF,
-/// TTL, protocol, addresses and ports equal.
-fn same_flow(a: &[u8], b: &[u8]) -> bool {
-    a[1] == b[1] && a[6] & 0x40 == b[6] & 0x40 && a[8..10] == b[8..10] && a[12..24] == b[12..24]
+    udp_join::joinable(packet, LEN_MAX)
 }
 
 impl Coalescer {
@@ -161,13 +137,13 @@ impl Coalescer {
         let Some(payload) = joinable(packet, offload) else {
             return Offer::Refused;
         };
-        let tag = self.hasher.hash_one(&packet[12..24]);
+        let tag = self.hasher.hash_one(udp_join::flow_bytes(packet));
         let set = (tag as usize) % SETS * WAYS;
         let ways = &self.batches[set..set + WAYS];
         let flow = ways.iter().position(|batch| {
             batch.len != 0
                 && batch.tag == tag
-                && same_flow(&batch.buf[PACKET_AT..PACKET_AT + HEADERS_LEN], packet)
+                && udp_join::same_flow(&batch.buf[PACKET_AT..PACKET_AT + HEADERS_LEN], packet)
         });
         let slot = match flow.or_else(|| ways.iter().position(|batch| batch.len == 0)) {
             Some(way) => set + way,
@@ -252,24 +228,7 @@ impl Batch {
                 buf,
             };
         }
-        let packet = &mut buf[PACKET_AT..];
-        let udp_len = (len - IP_LEN) as u16;
-        packet[2..4].copy_from_slice(&(len as u16).to_be_bytes());
-        packet[10..12].fill(0);
-        let ip_checksum = checksum::compute(&packet[..IP_LEN]);
-        packet[10..12].copy_from_slice(&ip_checksum.to_be_bytes());
-        packet[24..26].copy_from_slice(&udp_len.to_be_bytes());
-        // The pseudo-header sum, as the kernel leaves a checksum it will finish.
-        let pseudo = sum(&packet[12..20]) + 17 + u32::from(udp_len);
-        packet[26..28].copy_from_slice(&fold(pseudo).to_be_bytes());
-        let offload = Offload {
-            flags: 1,
-            gso_type: GSO_UDP_L4,
-            hdr_len: HEADERS_LEN as u16,
-            gso_size: self.segment_size as u16,
-            csum_start: IP_LEN as u16,
-            csum_offset: 6,
-        };
+        let offload = udp_join::finish(&mut buf[PACKET_AT..], len, self.segment_size);
         Joined {
             outlet: self.outlet,
             offload,
@@ -283,6 +242,7 @@ mod tests {
     use etherparse::PacketBuilder;
 
     use super::*;
+    use crate::packet::{checksum, offload::GSO_UDP_L4, udp_join::IP_LEN};
 
     fn datagram(source_port: u16, payload: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();

@@ -124,7 +124,7 @@ pub(super) fn run(
                 }
             }
             Offer::Flush(_) | Offer::Refused => {
-                if packet.get(9) == Some(&17) {
+                if crate::packet::udp_join::is_udp(packet) {
                     // UDP that cannot be joined (a fragment, a super-packet): its flow may
                     // have a batch pending, which leaves first.
                     coalescer.take_all(&send_batch);

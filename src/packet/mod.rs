@@ -7,6 +7,7 @@
 pub mod checksum;
 mod ipv4;
 pub mod offload;
+pub mod udp_join;
 
 pub use self::{
     ipv4::{Icmp, Ipv4Packet, L4, TcpFlags, port_unreachable},
