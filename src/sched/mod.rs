@@ -131,8 +131,9 @@ pub fn build(
     }
 }
 
-/// Helpers for scheduler unit tests and benchmarks.
-#[doc(hidden)]
+/// Helpers for scheduler unit tests and benchmarks: compiled for tests, and for the
+/// benchmarks with the `test-util` feature (`cargo bench --features test-util`).
+#[cfg(any(test, feature = "test-util"))]
 pub mod testing {
     use std::sync::Arc;
 
