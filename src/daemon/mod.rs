@@ -6,12 +6,12 @@
 
 pub mod control;
 pub mod demo;
+pub mod plan;
 pub mod preflight;
 pub mod rates;
 pub mod state_file;
 
 use std::{
-    collections::BTreeSet,
     path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
@@ -174,7 +174,10 @@ impl Director {
         health.sync(&config);
         let count = config.worker_count();
         let open_files = crate::host::raise_open_file_limit();
-        let budget = crate::host::Descriptors::limit_for(open_files, control_descriptors(&config, count));
+        let budget = crate::host::Descriptors::limit_for(
+            open_files,
+            plan::plan(&Config::default(), &config, count, &[]).control_descriptors,
+        );
         tracing::info!(
             open_files,
             proxy_descriptors = budget,
@@ -277,23 +280,14 @@ impl Director {
     /// the state file, then swaps the table and closes the services that are gone. If binding
     /// or writing fails, nothing changed.
     fn apply(&mut self, config: Config) -> Result<ReloadSummary, ApplyError> {
-        let old: BTreeSet<ServiceKey> = self
-            .config
-            .services
-            .iter()
-            .map(config::ServiceConfig::key)
-            .collect();
-        let new: BTreeSet<ServiceKey> = config.services.iter().map(config::ServiceConfig::key).collect();
+        let client_interfaces = config.dataplane.as_ref().map_or_else(Vec::new, |dataplane| {
+            crate::lvs::setup::client_interfaces(&dataplane.tun, dataplane.server_interface.as_deref())
+        });
+        let plan = plan::plan(&self.config, &config, self.workers.len(), &client_interfaces);
         // Bind every new address before changing anything, so a failure leaves all as it was.
-        let proxied: BTreeSet<ServiceKey> = config
-            .services
+        let bound: Vec<_> = plan
+            .bind
             .iter()
-            .filter(|service| !service.on_packet_plane())
-            .map(config::ServiceConfig::key)
-            .collect();
-        let bound: Vec<_> = new
-            .difference(&old)
-            .filter(|key| proxied.contains(key))
             .map(|&key| socket::bind(key, self.workers.len()).map(|listeners| (key, listeners)))
             .collect::<Result<_, _>>()?;
         let problems = preflight::dataplane_problems(&config);
@@ -301,7 +295,7 @@ impl Director {
             return Err(ApplyError::Preflight(problems));
         }
         let started_plane = match &self.packets {
-            None if crate::lvs::plane::needed(&config) => crate::lvs::plane::PacketPlane::start(
+            None if plan.packet_plane => crate::lvs::plane::PacketPlane::start(
                 &config,
                 Arc::clone(&self.shared.table),
                 Arc::clone(&self.packet),
@@ -311,7 +305,7 @@ impl Director {
         // The host setup moves beside the old one; anything that fails from here on puts it
         // back, so a refused change leaves the host, the table and the state file as they were.
         let pending = match &mut self.packets {
-            Some(plane) => Some(plane.prepare(&config)?),
+            Some(plane) => Some(plane.prepare(plan.setup.clone(), plan.vips.clone())?),
             None => None,
         };
         if let Some(path) = &config.state_file
@@ -322,32 +316,17 @@ impl Director {
             }
             return Err(error.into());
         }
-        let changed = config
-            .services
-            .iter()
-            .filter(|service| {
-                self.config
-                    .services
-                    .iter()
-                    .any(|before| before.key() == service.key() && *before != **service)
-            })
-            .count();
         self.health.sync(&config);
         self.shared
             .descriptors
             .set_limit(crate::host::Descriptors::limit_for(
                 self.open_files,
-                control_descriptors(&config, self.workers.len()),
+                plan.control_descriptors,
             ));
         let previous = self.shared.table.snapshot();
         self.shared
             .table
             .store(ServiceTable::build(&config, Some(&previous), self.health.view()));
-        let summary = ReloadSummary {
-            added: bound.len(),
-            removed: old.difference(&new).count(),
-            changed,
-        };
         for (key, listeners) in bound {
             self.hand_out(key, listeners);
         }
@@ -357,13 +336,13 @@ impl Director {
         if started_plane.is_some() {
             self.packets = started_plane;
         }
-        for &key in old.difference(&new) {
+        for &key in &plan.close {
             for worker in &self.workers {
                 worker.send(Command::Close(key));
             }
         }
         self.config = config;
-        Ok(summary)
+        Ok(plan.summary)
     }
 
     /// Publishes a new snapshot with the health checks' current verdicts. Services whose
@@ -432,24 +411,6 @@ impl Director {
             tracing::info!("no `metrics` section: /metrics is not served");
         }
     }
-}
-
-/// Descriptors the control plane holds for `config` beyond the fixed reserve: one listener per
-/// proxied service and worker, and one per checked real (a check holds one at a time).
-fn control_descriptors(config: &Config, workers: usize) -> usize {
-    config
-        .services
-        .iter()
-        .map(|service| {
-            let listeners = if service.on_packet_plane() { 0 } else { workers };
-            let checks = if service.health_check.is_some() {
-                service.reals.len()
-            } else {
-                0
-            };
-            listeners + checks
-        })
-        .sum()
 }
 
 /// Starts a director and serves until SIGTERM or SIGINT, reloading on SIGHUP; then drains for

@@ -119,12 +119,12 @@ impl PacketPlane {
         }))
     }
 
-    /// Brings the host setup in line with `config` beside the running one (after a reload or
-    /// an admin change): what the new plan adds is applied now, what it drops stays until
+    /// Brings the host setup in line with a new `plan` (and the steering program with `vips`,
+    /// at commit) beside the running one (after a reload or an admin change): what the new
+    /// plan adds is applied now, what it drops stays until
     /// [`commit`](Self::commit). On error nothing changed. With `setup: manual`, checks that
     /// the host has the new plan.
-    pub fn prepare(&mut self, config: &Config) -> Result<Pending, PlaneError> {
-        let plan = plan(config);
+    pub fn prepare(&mut self, plan: Vec<Step>, vips: Vec<IpAddr>) -> Result<Pending, PlaneError> {
         let change = match self.setup.as_mut() {
             Some(applied) => Some(applied.change(&plan)?),
             None => {
@@ -136,11 +136,7 @@ impl PacketPlane {
                 None
             }
         };
-        Ok(Pending {
-            plan,
-            change,
-            vips: crate::table::packet_vips(config),
-        })
+        Ok(Pending { plan, change, vips })
     }
 
     /// Completes a prepared change once the new table is published: the old plan's steps the
