@@ -141,6 +141,18 @@ pub(super) fn optional<'de, D: serde::Deserializer<'de>>(
         .map_err(serde::de::Error::custom)
 }
 
+/// serde: writes an optional duration the way the config file does (with
+/// `skip_serializing_if = "Option::is_none"`).
+pub(super) fn serialize_optional<S: serde::Serializer>(
+    duration: &Option<Duration>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match duration {
+        Some(duration) => serializer.serialize_str(&format(*duration)),
+        None => serializer.serialize_none(),
+    }
+}
+
 /// serde adapters for durations within a [`Range`]: one module per range, used as
 /// `#[serde(with = "duration::idle")]`.
 macro_rules! serde_range {

@@ -5,8 +5,8 @@
 use serde::{Serialize, Serializer};
 
 use super::{
-    ForwardMethod, HealthCheckConfig, HealthCheckKind, OnDown, Persistence, ProxyProtocol, RealConfig,
-    SchedulerFlag, SchedulerKind, ServiceConfig, StartState, duration,
+    HealthCheckConfig, HealthCheckKind, OnDown, Persistence, RealConfig, ServiceConfig, StartState, duration,
+    service::{RawReal, RawService, is_default},
 };
 
 /// `services:` followed by `services` as a YAML list.
@@ -26,90 +26,12 @@ pub fn service_value(service: &ServiceConfig) -> serde_yaml::Value {
 
 /// One real as a YAML value, for merging an edit into.
 pub fn real_value(real: &RealConfig) -> serde_yaml::Value {
-    serde_yaml::to_value(SavedReal::from(real)).unwrap_or(serde_yaml::Value::Null)
-}
-
-fn is_default<T: Default + PartialEq>(value: &T) -> bool {
-    *value == T::default()
-}
-
-fn is_default_max_sessions(value: &u32) -> bool {
-    *value == super::DEFAULT_MAX_SESSIONS
-}
-
-#[derive(Serialize)]
-struct SavedService<'a> {
-    name: &'a str,
-    protocol: super::Protocol,
-    listen: String,
-    scheduler: SchedulerKind,
-    #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    scheduler_flags: &'a [SchedulerFlag],
-    #[serde(skip_serializing_if = "is_default")]
-    forward: ForwardMethod,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    persistence: Option<&'a Persistence>,
-    #[serde(skip_serializing_if = "is_default")]
-    one_packet: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    udp_timeout: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    udp_responses: Option<u32>,
-    #[serde(skip_serializing_if = "is_default_max_sessions")]
-    max_sessions: u32,
-    #[serde(skip_serializing_if = "is_default")]
-    proxy_protocol: ProxyProtocol,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    sorry_server: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    health_check: Option<&'a HealthCheckConfig>,
-    reals: Vec<SavedReal>,
-}
-
-#[derive(Serialize)]
-struct SavedReal {
-    address: String,
-    weight: u32,
-    #[serde(skip_serializing_if = "is_default")]
-    max_conns: u32,
-    #[serde(skip_serializing_if = "is_default")]
-    min_conns: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    forward: Option<ForwardMethod>,
-}
-
-impl From<&RealConfig> for SavedReal {
-    fn from(real: &RealConfig) -> Self {
-        Self {
-            address: real.address.to_string(),
-            weight: real.weight,
-            max_conns: real.max_conns,
-            min_conns: real.min_conns,
-            forward: real.forward,
-        }
-    }
+    serde_yaml::to_value(RawReal::from(real)).unwrap_or(serde_yaml::Value::Null)
 }
 
 impl Serialize for ServiceConfig {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        SavedService {
-            name: &self.name,
-            protocol: self.protocol,
-            listen: self.listen.to_string(),
-            scheduler: self.scheduler,
-            scheduler_flags: &self.scheduler_flags,
-            forward: self.forward,
-            persistence: self.persistence.as_ref(),
-            one_packet: self.one_packet,
-            udp_timeout: self.udp_timeout.map(duration::format),
-            udp_responses: self.udp_responses,
-            max_sessions: self.max_sessions,
-            proxy_protocol: self.proxy_protocol,
-            sorry_server: self.sorry_server.map(|address| address.to_string()),
-            health_check: self.health_check.as_ref(),
-            reals: self.reals.iter().map(SavedReal::from).collect(),
-        }
-        .serialize(serializer)
+        RawService::from(self).serialize(serializer)
     }
 }
 

@@ -404,52 +404,109 @@ impl RealConfig {
     }
 }
 
-/// The YAML shape of a service, before defaults are filled and ranges expanded.
-#[derive(Deserialize)]
+/// The YAML shape of a service, both ways: read before defaults are filled and ranges
+/// expanded, and written back (`lbadm save`, the state file) with keys at their default left
+/// out. The one place a service's keys are listed.
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-struct RawService {
+pub(super) struct RawService {
     #[serde(default)]
     name: Option<String>,
     protocol: Protocol,
     listen: String,
     #[serde(default)]
     scheduler: SchedulerKind,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     scheduler_flags: Vec<SchedulerFlag>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     forward: ForwardMethod,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     persistence: Option<Persistence>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     one_packet: bool,
-    #[serde(default, deserialize_with = "udp_timeout")]
+    #[serde(
+        default,
+        deserialize_with = "udp_timeout",
+        serialize_with = "duration::serialize_optional",
+        skip_serializing_if = "Option::is_none"
+    )]
     udp_timeout: Option<Duration>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     udp_responses: Option<u32>,
-    #[serde(default = "default_max_sessions")]
+    #[serde(
+        default = "default_max_sessions",
+        skip_serializing_if = "is_default_max_sessions"
+    )]
     max_sessions: u32,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     proxy_protocol: ProxyProtocol,
-    #[serde(default, deserialize_with = "optional_socket_addr")]
+    #[serde(
+        default,
+        deserialize_with = "optional_socket_addr",
+        skip_serializing_if = "Option::is_none"
+    )]
     sorry_server: Option<SocketAddr>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     health_check: Option<HealthCheckConfig>,
     #[serde(default)]
     reals: Vec<RawReal>,
 }
 
-#[derive(Deserialize)]
+/// The YAML shape of one real, both ways.
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-struct RawReal {
+pub(super) struct RawReal {
     address: String,
     #[serde(default = "default_weight", deserialize_with = "weight")]
     weight: u32,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     max_conns: u32,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     min_conns: u32,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     forward: Option<ForwardMethod>,
+}
+
+impl From<&ServiceConfig> for RawService {
+    fn from(service: &ServiceConfig) -> Self {
+        Self {
+            name: Some(service.name.clone()),
+            protocol: service.protocol,
+            listen: service.listen.to_string(),
+            scheduler: service.scheduler,
+            scheduler_flags: service.scheduler_flags.clone(),
+            forward: service.forward,
+            persistence: service.persistence,
+            one_packet: service.one_packet,
+            udp_timeout: service.udp_timeout,
+            udp_responses: service.udp_responses,
+            max_sessions: service.max_sessions,
+            proxy_protocol: service.proxy_protocol,
+            sorry_server: service.sorry_server,
+            health_check: service.health_check.clone(),
+            reals: service.reals.iter().map(RawReal::from).collect(),
+        }
+    }
+}
+
+impl From<&RealConfig> for RawReal {
+    fn from(real: &RealConfig) -> Self {
+        Self {
+            address: real.address.to_string(),
+            weight: real.weight,
+            max_conns: real.max_conns,
+            min_conns: real.min_conns,
+            forward: real.forward,
+        }
+    }
+}
+
+pub(super) fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
+}
+
+fn is_default_max_sessions(value: &u32) -> bool {
+    *value == DEFAULT_MAX_SESSIONS
 }
 
 fn default_weight() -> u32 {
