@@ -274,11 +274,7 @@ impl TcpBackend {
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = Arc::clone(&stop);
         let accepting = thread::spawn(move || {
-            for stream in listener.incoming() {
-                if stopped.load(Ordering::SeqCst) {
-                    return;
-                }
-                let Ok(mut stream) = stream else { continue };
+            let serve_one = |mut stream: TcpStream| {
                 let greeting = greeting.clone();
                 thread::spawn(move || {
                     if stream.write_all(greeting.as_bytes()).is_err() {
@@ -291,6 +287,21 @@ impl TcpBackend {
                         }
                     }
                 });
+            };
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                if stopped.load(Ordering::SeqCst) {
+                    // Serve what the kernel had already accepted, so that stopping refuses new
+                    // connects but resets none that completed their handshake.
+                    serve_one(stream);
+                    let _ = listener.set_nonblocking(true);
+                    while let Ok((queued, _)) = listener.accept() {
+                        let _ = queued.set_nonblocking(false);
+                        serve_one(queued);
+                    }
+                    return;
+                }
+                serve_one(stream);
             }
         });
         self.accepting = Some((stop, accepting));
