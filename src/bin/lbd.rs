@@ -79,21 +79,12 @@ fn check(path: &std::path::Path) -> Result<(), (u8, String)> {
     let config = &ConfigSource::File(path.to_owned())
         .load()
         .map_err(|error| (1, error.to_string()))?;
-    let problems = daemon::preflight::check(config);
-    if !problems.is_empty() {
-        return Err((
-            2,
-            format!(
-                "{}: valid, but the host lacks what it needs:\n  {}",
-                path.display(),
-                problems.join("\n  ")
-            ),
-        ));
-    }
     let reals: usize = config.services.iter().map(|service| service.reals.len()).sum();
     let count = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
     let (services, reals) = (count(config.services.len(), "service"), count(reals, "real"));
-    let mut text = format!("{}: OK ({services}, {reals})\n", path.display());
+    let problems = daemon::preflight::check(config);
+    let verdict = if problems.is_empty() { "OK" } else { "valid" };
+    let mut text = format!("{}: {verdict} ({services}, {reals})\n", path.display());
     if let Some(dataplane) = config
         .dataplane
         .as_ref()
@@ -110,6 +101,16 @@ fn check(path: &std::path::Path) -> Result<(), (u8, String)> {
     }
     // A reader that stops early (`lbd --check | head -1`) is not an error.
     let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes());
+    if !problems.is_empty() {
+        return Err((
+            2,
+            format!(
+                "{}: valid, but the host lacks what it needs:\n  {}",
+                path.display(),
+                problems.join("\n  ")
+            ),
+        ));
+    }
     Ok(())
 }
 
