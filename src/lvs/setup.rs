@@ -302,7 +302,8 @@ impl Undo {
 }
 
 /// Where how to undo the host setup is kept while lbd runs, locked by the running lbd: one
-/// file per TUN device and network namespace under `/run/lbd/`. A file left with lines in it
+/// file per TUN device and network namespace under `$RUNTIME_DIRECTORY` (systemd) or
+/// `/run/lbd/`. A file left with lines in it
 /// is what an lbd that did not exit cleanly applied.
 #[derive(Debug)]
 pub struct Journal {
@@ -324,23 +325,39 @@ impl Drop for Journal {
 
 impl Journal {
     /// Opens and locks the journal of `tun` in this network namespace, and undoes what a
-    /// previous lbd left in it. Fails if another lbd here holds it.
-    fn open(tun: &str) -> Result<Self, SetupError> {
+    /// previous lbd left in it. Fails if another lbd here holds it. Where no journal can be
+    /// kept (a directory lbd may not write), `None`, with a warning: lbd then works as before
+    /// journals, and a killed lbd's setup is not undone by the next.
+    fn open(tun: &str) -> Result<Option<Self>, SetupError> {
         use std::os::unix::fs::MetadataExt;
+        // systemd's RuntimeDirectory= when set, else /run/lbd.
+        let directory =
+            std::env::var_os("RUNTIME_DIRECTORY").map_or_else(|| PathBuf::from(JOURNALS), PathBuf::from);
+        let namespace = std::fs::metadata("/proc/self/ns/net").map_or(0, |metadata| metadata.ino());
+        let path = directory.join(format!("setup-{tun}-net{namespace}"));
+        let opened = std::fs::create_dir_all(&directory).and_then(|()| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .read(true)
+                .write(true)
+                .open(&path)
+        });
+        let file = match opened {
+            Ok(file) => file,
+            Err(error) => {
+                tracing::warn!(
+                    journal = %path.display(),
+                    %error,
+                    "cannot keep the dataplane setup journal; if this lbd is killed, the next one will not undo its setup"
+                );
+                return Ok(None);
+            }
+        };
         let failed = |reason: String| SetupError {
-            step: format!("lock {JOURNALS}/setup-{tun}"),
+            step: format!("lock {}", path.display()),
             reason,
         };
-        let namespace = std::fs::metadata("/proc/self/ns/net").map_or(0, |metadata| metadata.ino());
-        std::fs::create_dir_all(JOURNALS).map_err(|error| failed(error.to_string()))?;
-        let path = PathBuf::from(format!("{JOURNALS}/setup-{tun}-net{namespace}"));
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(|error| failed(error.to_string()))?;
         let lock =
             nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|_| {
                 failed(format!(
@@ -362,7 +379,7 @@ impl Journal {
         }
         let journal = Self { path, _lock: lock };
         journal.save(std::iter::empty());
-        Ok(journal)
+        Ok(Some(journal))
     }
 
     /// Writes how to undo `undos`, in the order they were applied.
@@ -390,7 +407,7 @@ pub struct SetupError {
 pub fn apply(tun: &str, steps: &[Step]) -> Result<Applied, SetupError> {
     let mut applied = Applied {
         steps: Vec::new(),
-        journal: Some(Journal::open(tun)?),
+        journal: Journal::open(tun)?,
     };
     let change = applied.change(steps)?;
     applied.commit(change);
