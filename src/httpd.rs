@@ -59,7 +59,7 @@ where
     L::Addr: std::fmt::Debug,
 {
     let open = Arc::new(Semaphore::new(limits.max_connections));
-    let mut warned = crate::log::Throttle::new(Duration::from_secs(10));
+    let warned = crate::log::Throttle::new(Duration::from_secs(10));
     loop {
         let (io, peer) = listener.accept().await;
         let Ok(permit) = Arc::clone(&open).try_acquire_owned() else {

@@ -174,10 +174,8 @@ impl Director {
         health.sync(&config);
         let count = config.worker_count();
         let open_files = crate::host::raise_open_file_limit();
-        let budget = crate::host::Descriptors::limit_for(
-            open_files,
-            plan::plan(&Config::default(), &config, count, &[]).control_descriptors,
-        );
+        let budget =
+            crate::host::Descriptors::limit_for(open_files, plan::control_descriptors(&config, count));
         tracing::info!(
             open_files,
             proxy_descriptors = budget,

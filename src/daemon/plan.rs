@@ -63,28 +63,35 @@ pub fn plan(running: &Config, new: &Config, workers: usize, client_interfaces: &
     Plan {
         bind: proxied_after.difference(&proxied_before).copied().collect(),
         close: proxied_before.difference(&proxied_after).copied().collect(),
-        packet_plane: new.services.iter().any(ServiceConfig::on_packet_plane),
+        packet_plane: crate::lvs::plane::needed(new),
         setup: setup::plan(new, client_interfaces),
         vips: crate::table::packet_vips(new),
-        control_descriptors: new
-            .services
-            .iter()
-            .map(|service| {
-                let listeners = if service.on_packet_plane() { 0 } else { workers };
-                let checks = if service.health_check.is_some() {
-                    service.reals.len()
-                } else {
-                    0
-                };
-                listeners + checks
-            })
-            .sum(),
+        control_descriptors: control_descriptors(new, workers),
         summary: ReloadSummary {
             added: after.difference(&before).count(),
             removed: before.difference(&after).count(),
             changed,
         },
     }
+}
+
+/// Descriptors the control plane keeps for `config` with `workers` workers, beyond the fixed
+/// reserve: one listener per proxied service and worker, one per checked real (a check holds
+/// one at a time).
+pub fn control_descriptors(config: &Config, workers: usize) -> usize {
+    config
+        .services
+        .iter()
+        .map(|service| {
+            let listeners = if service.on_packet_plane() { 0 } else { workers };
+            let checks = if service.health_check.is_some() {
+                service.reals.len()
+            } else {
+                0
+            };
+            listeners + checks
+        })
+        .sum()
 }
 
 #[cfg(test)]

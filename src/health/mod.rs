@@ -137,7 +137,7 @@ async fn watch(
         Instant::now(),
         spread(check.interval, &target),
     ));
-    let mut short = crate::log::Throttle::new(Duration::from_secs(60));
+    let short = crate::log::Throttle::new(Duration::from_secs(60));
     loop {
         let outcome = tokio::select! {
             () = tokio::time::sleep_until(next) => {

@@ -16,7 +16,7 @@ use crate::{
     clock::Millis,
     config::{Protocol, ServiceKey},
     host::DescriptorHold,
-    log::{SharedThrottle, Throttle},
+    log::Throttle,
     sched::Flow,
     table::{Refusal, Scheduled},
 };
@@ -33,7 +33,7 @@ pub(super) async fn accept_loop(
     stop: CancellationToken,
 ) {
     let mut error_pause = Duration::from_millis(5);
-    let mut warned = Throttle::new(Duration::from_secs(10));
+    let warned = Throttle::new(Duration::from_secs(10));
     loop {
         let accepted = tokio::select! {
             () = stop.cancelled() => return,
@@ -44,7 +44,7 @@ pub(super) async fn accept_loop(
                 error_pause = Duration::from_millis(5);
                 // The client's socket and the one to the real: both before anything opens.
                 let Some(descriptors) = shared.descriptors.take(2) else {
-                    refuse(&client, &key, &shared, Refusal::Descriptors, &mut warned);
+                    refuse(&client, &key, &shared, Refusal::Descriptors, &warned);
                     continue;
                 };
                 tokio::spawn(handle(client, peer, key, shared.clone(), descriptors));
@@ -63,7 +63,7 @@ pub(super) async fn accept_loop(
 
 /// Resets a client the director cannot serve for `why`, counting it (and warning at most once
 /// per interval).
-fn refuse(client: &Stream, key: &ServiceKey, shared: &Shared, why: Refusal, warned: &mut Throttle) {
+fn refuse(client: &Stream, key: &ServiceKey, shared: &Shared, why: Refusal, warned: &Throttle) {
     let _ = client.set_zero_linger();
     if let Some(service) = shared.table.load().service(key) {
         service.stats.refuse(why);
@@ -172,8 +172,8 @@ async fn connect(
         };
         let failures = scheduled.failed(&shared.table, &key, now);
         // A real that dies under load fails thousands of connects a second: one line a second.
-        static FAILED: SharedThrottle = SharedThrottle::new(1_000);
-        if let Some(suppressed) = FAILED.ready(now) {
+        static FAILED: Throttle = Throttle::new(Duration::from_secs(1));
+        if let Some(suppressed) = FAILED.ready_at(now) {
             tracing::info!(service = %key, real = %address, %error, failures, suppressed, "connect to real server failed; trying another");
         }
     }

@@ -109,7 +109,7 @@ pub(super) async fn serve(
     let socket = Arc::new(socket);
     let sessions: Arc<Sessions> = Arc::default();
     let mut buffer = vec![0u8; 65_536];
-    let mut warned = Throttle::new(Duration::from_secs(10));
+    let warned = Throttle::new(Duration::from_secs(10));
     loop {
         let (len, client) = tokio::select! {
             () = stop.cancelled() => break,
@@ -124,7 +124,7 @@ pub(super) async fn serve(
         let datagram = &buffer[..len];
         for _retry in 0..2 {
             let draining = drain.is_cancelled();
-            let Some(session) = session_for(client, key, &shared, &socket, &sessions, draining, &mut warned)
+            let Some(session) = session_for(client, key, &shared, &socket, &sessions, draining, &warned)
             else {
                 break;
             };
@@ -160,7 +160,7 @@ fn session_for(
     socket: &Arc<UdpSocket>,
     sessions: &Arc<Sessions>,
     draining: bool,
-    warned: &mut Throttle,
+    warned: &Throttle,
 ) -> Option<Arc<Session>> {
     let table = shared.table.load();
     let service = table.service(&key)?;
@@ -190,7 +190,7 @@ fn session_for(
         return Some(session);
     }
     service.stats.conns.fetch_add(1, Relaxed);
-    let refused = |why: Refusal, warned: &mut Throttle| {
+    let refused = |why: Refusal, warned: &Throttle| {
         service.stats.refuse(why);
         if let Some(suppressed) = warned.ready() {
             tracing::warn!(
