@@ -11,6 +11,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
+use serde::de::DeserializeOwned;
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::AbortOnDropHandle;
@@ -171,7 +172,7 @@ fn router(state: AppState) -> Router {
             routes::SERVICES,
             get(|s: State<AppState>| ask(s, Request::Services))
                 .post(|s: State<AppState>, body: Bytes| async move {
-                    change(s, body, Change::AddService).await
+                    change(s, body, |service| Change::AddService(Box::new(service))).await
                 })
                 .put(|s: State<AppState>, body: Bytes| async move {
                     change(s, body, Change::ReplaceServices).await
@@ -182,7 +183,7 @@ fn router(state: AppState) -> Router {
             get(|s: State<AppState>, Path(service): Path<String>| ask(s, Request::Service(service)))
                 .patch(
                     |s: State<AppState>, Path(service): Path<String>, body: Bytes| async move {
-                        change(s, body, |patch| Change::EditService { service, patch }).await
+                        change(s, body, |edit| Change::EditService { service, edit }).await
                     },
                 )
                 .delete(|s: State<AppState>, Path(service): Path<String>| {
@@ -201,10 +202,10 @@ fn router(state: AppState) -> Router {
             routes::REAL,
             axum::routing::patch(
                 |s: State<AppState>, Path((service, address)): Path<(String, String)>, body: Bytes| async move {
-                    change(s, body, |patch| Change::EditReals {
+                    change(s, body, |edit| Change::EditReals {
                         service,
                         address,
-                        patch,
+                        edit,
                     })
                     .await
                 },
@@ -301,33 +302,39 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 
-/// Parses a YAML or JSON body (empty = null) and sends the change it makes.
-async fn change(
+/// Reads a YAML or JSON body (empty = `null`) as the document `make` takes, and sends the
+/// change it makes.
+async fn change<T: DeserializeOwned + Send + 'static>(
     state: State<AppState>,
     body: Bytes,
-    make: impl FnOnce(serde_yaml::Value) -> Change,
+    make: impl FnOnce(T) -> Change,
 ) -> Response {
     match parse_body(&state.parsers, body).await {
-        Ok(value) => ask(state, change_request(make(value))).await,
-        Err(message) => problem(StatusCode::BAD_REQUEST, message),
+        Ok(document) => ask(state, change_request(make(document))).await,
+        Err(error) => refusal(&error),
     }
 }
 
-/// Parses a body on a blocking thread (at most [`PARSERS`] at once), after a one-pass check
+/// Reads a body on a blocking thread (at most [`PARSERS`] at once), after a one-pass check
 /// of its size and nesting: neither the control loop nor this runtime ever waits on a parse.
-async fn parse_body(parsers: &tokio::sync::Semaphore, body: Bytes) -> Result<serde_yaml::Value, String> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(serde_yaml::Value::Null);
-    }
-    crate::config::check_shape(&body).map_err(|reason| format!("the body is refused: {reason}"))?;
+async fn parse_body<T: DeserializeOwned + Send + 'static>(
+    parsers: &tokio::sync::Semaphore,
+    body: Bytes,
+) -> Result<T, ControlError> {
+    let body = if body.iter().all(u8::is_ascii_whitespace) {
+        Bytes::from_static(b"null")
+    } else {
+        body
+    };
+    crate::config::check_shape(&body).map_err(ControlError::Body)?;
     let _permit = parsers
         .acquire()
         .await
-        .map_err(|_| "the director is stopping".to_owned())?;
+        .map_err(|_| ControlError::Failed("the director is stopping".to_owned()))?;
     tokio::task::spawn_blocking(move || serde_yaml::from_slice(&body))
         .await
-        .map_err(|_| "the body could not be parsed".to_owned())?
-        .map_err(|error| format!("the body is not valid YAML or JSON: {error}"))
+        .map_err(|_| ControlError::Body("it could not be read".to_owned()))?
+        .map_err(|error| ControlError::Body(error.to_string()))
 }
 
 /// A change request from the client of the request being served.
@@ -350,19 +357,17 @@ async fn ask(State(state): State<AppState>, request: Request) -> Response {
     match answer.await {
         Ok(Ok(Answer::Json(bytes))) => ([(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
         Ok(Ok(Answer::Yaml(text))) => ([(header::CONTENT_TYPE, "application/yaml")], text).into_response(),
-        Ok(Err(error)) => {
-            let status = match &error {
-                ControlError::NotFound(_) => StatusCode::NOT_FOUND,
-                ControlError::Invalid(_) => StatusCode::BAD_REQUEST,
-                ControlError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            };
-            problem(status, error.to_string())
-        }
+        Ok(Err(error)) => refusal(&error),
         Err(_) => problem(
             StatusCode::SERVICE_UNAVAILABLE,
             "the director is stopping".to_owned(),
         ),
     }
+}
+
+fn refusal(error: &ControlError) -> Response {
+    let status = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    problem(status, error.to_string())
 }
 
 fn problem(status: StatusCode, error: String) -> Response {

@@ -2,8 +2,11 @@
 //! answers and refusals, shared by the admin server (which makes them) and the control loop
 //! (which answers them).
 
-use serde_yaml::Value;
+use std::net::SocketAddr;
+
 use thiserror::Error;
+
+use crate::config::{RealEdit, RealList, ServiceConfig, ServiceEdit, ServiceList};
 
 /// A question or a change from the admin API.
 #[derive(Debug)]
@@ -27,28 +30,29 @@ pub enum Request {
     },
 }
 
-/// A change to the services table. Bodies are YAML or JSON in the config file's format.
+/// A change to the services table, its body read and typed by the admin server. Bodies are
+/// YAML or JSON in the config file's format.
 #[derive(Debug)]
 pub enum Change {
     /// Add a service.
-    AddService(Value),
-    /// Change some keys of a service (`null` removes an optional key).
+    AddService(Box<ServiceConfig>),
+    /// Change some keys of a service.
     EditService {
         /// Which.
         service: String,
         /// The keys to change.
-        patch: Value,
+        edit: ServiceEdit,
     },
     /// Remove a service; its flows finish on their own.
     DeleteService(String),
     /// Replace every service (`restore`, and `clear` with an empty list).
-    ReplaceServices(Value),
-    /// Add reals (one mapping or a list; `address` may be a range).
+    ReplaceServices(ServiceList),
+    /// Add reals (`address` may be a range).
     AddReals {
         /// To which service.
         service: String,
         /// The reals.
-        reals: Value,
+        reals: RealList,
     },
     /// Change some keys of reals.
     EditReals {
@@ -57,9 +61,9 @@ pub enum Change {
         /// Which: an address or a range.
         address: String,
         /// The keys to change.
-        patch: Value,
+        edit: RealEdit,
     },
-    /// Drain reals: no new flows (weight 0); flows in progress go on.
+    /// Drain reals: no new flows; flows in progress go on.
     DrainReals {
         /// Whose.
         service: String,
@@ -88,20 +92,54 @@ pub enum Answer {
     Yaml(String),
 }
 
-/// A refused request; nothing changed. Each kind is an HTTP status: 404, 400, 500.
+/// A refused request; nothing changed. [`status`](Self::status) is its HTTP status.
 #[derive(Debug, Error)]
 pub enum ControlError {
-    /// The service or real named does not exist (404).
-    #[error("{0}")]
-    NotFound(String),
-    /// The request is invalid: a bad body, a bad value, a config file that does not load
-    /// (400).
+    /// The body is not the document the request takes (400).
+    #[error("the body is refused: {0}")]
+    Body(String),
+    /// No service of that name or `tcp:VIP:PORT` (404).
+    #[error("no service `{0}`")]
+    NoService(String),
+    /// No such real in the service (404).
+    #[error("no real {real} in service `{service}`; nothing was changed")]
+    NoReal {
+        /// The service's name.
+        service: String,
+        /// The real asked for.
+        real: SocketAddr,
+    },
+    /// A real to add is in the service already (409).
+    #[error("real {real} is already in service `{service}`; nothing was added")]
+    RealExists {
+        /// The service's name.
+        service: String,
+        /// The real.
+        real: SocketAddr,
+    },
+    /// The body names a key that identifies what it edits (400).
+    #[error("`{0}` cannot be edited (delete and add instead)")]
+    FixedKey(&'static str),
+    /// The change would make a configuration that breaks the config file's rules, or the
+    /// config file does not load (400). The message names the key and value.
     #[error("{0}")]
     Invalid(String),
-    /// The change could not be applied: an address in use, the state file, the host setup
-    /// (500).
+    /// The change could not be applied to the host: an address in use, the state file, the
+    /// host setup (500). Nothing of it stays applied.
     #[error("{0}")]
     Failed(String),
+}
+
+impl ControlError {
+    /// The HTTP status that answers this refusal.
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::NoService(_) | Self::NoReal { .. } => 404,
+            Self::RealExists { .. } => 409,
+            Self::Body(_) | Self::FixedKey(_) | Self::Invalid(_) => 400,
+            Self::Failed(_) => 500,
+        }
+    }
 }
 
 /// What the change is, for the log: its lbadm command and what it names.

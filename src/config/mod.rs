@@ -7,6 +7,7 @@
 
 mod address;
 mod duration;
+mod edit;
 mod error;
 mod file;
 mod health_check;
@@ -16,10 +17,10 @@ mod service;
 
 use std::{collections::HashSet, path::Path};
 
-pub use self::{address::*, file::*, health_check::*, service::*};
+pub use self::{address::*, edit::*, file::*, health_check::*, service::*};
 pub use duration::{format as format_duration, parse as parse_duration};
 pub use error::ConfigError;
-pub use save::{real_value, service_value, services_yaml};
+pub use save::services_yaml;
 
 /// The largest config file (or state file, or admin request body) read: some hundred thousand
 /// reals fit.

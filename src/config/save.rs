@@ -1,12 +1,12 @@
 //! Services back to YAML, in the config file's own format: what `lbadm save` prints, what the
-//! state file holds, and the base that an edit is merged into. Loading the text again gives
-//! back equal services; keys at their default are left out.
+//! state file holds. Loading the text again gives back equal services; keys at their default
+//! are left out.
 
 use serde::{Serialize, Serializer};
 
 use super::{
-    HealthCheckConfig, HealthCheckKind, OnDown, Persistence, RealConfig, ServiceConfig, StartState, duration,
-    service::{RawReal, RawService, is_default},
+    HealthCheckConfig, HealthCheckKind, OnDown, Persistence, ServiceConfig, StartState, duration,
+    service::{ServiceSpec, is_default},
 };
 
 /// `services:` followed by `services` as a YAML list.
@@ -19,19 +19,9 @@ pub fn services_yaml(services: &[ServiceConfig]) -> String {
         .unwrap_or_else(|error| format!("# cannot render: {error}\n"))
 }
 
-/// One service as a YAML value, for merging an edit into.
-pub fn service_value(service: &ServiceConfig) -> serde_yaml::Value {
-    serde_yaml::to_value(service).unwrap_or(serde_yaml::Value::Null)
-}
-
-/// One real as a YAML value, for merging an edit into.
-pub fn real_value(real: &RealConfig) -> serde_yaml::Value {
-    serde_yaml::to_value(RawReal::from(real)).unwrap_or(serde_yaml::Value::Null)
-}
-
 impl Serialize for ServiceConfig {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        RawService::from(self).serialize(serializer)
+        ServiceSpec::from(self).serialize(serializer)
     }
 }
 

@@ -139,7 +139,7 @@ impl FromStr for SchedulerKind {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, String> {
-        Self::deserialize(de::value::StrDeserializer::<de::value::Error>::new(text)).map_err(|_| {
+        from_name(text).map_err(|_| {
             format!(
                 "unknown scheduler `{text}`: expected one of rr, wrr, lc, wlc, sed, nq, lblc, lblcr, dh, sh, mh, fo, ovf, twos"
             )
@@ -183,6 +183,21 @@ impl SchedulerFlag {
             Self::MhPort => "mh-port",
         }
     }
+}
+
+impl FromStr for SchedulerFlag {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        from_name(text).map_err(|_| {
+            format!("unknown scheduler flag `{text}`: expected one of sh-fallback, sh-port, mh-fallback, mh-port")
+        })
+    }
+}
+
+/// A value of a unit-variant enum from its config-file name.
+fn from_name<'de, T: Deserialize<'de>>(text: &'de str) -> Result<T, de::value::Error> {
+    T::deserialize(de::value::StrDeserializer::<de::value::Error>::new(text))
 }
 
 /// How packets reach a real server.
@@ -261,25 +276,31 @@ pub struct Netmask {
 
 impl<'de> Deserialize<'de> for Netmask {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = YamlScalar::deserialize(deserializer)?.0;
+        YamlScalar::deserialize(deserializer)?
+            .0
+            .parse()
+            .map_err(de::Error::custom)
+    }
+}
+
+impl FromStr for Netmask {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
         if let Ok(prefix) = text.parse::<u8>() {
             if prefix > 128 {
-                return Err(de::Error::custom(format!(
-                    "invalid netmask `{text}`: a prefix length is 0..128"
-                )));
+                return Err(format!("invalid netmask `{text}`: a prefix length is 0..128"));
             }
             return Ok(Self { prefix: Some(prefix) });
         }
         let mask: std::net::Ipv4Addr = text.parse().map_err(|_| {
-            de::Error::custom(format!(
-                "invalid netmask `{text}`: expected a mask like 255.255.255.0 or a prefix length"
-            ))
+            format!("invalid netmask `{text}`: expected a mask like 255.255.255.0 or a prefix length")
         })?;
         let bits = u32::from(mask);
         if bits.leading_ones() + bits.trailing_zeros() != 32 {
-            return Err(de::Error::custom(format!(
+            return Err(format!(
                 "invalid netmask `{text}`: the mask's ones are not contiguous"
-            )));
+            ));
         }
         Ok(Self {
             prefix: Some(bits.leading_ones() as u8),
@@ -404,70 +425,128 @@ impl RealConfig {
     }
 }
 
-/// The YAML shape of a service, both ways: read before defaults are filled and ranges
-/// expanded, and written back (`lbadm save`, the state file) with keys at their default left
-/// out. The one place a service's keys are listed.
-#[derive(Deserialize, Serialize)]
+/// A service as the config file writes it, both ways: read before defaults are filled and
+/// ranges expanded, and written back (`lbadm save`, the state file) with keys at their default
+/// left out. The one place a service's keys are listed; [`ServiceConfig`] is what it reads as
+/// once checked (`ServiceConfig::try_from`). `lbadm add-service` sends one.
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RawService {
-    #[serde(default)]
-    name: Option<String>,
-    protocol: Protocol,
-    listen: String,
-    #[serde(default)]
-    scheduler: SchedulerKind,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    scheduler_flags: Vec<SchedulerFlag>,
-    #[serde(default, skip_serializing_if = "is_default")]
-    forward: ForwardMethod,
+pub struct ServiceSpec {
+    /// `name`; default `<proto>:<vip>:<port>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    persistence: Option<Persistence>,
+    pub name: Option<String>,
+    /// `protocol`.
+    pub protocol: Protocol,
+    /// `listen`: VIP:PORT as written.
+    pub listen: String,
+    /// `scheduler`.
+    #[serde(default)]
+    pub scheduler: SchedulerKind,
+    /// `scheduler_flags`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scheduler_flags: Vec<SchedulerFlag>,
+    /// `forward`.
     #[serde(default, skip_serializing_if = "is_default")]
-    one_packet: bool,
+    pub forward: ForwardMethod,
+    /// `persistence`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistence: Option<Persistence>,
+    /// `one_packet`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub one_packet: bool,
+    /// `udp_timeout`.
     #[serde(
         default,
         deserialize_with = "udp_timeout",
         serialize_with = "duration::serialize_optional",
         skip_serializing_if = "Option::is_none"
     )]
-    udp_timeout: Option<Duration>,
+    pub udp_timeout: Option<Duration>,
+    /// `udp_responses`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    udp_responses: Option<u32>,
+    pub udp_responses: Option<u32>,
+    /// `max_sessions`.
     #[serde(
         default = "default_max_sessions",
         skip_serializing_if = "is_default_max_sessions"
     )]
-    max_sessions: u32,
+    pub max_sessions: u32,
+    /// `proxy_protocol`.
     #[serde(default, skip_serializing_if = "is_default")]
-    proxy_protocol: ProxyProtocol,
+    pub proxy_protocol: ProxyProtocol,
+    /// `sorry_server`.
     #[serde(
         default,
         deserialize_with = "optional_socket_addr",
         skip_serializing_if = "Option::is_none"
     )]
-    sorry_server: Option<SocketAddr>,
+    pub sorry_server: Option<SocketAddr>,
+    /// `health_check`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    health_check: Option<HealthCheckConfig>,
+    pub health_check: Option<HealthCheckConfig>,
+    /// `reals`.
     #[serde(default)]
-    reals: Vec<RawReal>,
+    pub reals: Vec<RealSpec>,
 }
 
-/// The YAML shape of one real, both ways.
-#[derive(Deserialize, Serialize)]
+impl ServiceSpec {
+    /// A service at `listen` with every other key at its default.
+    pub fn new(protocol: Protocol, listen: String) -> Self {
+        Self {
+            name: None,
+            protocol,
+            listen,
+            scheduler: SchedulerKind::default(),
+            scheduler_flags: Vec::new(),
+            forward: ForwardMethod::default(),
+            persistence: None,
+            one_packet: false,
+            udp_timeout: None,
+            udp_responses: None,
+            max_sessions: DEFAULT_MAX_SESSIONS,
+            proxy_protocol: ProxyProtocol::default(),
+            sorry_server: None,
+            health_check: None,
+            reals: Vec::new(),
+        }
+    }
+}
+
+/// One real as the config file writes it, both ways (`address` may be a range). `lbadm
+/// add-real` sends one.
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RawReal {
-    address: String,
+pub struct RealSpec {
+    /// `address`: RIP[:PORT] or a range such as `10.0.0.[1-4]:80`.
+    pub address: String,
+    /// `weight`, 0..65535; default 1.
     #[serde(default = "default_weight", deserialize_with = "weight")]
-    weight: u32,
+    pub weight: u32,
+    /// `max_conns`; 0 = none.
     #[serde(default, skip_serializing_if = "is_default")]
-    max_conns: u32,
+    pub max_conns: u32,
+    /// `min_conns`.
     #[serde(default, skip_serializing_if = "is_default")]
-    min_conns: u32,
+    pub min_conns: u32,
+    /// `forward`: this real's own method.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    forward: Option<ForwardMethod>,
+    pub forward: Option<ForwardMethod>,
 }
 
-impl From<&ServiceConfig> for RawService {
+impl RealSpec {
+    /// `address` with every other key at its default.
+    pub fn new(address: String) -> Self {
+        Self {
+            address,
+            weight: default_weight(),
+            max_conns: 0,
+            min_conns: 0,
+            forward: None,
+        }
+    }
+}
+
+impl From<&ServiceConfig> for ServiceSpec {
     fn from(service: &ServiceConfig) -> Self {
         Self {
             name: Some(service.name.clone()),
@@ -484,12 +563,12 @@ impl From<&ServiceConfig> for RawService {
             proxy_protocol: service.proxy_protocol,
             sorry_server: service.sorry_server,
             health_check: service.health_check.clone(),
-            reals: service.reals.iter().map(RawReal::from).collect(),
+            reals: service.reals.iter().map(RealSpec::from).collect(),
         }
     }
 }
 
-impl From<&RealConfig> for RawReal {
+impl From<&RealConfig> for RealSpec {
     fn from(real: &RealConfig) -> Self {
         Self {
             address: real.address.to_string(),
@@ -509,7 +588,7 @@ fn is_default_max_sessions(value: &u32) -> bool {
     *value == DEFAULT_MAX_SESSIONS
 }
 
-fn default_weight() -> u32 {
+pub(super) fn default_weight() -> u32 {
     1
 }
 
@@ -529,13 +608,16 @@ pub const MAX_WEIGHT: u32 = 65_535;
 
 impl<'de> Deserialize<'de> for ServiceConfig {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let raw = RawService::deserialize(deserializer)?;
-        Self::from_raw(raw).map_err(de::Error::custom)
+        let spec = ServiceSpec::deserialize(deserializer)?;
+        Self::try_from(spec).map_err(de::Error::custom)
     }
 }
 
-impl ServiceConfig {
-    fn from_raw(raw: RawService) -> Result<Self, String> {
+/// Checks a service as the config file does: the message names the key and value.
+impl TryFrom<ServiceSpec> for ServiceConfig {
+    type Error = String;
+
+    fn try_from(raw: ServiceSpec) -> Result<Self, String> {
         let listen = parse_socket_addr(&raw.listen)?;
         if listen.port() == 0 {
             return Err(format!(
@@ -670,7 +752,7 @@ impl ServiceConfig {
     }
 }
 
-fn weight<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+pub(super) fn weight<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
     let value = i64::deserialize(deserializer)?;
     match u32::try_from(value) {
         Ok(weight) if weight <= MAX_WEIGHT => Ok(weight),

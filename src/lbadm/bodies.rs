@@ -1,16 +1,21 @@
-//! What lbadm sends and how it reads answers: request paths and JSON bodies built from the
-//! command's flags, input files, and the director's JSON.
+//! What lbadm sends and how it reads answers: request paths, the API's typed bodies made from
+//! the command's flags, input files, and the director's JSON.
 
 use std::io::Read;
 
-use serde_json::{Map, Value, json};
+use std::time::Duration;
+
+use serde_json::Value;
 
 use super::{
     Failure,
     cli::{RealArgs, RealTarget, ServiceArgs},
     usage,
 };
-use crate::api::routes;
+use crate::{
+    api::routes,
+    config::{Patch, Persistence, Protocol, RealEdit, RealSpec, ServiceEdit, ServiceList, ServiceSpec},
+};
 
 /// The real's `route` (with `{service}` and `{address}`).
 pub(super) fn real_path(real: &RealTarget, route: &str) -> Result<String, Failure> {
@@ -20,68 +25,92 @@ pub(super) fn real_path(real: &RealTarget, route: &str) -> Result<String, Failur
     Ok(routes::fill(route, &id, &real.real))
 }
 
-/// The body of add-service (everything given) or edit-service (only what changes).
-pub(super) fn service_body(args: &ServiceArgs, adding: bool) -> Value {
-    let mut body = Map::new();
-    if adding {
-        let (protocol, listen) = match (&args.target.tcp, &args.target.udp) {
-            (Some(address), _) => ("tcp", address.to_string()),
-            (_, Some(address)) => ("udp", address.to_string()),
-            _ => ("tcp", String::new()),
-        };
-        body.insert("protocol".to_owned(), json!(protocol));
-        body.insert("listen".to_owned(), json!(listen));
-        if let Some(name) = args.target.name.as_ref().or(args.new_name.as_ref()) {
-            body.insert("name".to_owned(), json!(name));
-        }
-    } else if let Some(name) = &args.new_name {
-        body.insert("name".to_owned(), json!(name));
+/// The keys a service command's flags set (every one of them optional).
+fn service_edit(args: &ServiceArgs) -> ServiceEdit {
+    let mut edit = ServiceEdit::default();
+    if let Some(name) = &args.new_name {
+        edit.name = Patch::Set(name.clone());
     }
-    if let Some(scheduler) = &args.scheduler {
-        body.insert("scheduler".to_owned(), json!(scheduler));
+    if let Some(scheduler) = args.scheduler {
+        edit.scheduler = Patch::Set(scheduler);
     }
     if let Some(flags) = &args.flags {
-        body.insert("scheduler_flags".to_owned(), json!(flags));
+        edit.scheduler_flags = Patch::Set(flags.clone());
     }
     if let Some(timeout) = args.persistent {
-        let mut persistence = Map::new();
-        persistence.insert("timeout".to_owned(), json!(format!("{timeout}s")));
-        if let Some(mask) = &args.netmask {
-            persistence.insert("netmask".to_owned(), json!(mask));
-        }
-        body.insert("persistence".to_owned(), Value::Object(persistence));
+        edit.persistence = Patch::Set(Persistence {
+            timeout: Duration::from_secs(timeout),
+            netmask: args.netmask.unwrap_or_default(),
+        });
     } else if args.no_persistent {
-        body.insert("persistence".to_owned(), Value::Null);
+        edit.persistence = Patch::Remove;
     }
     if args.ops {
-        body.insert("one_packet".to_owned(), json!(true));
+        edit.one_packet = Patch::Set(true);
     }
     if let Some(forward) = args.forward.method() {
-        body.insert("forward".to_owned(), json!(forward));
+        edit.forward = Patch::Set(forward);
     }
-    Value::Object(body)
+    edit
 }
 
-/// The keys a real's options set.
-pub(super) fn real_body(args: &RealArgs) -> Map<String, Value> {
-    let mut body = Map::new();
+/// The body of add-service: the service the flags describe.
+pub(super) fn new_service(args: &ServiceArgs) -> Result<Vec<u8>, Failure> {
+    let (protocol, listen) = match (args.target.tcp, args.target.udp) {
+        (Some(address), _) => (Protocol::Tcp, address),
+        (_, Some(address)) => (Protocol::Udp, address),
+        _ => return Err(usage("add-service needs -t VIP:PORT or -u VIP:PORT".to_owned())),
+    };
+    let mut spec = ServiceSpec::new(protocol, listen.to_string());
+    service_edit(args).apply_to(&mut spec);
+    if let Some(name) = &args.target.name {
+        spec.name = Some(name.clone());
+    }
+    Ok(json(&spec))
+}
+
+/// The body of edit-service: only the keys the flags change.
+pub(super) fn service_changes(args: &ServiceArgs) -> Vec<u8> {
+    json(&service_edit(args))
+}
+
+/// The keys a real's flags change.
+fn real_edit(args: &RealArgs) -> RealEdit {
+    let mut edit = RealEdit::default();
     if let Some(weight) = args.weight {
-        body.insert("weight".to_owned(), json!(weight));
+        edit.weight = Patch::Set(weight);
     }
     if let Some(max) = args.max_conns {
-        body.insert("max_conns".to_owned(), json!(max));
+        edit.max_conns = Patch::Set(max);
     }
     if let Some(min) = args.min_conns {
-        body.insert("min_conns".to_owned(), json!(min));
+        edit.min_conns = Patch::Set(min);
     }
     if let Some(forward) = args.forward.method() {
-        body.insert("forward".to_owned(), json!(forward));
+        edit.forward = Patch::Set(forward);
     }
-    body
+    edit
 }
 
-pub(super) fn to_bytes(value: &Value) -> Vec<u8> {
-    serde_json::to_vec(value).unwrap_or_default()
+/// The body of add-real: the real (or range) the flags describe.
+pub(super) fn new_real(args: &RealArgs) -> Vec<u8> {
+    let mut spec = RealSpec::new(args.real.real.clone());
+    real_edit(args).apply_to(&mut spec);
+    json(&spec)
+}
+
+/// The body of edit-real: only the keys the flags change.
+pub(super) fn real_changes(args: &RealArgs) -> Vec<u8> {
+    json(&real_edit(args))
+}
+
+/// The body of clear: an empty table.
+pub(super) fn no_services() -> Vec<u8> {
+    json(&ServiceList::default())
+}
+
+fn json<T: serde::Serialize>(document: &T) -> Vec<u8> {
+    serde_json::to_vec(document).unwrap_or_default()
 }
 
 pub(super) fn read_input(file: &str) -> Result<Vec<u8>, Failure> {

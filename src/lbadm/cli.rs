@@ -1,11 +1,14 @@
 //! lbadm's command line: the commands and flags, ipvsadm's where it has them.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, str::FromStr};
 
 use clap::{Args, Parser, Subcommand};
 
 use super::{Failure, usage};
-use crate::api::routes;
+use crate::{
+    api::routes,
+    config::{ForwardMethod, MAX_WEIGHT, Netmask, SchedulerFlag, SchedulerKind},
+};
 
 /// lbadm: administer a running lbd, the way ipvsadm administers IPVS.
 #[derive(Debug, Parser)]
@@ -84,10 +87,13 @@ pub(super) fn vip_port(text: &str) -> Result<std::net::SocketAddr, String> {
     })
 }
 
-/// Reads `-s`: a scheduler name, with the list of them when it is not one.
-pub(super) fn scheduler_name(text: &str) -> Result<String, String> {
-    text.parse::<crate::config::SchedulerKind>()
-        .map(|scheduler| scheduler.name().to_owned())
+/// Reads `-w`: a weight within ipvsadm's range.
+pub(super) fn weight(text: &str) -> Result<u32, String> {
+    match text.parse::<i64>() {
+        Ok(weight) if (0..=i64::from(MAX_WEIGHT)).contains(&weight) => Ok(weight as u32),
+        Ok(weight) => Err(format!("weight {weight} is out of range 0..{MAX_WEIGHT}")),
+        Err(_) => Err(format!("`{text}` is not a weight (a number 0..{MAX_WEIGHT})")),
+    }
 }
 
 impl Target {
@@ -157,12 +163,13 @@ pub(super) struct Forward {
 }
 
 impl Forward {
-    pub(super) fn method(&self) -> Option<&'static str> {
+    /// The method a flag chose, if any.
+    pub(super) fn method(&self) -> Option<ForwardMethod> {
         [
-            (self.dr, "dr"),
-            (self.nat, "nat"),
-            (self.tun, "tun"),
-            (self.proxy, "proxy"),
+            (self.dr, ForwardMethod::Dr),
+            (self.nat, ForwardMethod::Nat),
+            (self.tun, ForwardMethod::Tun),
+            (self.proxy, ForwardMethod::Proxy),
         ]
         .into_iter()
         .find_map(|(set, name)| set.then_some(name))
@@ -174,11 +181,11 @@ pub(super) struct ServiceArgs {
     #[command(flatten)]
     pub(super) target: Target,
     /// The scheduler: rr wrr lc wlc sed nq lblc lblcr dh sh mh fo ovf twos.
-    #[arg(short = 's', long = "scheduler", value_parser = scheduler_name)]
-    pub(super) scheduler: Option<String>,
+    #[arg(short = 's', long = "scheduler", value_parser = SchedulerKind::from_str)]
+    pub(super) scheduler: Option<SchedulerKind>,
     /// Scheduler flags, comma-separated: sh-fallback, sh-port, mh-fallback, mh-port.
-    #[arg(short = 'b', long = "sched-flags", value_delimiter = ',')]
-    pub(super) flags: Option<Vec<String>>,
+    #[arg(short = 'b', long = "sched-flags", value_delimiter = ',', value_parser = SchedulerFlag::from_str)]
+    pub(super) flags: Option<Vec<SchedulerFlag>>,
     /// Persistence, with an optional timeout in seconds (default 360).
     #[arg(short = 'p', long = "persistent", num_args = 0..=1, default_missing_value = "360", value_name = "TIMEOUT")]
     pub(super) persistent: Option<u64>,
@@ -186,8 +193,8 @@ pub(super) struct ServiceArgs {
     #[arg(long, conflicts_with = "persistent")]
     pub(super) no_persistent: bool,
     /// Persistence netmask, e.g. 255.255.255.0 or 24.
-    #[arg(short = 'M', long = "netmask")]
-    pub(super) netmask: Option<String>,
+    #[arg(short = 'M', long = "netmask", value_parser = Netmask::from_str)]
+    pub(super) netmask: Option<Netmask>,
     /// UDP: schedule every datagram on its own.
     #[arg(short = 'o', long = "ops")]
     pub(super) ops: bool,
@@ -213,8 +220,8 @@ pub(super) struct RealArgs {
     #[command(flatten)]
     pub(super) real: RealTarget,
     /// Weight, 0..65535 (0 = quiescent).
-    #[arg(short = 'w', long = "weight")]
-    pub(super) weight: Option<i64>,
+    #[arg(short = 'w', long = "weight", value_parser = weight)]
+    pub(super) weight: Option<u32>,
     /// Upper connection threshold (0 = none).
     #[arg(short = 'x', long = "u-threshold")]
     pub(super) max_conns: Option<u32>,

@@ -11,10 +11,10 @@ pub mod render;
 use std::process::ExitCode;
 
 use hyper::Method;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use self::{
-    bodies::{parse, pretty, read_input, real_body, real_path, service_body, to_bytes},
+    bodies::{new_real, no_services, new_service, parse, pretty, read_input, real_changes, real_path, service_changes},
     cli::{Command, ListArgs},
 };
 pub use self::{
@@ -86,22 +86,15 @@ async fn execute(cli: Cli) -> Result<String, Failure> {
     match cli.command {
         Command::List(args) => list(&client, args, json_out).await,
         Command::AddService(args) => {
-            if args.target.tcp.is_none() && args.target.udp.is_none() {
-                return Err(usage("add-service needs -t VIP:PORT or -u VIP:PORT".to_owned()));
-            }
-            let body = service_body(&args, true);
+            let body = new_service(&args)?;
             Ok(changed(
-                client
-                    .call(Method::POST, routes::SERVICES, Some(to_bytes(&body)))
-                    .await?,
+                client.call(Method::POST, routes::SERVICES, Some(body)).await?,
             ))
         }
         Command::EditService(args) => {
             let path = args.target.required(routes::SERVICE)?;
-            let body = service_body(&args, false);
-            Ok(changed(
-                client.call(Method::PATCH, &path, Some(to_bytes(&body))).await?,
-            ))
+            let body = service_changes(&args);
+            Ok(changed(client.call(Method::PATCH, &path, Some(body)).await?))
         }
         Command::DelService(target) => Ok(changed(
             client
@@ -110,22 +103,13 @@ async fn execute(cli: Cli) -> Result<String, Failure> {
         )),
         Command::AddReal(args) => {
             let path = args.real.target.required(routes::REALS)?;
-            let mut body = real_body(&args);
-            body.insert("address".to_owned(), json!(args.real.real));
-            Ok(changed(
-                client
-                    .call(Method::POST, &path, Some(to_bytes(&Value::Object(body))))
-                    .await?,
-            ))
+            let body = new_real(&args);
+            Ok(changed(client.call(Method::POST, &path, Some(body)).await?))
         }
         Command::EditReal(args) => {
-            let body = real_body(&args);
+            let body = real_changes(&args);
             let path = real_path(&args.real, routes::REAL)?;
-            Ok(changed(
-                client
-                    .call(Method::PATCH, &path, Some(to_bytes(&Value::Object(body))))
-                    .await?,
-            ))
+            Ok(changed(client.call(Method::PATCH, &path, Some(body)).await?))
         }
         Command::DelReal(real) => Ok(changed(
             client
@@ -145,7 +129,7 @@ async fn execute(cli: Cli) -> Result<String, Failure> {
         }
         Command::Clear => Ok(changed(
             client
-                .call(Method::PUT, routes::SERVICES, Some(b"services: []\n".to_vec()))
+                .call(Method::PUT, routes::SERVICES, Some(no_services()))
                 .await?,
         )),
         Command::Save => {
