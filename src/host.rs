@@ -14,12 +14,12 @@ use std::{
 
 /// Descriptors kept out of the proxy's budget whatever the configuration: listeners, the TUN
 /// device, files, the admin API (64 connections) and `/metrics` (32), with room to spare.
-pub const RESERVE: usize = 256;
+pub(crate) const RESERVE: usize = 256;
 
 /// Whether `error` is this host's shortage rather than the peer's answer: out of descriptors
 /// (`EMFILE`, `ENFILE`), buffers (`ENOBUFS`, `ENOMEM`) or local ports (`EADDRNOTAVAIL`,
 /// `EAGAIN` from a connect). Such an error says nothing of the real server.
-pub fn is_local(error: &io::Error) -> bool {
+pub(crate) fn is_local(error: &io::Error) -> bool {
     matches!(
         error.raw_os_error(),
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL | libc::EAGAIN)
@@ -28,7 +28,7 @@ pub fn is_local(error: &io::Error) -> bool {
 
 /// Raises the soft open-file limit to the hard limit, as HAProxy does, and returns the soft
 /// limit in force afterwards.
-pub fn raise_open_file_limit() -> u64 {
+pub(crate) fn raise_open_file_limit() -> u64 {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
         return 1024;
@@ -53,7 +53,7 @@ pub fn raise_open_file_limit() -> u64 {
 /// UDP sessions may hold at most half of the budget, so that a flood of new UDP clients
 /// never leaves a TCP service without descriptors.
 #[derive(Debug)]
-pub struct Descriptors {
+pub(crate) struct Descriptors {
     limit: AtomicUsize,
     used: AtomicUsize,
     udp: AtomicUsize,
@@ -61,7 +61,7 @@ pub struct Descriptors {
 
 impl Descriptors {
     /// A budget of `limit` descriptors.
-    pub fn new(limit: usize) -> Arc<Self> {
+    pub(crate) fn new(limit: usize) -> Arc<Self> {
         Arc::new(Self {
             limit: AtomicUsize::new(limit),
             used: AtomicUsize::new(0),
@@ -71,24 +71,24 @@ impl Descriptors {
 
     /// The budget for a process allowed `open_files` descriptors that keeps `reserved` of them
     /// (beyond [`RESERVE`]) for the control plane: listeners, health checks.
-    pub fn limit_for(open_files: u64, reserved: usize) -> usize {
+    pub(crate) fn limit_for(open_files: u64, reserved: usize) -> usize {
         usize::try_from(open_files)
             .unwrap_or(usize::MAX)
             .saturating_sub(RESERVE + reserved)
     }
 
     /// Changes the budget (a reload changed the reserve); flows holding more keep them.
-    pub fn set_limit(&self, limit: usize) {
+    pub(crate) fn set_limit(&self, limit: usize) {
         self.limit.store(limit, Relaxed);
     }
 
     /// Descriptors held now.
-    pub fn used(&self) -> usize {
+    pub(crate) fn used(&self) -> usize {
         self.used.load(Relaxed)
     }
 
     /// Takes `count` descriptors, or `None` when the budget has not that many left.
-    pub fn take(self: &Arc<Self>, count: usize) -> Option<DescriptorHold> {
+    pub(crate) fn take(self: &Arc<Self>, count: usize) -> Option<DescriptorHold> {
         let limit = self.limit.load(Relaxed);
         take_within(&self.used, count, limit)?;
         Some(DescriptorHold {
@@ -100,7 +100,7 @@ impl Descriptors {
 
     /// Takes the descriptor of one UDP session, or `None` when UDP sessions hold half the
     /// budget or the budget is spent.
-    pub fn take_udp(self: &Arc<Self>) -> Option<DescriptorHold> {
+    pub(crate) fn take_udp(self: &Arc<Self>) -> Option<DescriptorHold> {
         take_within(&self.udp, 1, self.limit.load(Relaxed) / 2)?;
         let Some(mut hold) = self.take(1) else {
             self.udp.fetch_sub(1, Relaxed);
@@ -123,7 +123,7 @@ fn take_within(counter: &AtomicUsize, count: usize, limit: usize) -> Option<()> 
 
 /// Descriptors taken from a [`Descriptors`] budget, given back when dropped.
 #[derive(Debug)]
-pub struct DescriptorHold {
+pub(crate) struct DescriptorHold {
     budget: Arc<Descriptors>,
     count: usize,
     udp: bool,

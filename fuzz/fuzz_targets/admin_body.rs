@@ -28,30 +28,32 @@ fn running() -> &'static Config {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&selector, body)) = data.split_first() else {
+    let Some((&selector, body_bytes)) = data.split_first() else {
         return;
     };
-    if config::check_shape(body).is_err() {
+    if config::check_shape(body_bytes).is_err() {
         return;
     }
-    let Ok(value) = serde_yaml::from_slice::<serde_yaml::Value>(body) else {
-        return;
-    };
+    fn body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Option<T> {
+        serde_yaml::from_slice(body).ok()
+    }
     let services = ["web", "dns", "nat", "tcp:127.0.0.1:80", "udp:127.0.0.1:53", "nope"];
     let reals = ["10.0.0.1:8080", "10.0.0.[1-2]:8080", "10.0.1.1", "10.0.2.2:8080", "bad"];
     let service = services[usize::from(selector >> 3) % services.len()].to_owned();
     let address = reals[usize::from(selector >> 5) % reals.len()].to_owned();
     let change = match selector % 6 {
-        0 => Change::AddService(value),
-        1 => Change::EditService { service, patch: value },
-        2 => Change::ReplaceServices(value),
-        3 => Change::AddReals { service, reals: value },
-        4 => Change::EditReals {
+        0 => body(body_bytes).map(|service| Change::AddService(Box::new(service))),
+        1 => body(body_bytes).map(|edit| Change::EditService {
             service,
-            address,
-            patch: value,
-        },
-        _ => Change::DeleteReals { service, address },
+            edit: Box::new(edit),
+        }),
+        2 => body(body_bytes).map(Change::ReplaceServices),
+        3 => body(body_bytes).map(|reals| Change::AddReals { service, reals }),
+        4 => body(body_bytes).map(|edit| Change::EditReals { service, address, edit }),
+        _ => Some(Change::DeleteReals { service, address }),
+    };
+    let Some(change) = change else {
+        return;
     };
     if let Ok((config, _)) = edited(running(), change) {
         let _table = ServiceTable::build(&config, None, &HealthView::default());

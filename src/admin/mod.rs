@@ -6,4 +6,4 @@
 
 mod server;
 
-pub use server::{AdminHandle, Envelope, ServeError, serve};
+pub(crate) use server::{AdminHandle, Envelope, ServeError, serve};

@@ -36,7 +36,7 @@ const LIMITS: crate::httpd::Limits = crate::httpd::Limits {
 const PARSERS: usize = 2;
 
 /// A request on its way to the director, with where to send the answer.
-pub type Envelope = (Request, oneshot::Sender<Result<Answer, ControlError>>);
+pub(crate) type Envelope = (Request, oneshot::Sender<Result<Answer, ControlError>>);
 
 /// The admin API could not start.
 #[derive(Debug, Error)]
@@ -61,7 +61,7 @@ pub enum ServeError {
 
 /// The running admin API: the requests it receives, for the director's loop.
 #[derive(Debug)]
-pub struct AdminHandle {
+pub(crate) struct AdminHandle {
     /// Requests to answer.
     pub requests: mpsc::Receiver<Envelope>,
     /// Where it listens, for the log.
@@ -86,7 +86,7 @@ struct AppState {
 }
 
 /// Starts serving the admin API as `config` says. Must run inside a tokio runtime.
-pub async fn serve(config: &AdminConfig) -> Result<AdminHandle, ServeError> {
+pub(crate) async fn serve(config: &AdminConfig) -> Result<AdminHandle, ServeError> {
     let token = match &config.token_file {
         Some(path) => Some(read_token(path)?),
         None => None,
@@ -183,7 +183,11 @@ fn router(state: AppState) -> Router {
             get(|s: State<AppState>, Path(service): Path<String>| ask(s, Request::Service(service)))
                 .patch(
                     |s: State<AppState>, Path(service): Path<String>, body: Bytes| async move {
-                        change(s, body, |edit| Change::EditService { service, edit }).await
+                        change(s, body, |edit| Change::EditService {
+                            service,
+                            edit: Box::new(edit),
+                        })
+                        .await
                     },
                 )
                 .delete(|s: State<AppState>, Path(service): Path<String>| {

@@ -41,7 +41,7 @@ pub enum Change {
         /// Which.
         service: String,
         /// The keys to change.
-        edit: ServiceEdit,
+        edit: Box<ServiceEdit>,
     },
     /// Remove a service; its flows finish on their own.
     DeleteService(String),

@@ -8,8 +8,8 @@ use std::{collections::HashSet, net::SocketAddr, time::Duration};
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de::IgnoredAny};
 
 use super::{
-    ForwardMethod, HealthCheckConfig, Persistence, ProxyProtocol, RealConfig, RealSpec, SchedulerFlag, SchedulerKind,
-    ServiceConfig, ServiceSpec,
+    ForwardMethod, HealthCheckConfig, Persistence, ProxyProtocol, RealConfig, RealSpec, SchedulerFlag,
+    SchedulerKind, ServiceConfig, ServiceSpec,
     address::optional_socket_addr,
     duration,
     service::{DEFAULT_MAX_SESSIONS, default_weight, weight},
@@ -39,7 +39,7 @@ impl<T> Patch<T> {
     }
 
     /// Makes the edit on a key whose absence is `None`.
-    fn to_optional(self, key: &mut Option<T>) {
+    fn edit_optional(self, key: &mut Option<T>) {
         match self {
             Self::Keep => {}
             Self::Remove => *key = None,
@@ -48,7 +48,7 @@ impl<T> Patch<T> {
     }
 
     /// Makes the edit on a key that has a default.
-    fn to_value(self, key: &mut T, default: impl FnOnce() -> T) {
+    fn edit_value(self, key: &mut T, default: impl FnOnce() -> T) {
         match self {
             Self::Keep => {}
             Self::Remove => *key = default(),
@@ -114,7 +114,11 @@ pub struct ServiceEdit {
     #[serde(default, skip_serializing_if = "Patch::is_keep")]
     pub proxy_protocol: Patch<ProxyProtocol>,
     /// `sorry_server`.
-    #[serde(default, skip_serializing_if = "Patch::is_keep", deserialize_with = "sorry_server")]
+    #[serde(
+        default,
+        skip_serializing_if = "Patch::is_keep",
+        deserialize_with = "sorry_server"
+    )]
     pub sorry_server: Patch<SocketAddr>,
     /// `health_check`.
     #[serde(default, skip_serializing_if = "Patch::is_keep")]
@@ -141,18 +145,22 @@ impl ServiceEdit {
 
     /// Makes the edit on `spec` (unchecked: read it into a [`ServiceConfig`] to check it).
     pub fn apply_to(self, spec: &mut ServiceSpec) {
-        self.name.to_optional(&mut spec.name);
-        self.scheduler.to_value(&mut spec.scheduler, SchedulerKind::default);
-        self.scheduler_flags.to_value(&mut spec.scheduler_flags, Vec::new);
-        self.forward.to_value(&mut spec.forward, ForwardMethod::default);
-        self.persistence.to_optional(&mut spec.persistence);
-        self.one_packet.to_value(&mut spec.one_packet, bool::default);
-        self.udp_timeout.to_optional(&mut spec.udp_timeout);
-        self.udp_responses.to_optional(&mut spec.udp_responses);
-        self.max_sessions.to_value(&mut spec.max_sessions, || DEFAULT_MAX_SESSIONS);
-        self.proxy_protocol.to_value(&mut spec.proxy_protocol, ProxyProtocol::default);
-        self.sorry_server.to_optional(&mut spec.sorry_server);
-        self.health_check.to_optional(&mut spec.health_check);
+        self.name.edit_optional(&mut spec.name);
+        self.scheduler
+            .edit_value(&mut spec.scheduler, SchedulerKind::default);
+        self.scheduler_flags
+            .edit_value(&mut spec.scheduler_flags, Vec::new);
+        self.forward.edit_value(&mut spec.forward, ForwardMethod::default);
+        self.persistence.edit_optional(&mut spec.persistence);
+        self.one_packet.edit_value(&mut spec.one_packet, bool::default);
+        self.udp_timeout.edit_optional(&mut spec.udp_timeout);
+        self.udp_responses.edit_optional(&mut spec.udp_responses);
+        self.max_sessions
+            .edit_value(&mut spec.max_sessions, || DEFAULT_MAX_SESSIONS);
+        self.proxy_protocol
+            .edit_value(&mut spec.proxy_protocol, ProxyProtocol::default);
+        self.sorry_server.edit_optional(&mut spec.sorry_server);
+        self.health_check.edit_optional(&mut spec.health_check);
     }
 
     /// `service` with the edit made, checked by the config file's rules. A key that cannot
@@ -205,15 +213,23 @@ impl RealEdit {
 
     /// Makes the edit on `spec` (unchecked).
     pub fn apply_to(&self, spec: &mut RealSpec) {
-        self.weight.clone().to_value(&mut spec.weight, default_weight);
-        self.max_conns.clone().to_value(&mut spec.max_conns, u32::default);
-        self.min_conns.clone().to_value(&mut spec.min_conns, u32::default);
-        self.forward.clone().to_optional(&mut spec.forward);
+        self.weight.clone().edit_value(&mut spec.weight, default_weight);
+        self.max_conns
+            .clone()
+            .edit_value(&mut spec.max_conns, u32::default);
+        self.min_conns
+            .clone()
+            .edit_value(&mut spec.min_conns, u32::default);
+        self.forward.clone().edit_optional(&mut spec.forward);
     }
 
     /// `service` with the edit made on the reals at `targets`, checked by the config file's
     /// rules.
-    pub fn applied(&self, service: &ServiceConfig, targets: &HashSet<SocketAddr>) -> Result<ServiceConfig, String> {
+    pub fn applied(
+        &self,
+        service: &ServiceConfig,
+        targets: &HashSet<SocketAddr>,
+    ) -> Result<ServiceConfig, String> {
         let mut spec = ServiceSpec::from(service);
         for (real, spec) in service.reals.iter().zip(&mut spec.reals) {
             if targets.contains(&real.address) {
@@ -230,7 +246,7 @@ impl ServiceConfig {
     pub fn resolve_reals(&self, reals: Vec<RealSpec>) -> Result<Vec<RealConfig>, String> {
         let mut spec = ServiceSpec::from(self);
         spec.reals = reals;
-        Ok(ServiceConfig::try_from(spec)?.reals)
+        Ok(Self::try_from(spec)?.reals)
     }
 }
 
@@ -253,7 +269,8 @@ impl<'de> Deserialize<'de> for RealList {
             }
 
             fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<RealList, A::Error> {
-                RealSpec::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(|real| RealList(vec![real]))
+                RealSpec::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(|real| RealList(vec![real]))
             }
         }
         deserializer.deserialize_any(Visitor)
@@ -342,7 +359,8 @@ fn sorry_server<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Patch<Sock
 fn weight_patch<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Patch<u32>, D::Error> {
     #[derive(Deserialize)]
     struct Weight(#[serde(deserialize_with = "weight")] u32);
-    Option::<Weight>::deserialize(deserializer).map(|weight| Patch::from_option(weight.map(|Weight(weight)| weight)))
+    Option::<Weight>::deserialize(deserializer)
+        .map(|weight| Patch::from_option(weight.map(|Weight(weight)| weight)))
 }
 
 #[cfg(test)]
@@ -360,7 +378,8 @@ mod tests {
              udp_timeout: 5s, reals: [{address: '127.0.0.2'}]}",
         );
         let edit: ServiceEdit =
-            serde_yaml::from_str("{scheduler: rr, scheduler_flags: null, udp_timeout: null, name: dns}").unwrap();
+            serde_yaml::from_str("{scheduler: rr, scheduler_flags: null, udp_timeout: null, name: dns}")
+                .unwrap();
         let after = edit.clone().applied(&before).unwrap();
         assert_eq!(after.scheduler, SchedulerKind::Rr);
         assert!(after.scheduler_flags.is_empty());
@@ -389,7 +408,8 @@ mod tests {
 
     #[test]
     fn real_edits_touch_only_the_targets() {
-        let before = service("{protocol: tcp, listen: '127.0.0.1:80', reals: [{address: '10.0.0.[1-3]', weight: 3}]}");
+        let before =
+            service("{protocol: tcp, listen: '127.0.0.1:80', reals: [{address: '10.0.0.[1-3]', weight: 3}]}");
         let targets: HashSet<SocketAddr> = ["10.0.0.2:80".parse().unwrap()].into();
         let edit: RealEdit = serde_yaml::from_str("{weight: 0}").unwrap();
         let after = edit.applied(&before, &targets).unwrap();
@@ -411,7 +431,8 @@ mod tests {
             let list: ServiceList = serde_yaml::from_str(text).unwrap();
             assert!(list.0.is_empty(), "{text}");
         }
-        let list: ServiceList = serde_yaml::from_str("services: [{protocol: tcp, listen: '127.0.0.1:80'}]").unwrap();
+        let list: ServiceList =
+            serde_yaml::from_str("services: [{protocol: tcp, listen: '127.0.0.1:80'}]").unwrap();
         assert_eq!(list.0.len(), 1);
         assert!(serde_yaml::from_str::<ServiceList>("servers: []").is_err());
     }

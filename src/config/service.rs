@@ -190,7 +190,9 @@ impl FromStr for SchedulerFlag {
 
     fn from_str(text: &str) -> Result<Self, String> {
         from_name(text).map_err(|_| {
-            format!("unknown scheduler flag `{text}`: expected one of sh-fallback, sh-port, mh-fallback, mh-port")
+            format!(
+                "unknown scheduler flag `{text}`: expected one of sh-fallback, sh-port, mh-fallback, mh-port"
+            )
         })
     }
 }
@@ -517,7 +519,7 @@ impl ServiceSpec {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RealSpec {
-    /// `address`: RIP[:PORT] or a range such as `10.0.0.[1-4]:80`.
+    /// `address`: `RIP[:PORT]` or a range such as `10.0.0.[1-4]:80`.
     pub address: String,
     /// `weight`, 0..65535; default 1.
     #[serde(default = "default_weight", deserialize_with = "weight")]

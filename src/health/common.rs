@@ -10,7 +10,7 @@ use crate::config::HealthCheckConfig;
 
 /// What a check is aimed at.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
+pub(crate) struct Target {
     /// The service's name, for `{service}` and logs.
     pub service: String,
     /// The real server.
@@ -19,7 +19,7 @@ pub struct Target {
 
 impl Target {
     /// The address checked: the real's, on the check's `port` if it has one.
-    pub fn checked(&self, check: &HealthCheckConfig) -> SocketAddr {
+    pub(crate) fn checked(&self, check: &HealthCheckConfig) -> SocketAddr {
         SocketAddr::new(self.real.ip(), check.port.unwrap_or(self.real.port()))
     }
 }

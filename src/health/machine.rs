@@ -8,7 +8,7 @@ use crate::table::{CheckRecord, CheckResult, DynamicWeight};
 
 /// What one check (or one passive connect failure) found.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outcome {
+pub(crate) struct Outcome {
     /// Whether the real passed.
     pub passed: bool,
     /// What was seen, for logs and listings.
@@ -27,7 +27,7 @@ pub struct Outcome {
 
 impl Outcome {
     /// A pass that leaves the weight alone.
-    pub fn pass(reason: impl Into<String>) -> Self {
+    pub(crate) fn pass(reason: impl Into<String>) -> Self {
         Self {
             passed: true,
             reason: reason.into(),
@@ -39,7 +39,7 @@ impl Outcome {
     }
 
     /// A failure.
-    pub fn fail(reason: impl Into<String>) -> Self {
+    pub(crate) fn fail(reason: impl Into<String>) -> Self {
         Self {
             passed: false,
             ..Self::pass(reason)
@@ -47,7 +47,7 @@ impl Outcome {
     }
 
     /// A check that could not run because this host lacks a resource; no verdict.
-    pub fn local(reason: impl Into<String>) -> Self {
+    pub(crate) fn local(reason: impl Into<String>) -> Self {
         Self {
             local: true,
             ..Self::fail(reason)
@@ -56,7 +56,7 @@ impl Outcome {
 
     /// The outcome of an I/O error while checking: a failure of the real, or for this host's
     /// own shortages ([`crate::host::is_local`]) no verdict.
-    pub fn io_failure(error: &std::io::Error, reason: String) -> Self {
+    pub(crate) fn io_failure(error: &std::io::Error, reason: String) -> Self {
         if crate::host::is_local(error) {
             Self::local(reason)
         } else {
@@ -65,7 +65,7 @@ impl Outcome {
     }
 
     /// The same outcome, also setting the weight.
-    pub fn with_weight(self, weight: DynamicWeight) -> Self {
+    pub(crate) fn with_weight(self, weight: DynamicWeight) -> Self {
         Self {
             weight: Some(weight),
             ..self
@@ -76,7 +76,7 @@ impl Outcome {
 /// How a real looks to scheduling: the verdict and the weight the checks set. A change of it
 /// is what gets logged and published.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Verdict {
+pub(crate) struct Verdict {
     /// Up or down.
     pub up: bool,
     /// The weight the checks set.
@@ -112,7 +112,7 @@ impl fmt::Display for Verdict {
 
 /// A change of verdict, to log once and publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Change {
+pub(crate) struct Change {
     /// Before.
     pub from: Verdict,
     /// After.
@@ -122,7 +122,7 @@ pub struct Change {
 }
 
 /// Applies `outcome` to `record`; returns the change of verdict, if any.
-pub fn apply(
+pub(crate) fn apply(
     record: &mut CheckRecord,
     outcome: Outcome,
     rise: u32,

@@ -13,7 +13,7 @@ mod agent;
 mod common;
 mod exec;
 mod http;
-pub mod machine;
+pub(crate) mod machine;
 mod probe;
 mod udp;
 
@@ -27,7 +27,7 @@ use std::{
 use tokio::{sync::Notify, time::Instant};
 use tokio_util::task::AbortOnDropHandle;
 
-pub use self::common::Target;
+pub(crate) use self::common::Target;
 use self::machine::Outcome;
 use crate::{
     config::{Config, HealthCheckConfig, HealthCheckKind, ServiceKey, StartState},
@@ -36,7 +36,7 @@ use crate::{
 
 /// The checkers of every checked real.
 #[derive(Debug, Default)]
-pub struct Monitor {
+pub(crate) struct Monitor {
     checkers: HashMap<(ServiceKey, SocketAddr), Checker>,
     view: HealthView,
     changed: Arc<Notify>,
@@ -53,7 +53,7 @@ struct Checker {
 
 impl Monitor {
     /// A monitor with no checkers.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
@@ -61,7 +61,7 @@ impl Monitor {
     /// check are unchanged keeps its checker and its verdict; a new or changed one starts
     /// from `health_check.start`; a removed one loses its checker. Must run inside a tokio
     /// runtime, where the checkers then run.
-    pub fn sync(&mut self, config: &Config) {
+    pub(crate) fn sync(&mut self, config: &Config) {
         let mut checkers = HashMap::new();
         for service in &config.services {
             let Some(check) = service
@@ -95,13 +95,13 @@ impl Monitor {
     }
 
     /// The status of every checked real, for [`ServiceTable::build`](crate::table::ServiceTable::build).
-    pub fn view(&self) -> &HealthView {
+    pub(crate) fn view(&self) -> &HealthView {
         &self.view
     }
 
     /// Notified whenever a real's verdict changes: time to publish a new snapshot. Several
     /// changes before the wake-up make one notification.
-    pub fn changes(&self) -> Arc<Notify> {
+    pub(crate) fn changes(&self) -> Arc<Notify> {
         Arc::clone(&self.changed)
     }
 }

@@ -14,7 +14,10 @@ use hyper::Method;
 use serde_json::Value;
 
 use self::{
-    bodies::{new_real, no_services, new_service, parse, pretty, read_input, real_changes, real_path, service_changes},
+    bodies::{
+        new_real, new_service, no_services, parse, pretty, read_input, real_changes, real_path,
+        service_changes,
+    },
     cli::{Command, ListArgs},
 };
 pub use self::{

@@ -167,7 +167,7 @@ pub struct CheckResult {
 }
 
 /// The statuses of every checked real, by (service, real address): what the control plane
-/// hands to [`ServiceTable::build`](super::ServiceTable::build).
+/// hands to [`ServiceTable::build`](crate::table::ServiceTable::build).
 #[derive(Debug, Default, Clone)]
 pub struct HealthView(HashMap<(ServiceKey, SocketAddr), Arc<CheckStatus>>);
 

@@ -128,7 +128,7 @@ impl RealState {
     ///
     /// When a back-off has ended but no connect has succeeded since, the real is half-open:
     /// the first caller to ask takes the one trial (false) and every other caller sees the
-    /// real in back-off for [`TRIAL_MS`] more, so a real still down costs one failed connect
+    /// real in back-off for `TRIAL_MS` more, so a real still down costs one failed connect
     /// per window, not one per flow in flight.
     pub fn in_backoff(&self, now: Millis) -> bool {
         let until = self.scheduling.backoff_until.load(Relaxed);

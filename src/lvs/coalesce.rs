@@ -35,7 +35,7 @@ pub enum Outlet {
 }
 
 /// A super-packet ready to send: its `virtio_net_hdr`, and a buffer holding it at
-/// [`PACKET_AT`] with room in front (as a worker's read buffer).
+/// `PACKET_AT` with room in front (as a worker's read buffer).
 #[derive(Debug)]
 pub struct Joined<'a> {
     /// Where it goes.

@@ -186,7 +186,7 @@ impl FlowTable {
     }
 
     /// Packets handled by a worker other than the owner of their flow (none while the kernel
-    /// steers packets with [`steering::program`](super::steering::program)).
+    /// steers packets with `steering::program`).
     pub fn misqueued(&self) -> u64 {
         self.misqueued.load(Relaxed)
     }
@@ -242,24 +242,26 @@ impl FlowTable {
     }
 
     /// Evicts the oldest half-open flow of `shard`; false if it has none.
-    fn evict_embryonic(&self, shard: &mut Shard) -> bool {
+    fn evict_embryonic(&self, shard: &mut Shard, now: Millis) -> bool {
         while let Some(key) = shard.embryonic.pop_front() {
             if shard
                 .flows
                 .get(&key)
                 .is_some_and(|entry| entry.state.is_embryonic())
             {
-                self.remove(shard, &key);
+                self.remove(shard, &key, now);
                 return true;
             }
         }
         false
     }
 
-    fn remove(&self, shard: &mut Shard, key: &FlowKey) {
+    /// Ends the flow at `key` at `now`.
+    fn remove(&self, shard: &mut Shard, key: &FlowKey, now: Millis) {
         let Some(entry) = shard.flows.remove(key) else {
             return;
         };
+        entry.scheduled.end(now);
         forget(&mut shard.replies, &mut shard.per_source, key, &entry);
         self.count.fetch_sub(1, Relaxed);
     }
@@ -312,7 +314,7 @@ impl Partition<'_> {
                 advance(entry, flags, direction, now, timeouts);
                 return Ok((entry.scheduled.address, entry.scheduled.forward));
             }
-            table.remove(&mut shard, &key);
+            table.remove(&mut shard, &key, now);
         }
         if matches!(flags, Some(f) if !f.syn || f.ack) {
             return Err(Refusal::NotNew);
@@ -324,7 +326,7 @@ impl Partition<'_> {
         // together pass `max_flows`.
         let reserved = table.count.fetch_add(1, Relaxed) + 1;
         let full = shard.flows.len() >= table.per_shard || reserved > table.max_flows;
-        if full && !table.evict_embryonic(&mut shard) {
+        if full && !table.evict_embryonic(&mut shard, now) {
             table.count.fetch_sub(1, Relaxed);
             return Err(Refusal::Full);
         }
@@ -433,6 +435,8 @@ impl Partition<'_> {
             if entry.expires > now {
                 return true;
             }
+            // It ended when it expired, whenever the sweep came by.
+            entry.scheduled.end(entry.expires);
             forget(replies, per_source, key, entry);
             false
         });

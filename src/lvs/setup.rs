@@ -415,7 +415,7 @@ pub fn apply(tun: &str, steps: &[Step]) -> Result<Applied, SetupError> {
 }
 
 /// A move from one plan to another, made beside the old one: the new plan's steps all hold,
-/// and the old plan's other steps still hold until [`Change::commit`] undoes them, or until
+/// and the old plan's other steps still hold until `Change::commit` undoes them, or until
 /// [`Applied::revert`] puts the host back exactly as it was.
 #[derive(Debug)]
 #[must_use = "commit or revert the change"]

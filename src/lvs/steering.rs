@@ -2,7 +2,7 @@
 //!
 //! Each worker owns one partition of the connection table: the flows of the clients whose
 //! address hashes to it ([`owner`]). The kernel picks the TUN queue, and so the worker, of
-//! every packet it hands over. [`program`] is a socket-filter program for the TUN device's
+//! every packet it hands over. `program` is a socket-filter program for the TUN device's
 //! `TUNSETSTEERINGEBPF` hook that computes the same hash from the packet:
 //! - a packet to a VIP comes from a client: its source address;
 //! - any other packet is a NAT reply on its way to a client: its destination address;

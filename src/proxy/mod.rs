@@ -7,20 +7,20 @@
 //! updates per-real counters with atomic adds; it takes no lock shared between workers. It does
 //! not parse config or decide health.
 
-pub mod flows;
+pub(crate) mod flows;
 mod linger;
 mod pool;
 mod relay;
-pub mod socket;
+pub(crate) mod socket;
 mod stream;
 mod tcp;
 mod udp;
-pub mod worker;
+pub(crate) mod worker;
 
 use std::sync::Arc;
 
 use self::flows::FlowGuard;
-pub use self::flows::FlowTracker;
+pub(crate) use self::flows::FlowTracker;
 use crate::{
     clock::Millis,
     config::ServiceKey,
@@ -29,7 +29,7 @@ use crate::{
 
 /// What every worker shares.
 #[derive(Debug, Clone)]
-pub struct Shared {
+pub(crate) struct Shared {
     /// The service table.
     pub table: Arc<TableHandle>,
     /// Flows in progress, for draining.

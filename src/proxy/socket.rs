@@ -26,7 +26,7 @@ pub struct BindError {
 
 /// One bound socket per worker for a service.
 #[derive(Debug)]
-pub enum Listeners {
+pub(crate) enum Listeners {
     /// TCP listeners.
     Tcp(Vec<TcpListener>),
     /// UDP sockets.
@@ -34,7 +34,7 @@ pub enum Listeners {
 }
 
 /// Binds `count` sockets for `key`.
-pub fn bind(key: ServiceKey, count: usize) -> Result<Listeners, BindError> {
+pub(crate) fn bind(key: ServiceKey, count: usize) -> Result<Listeners, BindError> {
     let fail = |error: io::Error| {
         let reason = match error.kind() {
             io::ErrorKind::AddrInUse => {

@@ -119,8 +119,10 @@ async fn handle(
             Some(Closed::Reset)
         }
     };
+    let now = Millis::now();
+    scheduled.end(now);
     if let Some(closed) = closed {
-        linger::hold(scheduled.binding, closed, Millis::now());
+        linger::hold(scheduled.binding, closed, now);
     }
 }
 
@@ -170,6 +172,7 @@ async fn connect(
                 format!("no answer within {connect_timeout:?}"),
             ),
         };
+        scheduled.end(now);
         let failures = scheduled.failed(&shared.table, &key, now);
         // A real that dies under load fails thousands of connects a second: one line a second.
         static FAILED: Throttle = Throttle::new(Duration::from_secs(1));

@@ -317,6 +317,7 @@ async fn replies(
             }
         }
     }
+    session.scheduled.end(Millis::now());
     end_session(&sessions, &session);
 }
 

@@ -15,7 +15,7 @@ use crate::config::{Protocol, ServiceKey};
 
 /// A socket for one worker to serve.
 #[derive(Debug)]
-pub enum WorkerSocket {
+pub(crate) enum WorkerSocket {
     /// A TCP listener.
     Tcp(std::net::TcpListener),
     /// A UDP service socket.
@@ -24,7 +24,7 @@ pub enum WorkerSocket {
 
 /// Orders from the control plane.
 #[derive(Debug)]
-pub enum Command {
+pub(crate) enum Command {
     /// Serve this socket for this service (replacing any socket it had for it).
     Listen(ServiceKey, WorkerSocket),
     /// Stop serving the service: close its socket. TCP flows in progress go on.
@@ -35,13 +35,13 @@ pub enum Command {
 
 /// A running worker thread.
 #[derive(Debug)]
-pub struct Worker {
+pub(crate) struct Worker {
     orders: mpsc::UnboundedSender<Command>,
 }
 
 impl Worker {
     /// Starts worker number `index`.
-    pub fn spawn(index: usize, shared: Shared) -> io::Result<Self> {
+    pub(crate) fn spawn(index: usize, shared: Shared) -> io::Result<Self> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -56,7 +56,7 @@ impl Worker {
     }
 
     /// Sends an order; a worker that has stopped ignores it.
-    pub fn send(&self, command: Command) {
+    pub(crate) fn send(&self, command: Command) {
         let _ = self.orders.send(command);
     }
 }

@@ -10,7 +10,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering::Relaxed},
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
     },
     time::Duration,
 };
@@ -46,12 +46,18 @@ pub struct Persistence {
     next_id: AtomicU64,
 }
 
-/// A flow's hold on its template: the template cannot expire while a hold lives.
+/// A flow's hold on its template: the template cannot expire while a hold lives. The flow's
+/// holder [releases](Self::release) it when the flow ends, with the time; the template then
+/// expires the persistence timeout later, once no other flow holds it. A hold dropped without
+/// a release (a task cancelled at shutdown) counts as released when it was taken, so that the
+/// scheduler itself never reads a clock.
 #[derive(Debug)]
 pub struct TemplateHold {
     table: Arc<Persistence>,
     key: IpAddr,
     id: u64,
+    taken: Millis,
+    released: AtomicBool,
 }
 
 impl Persistence {
@@ -153,15 +159,22 @@ impl Persistence {
                     table: Arc::clone(self),
                     key,
                     id,
+                    taken: now,
+                    released: AtomicBool::new(false),
                 },
             )
         })
     }
 }
 
-impl Drop for TemplateHold {
-    fn drop(&mut self) {
-        let expires = Millis::now().plus(self.table.timeout_ms.load(Relaxed));
+impl TemplateHold {
+    /// The flow ended at `now`: once no flow holds the template, it expires the persistence
+    /// timeout after `now`. Only the first release counts.
+    pub fn release(&self, now: Millis) {
+        if self.released.swap(true, Relaxed) {
+            return;
+        }
+        let expires = now.plus(self.table.timeout_ms.load(Relaxed));
         self.table.templates.update(self.key, |template| {
             if let Some(template) = template
                 && template.id == self.id
@@ -171,6 +184,12 @@ impl Drop for TemplateHold {
             }
             ((), Change::Keep)
         });
+    }
+}
+
+impl Drop for TemplateHold {
+    fn drop(&mut self) {
+        self.release(self.taken);
     }
 }
 
@@ -246,32 +265,35 @@ mod tests {
     fn a_template_expires_after_its_last_flow_plus_timeout() {
         let reals = testing::reals(&[1, 1]);
         let rr = build(crate::config::SchedulerKind::Rr, &[], &reals, None, 1);
-        let persistence = table(None, 0);
-        let (first, hold) = persistence
-            .schedule(&reals, |a| find(&reals, a), rr.as_ref(), &from([192, 0, 2, 1], 0))
-            .unwrap();
+        let persistence = table(None, 60);
+        let pick = |now: u64| {
+            persistence
+                .schedule(
+                    &reals,
+                    |a| find(&reals, a),
+                    rr.as_ref(),
+                    &from([192, 0, 2, 1], now),
+                )
+                .unwrap()
+        };
+        let (first, hold) = pick(0);
         // While the flow lives, the template holds even past its timeout.
-        let (again, hold2) = persistence
-            .schedule(
-                &reals,
-                |a| find(&reals, a),
-                rr.as_ref(),
-                &from([192, 0, 2, 1], 1_000_000),
-            )
-            .unwrap();
+        let (again, hold2) = pick(1_000_000);
         assert_eq!(again, first);
-        drop((hold, hold2));
-        // Timeout 0 and no flow: the next flow is scheduled afresh (rr moves on).
-        let now = Millis::now().0 + 1;
-        let (next, _hold) = persistence
-            .schedule(
-                &reals,
-                |a| find(&reals, a),
-                rr.as_ref(),
-                &from([192, 0, 2, 1], now),
-            )
-            .unwrap();
-        assert_ne!(next, first);
+        hold.release(Millis(1_000_000));
+        hold2.release(Millis(2_000_000));
+        hold2.release(Millis(3_000_000)); // only the first release counts
+        // The last flow ended at 2 000 s: the template holds until 2 060 s.
+        let (kept, hold3) = pick(2_059_999);
+        assert_eq!(kept, first);
+        hold3.release(Millis(2_059_999));
+        drop((hold, hold2, hold3));
+        let (next, hold4) = pick(2_120_000);
+        assert_ne!(next, first, "expired: scheduled afresh (rr moves on)");
+        // A hold dropped unreleased counts as released when it was taken.
+        drop(hold4);
+        let (same, _hold) = pick(2_179_999);
+        assert_eq!(same, next);
     }
 
     #[test]

@@ -355,6 +355,16 @@ pub struct Scheduled {
     pub template: Option<TemplateHold>,
 }
 
+impl Scheduled {
+    /// The flow ended at `now`: its persistence template's timeout starts (once no other
+    /// flow holds it). Its holder calls this; only the first call counts.
+    pub fn end(&self, now: crate::clock::Millis) {
+        if let Some(template) = &self.template {
+            template.release(now);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

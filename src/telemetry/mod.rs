@@ -17,21 +17,21 @@ use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-pub use self::server::{MetricsServer, serve};
+pub(crate) use self::server::serve;
 use crate::{lvs::plane::PacketShared, proxy::Shared};
 
 /// Histogram buckets of health check latency: 1 ms to 10 s.
-pub const CHECK_BUCKETS: [f64; 13] = [
+pub(crate) const CHECK_BUCKETS: [f64; 13] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
 /// `lbd_config_reloads_total`.
-pub const RELOADS: &str = "lbd_config_reloads_total";
+pub(crate) const RELOADS: &str = "lbd_config_reloads_total";
 /// `lbd_health_check_duration_seconds`.
-pub const CHECK_DURATION: &str = "lbd_health_check_duration_seconds";
+pub(crate) const CHECK_DURATION: &str = "lbd_health_check_duration_seconds";
 
 /// The process-wide recorder for the facade metrics, installed on first use.
-pub fn recorder() -> &'static PrometheusHandle {
+pub(crate) fn recorder() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
         let builder = PrometheusBuilder::new()
@@ -64,13 +64,13 @@ pub fn recorder() -> &'static PrometheusHandle {
 }
 
 /// Counts a configuration reload.
-pub fn count_reload(success: bool) {
+pub(crate) fn count_reload(success: bool) {
     let result = if success { "success" } else { "failure" };
     metrics::counter!(RELOADS, "result" => result).increment(1);
 }
 
 /// The whole `/metrics` page: the facade's metrics, then the table's.
-pub fn render(proxy: &Shared, packet: &PacketShared) -> String {
+pub(crate) fn render(proxy: &Shared, packet: &PacketShared) -> String {
     let mut page = recorder().render();
     let (tcp, udp) = proxy.flows.count_by_protocol();
     let (packet_tcp, packet_udp) = packet.flows.count_by_protocol();

@@ -19,7 +19,7 @@ const LIMITS: crate::httpd::Limits = crate::httpd::Limits {
 
 /// The running endpoint; dropping it stops it.
 #[derive(Debug)]
-pub struct MetricsServer {
+pub(crate) struct MetricsServer {
     /// Where it listens.
     pub address: SocketAddr,
     _server: AbortOnDropHandle<()>,
@@ -33,7 +33,7 @@ struct Sources {
 
 /// Serves `GET /metrics` on `address` from what the proxy and the packet data plane share.
 /// Must run inside a tokio runtime.
-pub async fn serve(
+pub(crate) async fn serve(
     address: SocketAddr,
     proxy: Shared,
     packet: Arc<PacketShared>,

@@ -38,7 +38,9 @@ pub fn edited(
         }
         Change::AddReals { service, reals } => {
             let index = find(&services, &service)?;
-            let added = services[index].resolve_reals(reals.0).map_err(ControlError::Invalid)?;
+            let added = services[index]
+                .resolve_reals(reals.0)
+                .map_err(ControlError::Invalid)?;
             let target = &mut services[index];
             let known: HashSet<SocketAddr> = target.reals.iter().map(|real| real.address).collect();
             for real in added {
@@ -62,7 +64,9 @@ pub fn edited(
                 return Err(ControlError::FixedKey(key));
             }
             let targets = reals_named(&services[index], &address)?;
-            services[index] = edit.applied(&services[index], &targets).map_err(ControlError::Invalid)?;
+            services[index] = edit
+                .applied(&services[index], &targets)
+                .map_err(ControlError::Invalid)?;
             Some(index)
         }
         Change::DrainReals { service, address } => {
@@ -128,4 +132,3 @@ fn reals_named(service: &ServiceConfig, address: &str) -> Result<HashSet<SocketA
         })
         .collect()
 }
-
