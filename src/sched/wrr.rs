@@ -117,7 +117,7 @@ mod tests {
 
     #[test]
     fn reference_example_4_3_2() {
-        // ipvs-reference §1.2: A=4, B=3, C=2 gives A A B A B C A B C.
+        // IPVS's own example (ip_vs_wrr.c): A=4, B=3, C=2 gives A A B A B C A B C.
         assert_eq!(
             sequence(&[4, 3, 2], 18),
             [0, 0, 1, 0, 1, 2, 0, 1, 2, 0, 0, 1, 0, 1, 2, 0, 1, 2].map(Some)
