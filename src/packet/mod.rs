@@ -7,6 +7,7 @@
 pub mod checksum;
 mod ipv4;
 pub mod offload;
+pub mod sync;
 pub mod udp_join;
 
 pub use self::{
