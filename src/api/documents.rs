@@ -175,6 +175,9 @@ pub struct Connection {
     pub virtual_address: String,
     /// The real server.
     pub destination: String,
+    /// Taken from another director's flow sync rather than scheduled here (packet plane).
+    #[serde(default)]
+    pub synced: bool,
 }
 
 /// An error answer: 4xx or 5xx with this body.

@@ -131,7 +131,8 @@ pub fn services(version: &str, flows: usize, services: &[Service], options: Opti
     out
 }
 
-/// The connection listing, as `ipvsadm -L -n -c`.
+/// The connection listing, as `ipvsadm -L -n -c`; an entry taken from another director's flow
+/// sync ends in `SYNC` (the origin column of `/proc/net/ip_vs_conn_sync`).
 pub fn connections(flows: &[Connection]) -> String {
     let mut out = String::from(
         "IPVS connection entries\npro expire state       source             virtual            destination\n",
@@ -145,13 +146,14 @@ pub fn connections(flows: &[Connection]) -> String {
         push_line(
             &mut out,
             &format!(
-                "{:<3} {:<6} {:<11} {:<18} {:<18} {}",
+                "{:<3} {:<6} {:<11} {:<18} {:<18} {}{}",
                 protocol_label(&flow.protocol),
                 expire,
                 flow.state,
                 flow.source,
                 flow.virtual_address,
-                flow.destination
+                flow.destination,
+                if flow.synced { " SYNC" } else { "" }
             ),
         );
     }
@@ -398,10 +400,18 @@ mod tests {
             source: "203.0.113.7:51234".to_owned(),
             virtual_address: "10.0.0.1:80".to_owned(),
             destination: "192.168.10.1:80".to_owned(),
+            synced: false,
+        };
+        let synced = Connection {
+            synced: true,
+            ..flow.clone()
         };
         assert_eq!(
-            connections(&[flow]).lines().nth(2),
-            Some("TCP 14:58  ESTABLISHED 203.0.113.7:51234  10.0.0.1:80        192.168.10.1:80")
+            connections(&[flow, synced]).lines().skip(2).collect::<Vec<_>>(),
+            [
+                "TCP 14:58  ESTABLISHED 203.0.113.7:51234  10.0.0.1:80        192.168.10.1:80",
+                "TCP 14:58  ESTABLISHED 203.0.113.7:51234  10.0.0.1:80        192.168.10.1:80 SYNC"
+            ]
         );
     }
 }

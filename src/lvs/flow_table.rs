@@ -24,12 +24,19 @@ use std::{
     },
 };
 
-use super::tcp_state::{Direction, TcpState};
+pub use super::tcp_state::State;
+use super::{
+    sync::{SyncMark, SyncOutbox, forward_flags},
+    tcp_state::{Direction, TcpState},
+};
 use crate::{
     clock::Millis,
-    config::{ForwardMethod, Protocol, Timeouts},
-    packet::TcpFlags,
-    table::Scheduled,
+    config::{ForwardMethod, Protocol, ServiceKey, Timeouts},
+    packet::{
+        TcpFlags,
+        sync::{SyncConn, flags as sync_flags, template_state},
+    },
+    table::{Scheduled, ServiceTable},
 };
 
 /// Shards of each partition.
@@ -57,43 +64,14 @@ pub struct ReplyKey {
     pub client: SocketAddr,
 }
 
-/// A flow's state: IPVS's TCP states, or UDP's single one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
-    /// TCP.
-    Tcp(TcpState),
-    /// UDP.
-    Udp,
-}
-
-impl State {
-    /// The ipvsadm name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Tcp(state) => state.name(),
-            Self::Udp => "UDP",
-        }
-    }
-
-    fn timeout_ms(self, timeouts: &Timeouts) -> u64 {
-        let timeout = match self {
-            Self::Tcp(state) => state.timeout(timeouts),
-            Self::Udp => timeouts.udp,
-        };
-        u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)
-    }
-
-    fn is_embryonic(self) -> bool {
-        matches!(self, Self::Tcp(state) if state.is_embryonic())
-    }
-}
-
 /// One flow.
 #[derive(Debug)]
 struct Entry {
     scheduled: Scheduled,
     state: State,
     expires: Millis,
+    /// Its flow-sync bookkeeping.
+    mark: SyncMark,
 }
 
 /// What a flow looks like from outside the table.
@@ -107,6 +85,23 @@ pub struct FlowView {
     pub state: State,
     /// When it expires without traffic.
     pub expires: Millis,
+    /// Whether it came from another director's flow sync.
+    pub synced: bool,
+}
+
+/// Why a synchronised entry was not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unsynced {
+    /// Not TCP or UDP.
+    Protocol,
+    /// A state number this protocol does not have.
+    State,
+    /// No such service here (or, for a template, not a persistent one).
+    NoService,
+    /// No such real in the service here.
+    NoReal,
+    /// The table is full.
+    Full,
 }
 
 /// Why a packet found no flow.
@@ -145,6 +140,8 @@ pub struct FlowTable {
     /// The next shard each partition's sweep visits.
     next_sweep: Vec<AtomicUsize>,
     misqueued: AtomicU64,
+    /// Flows for the backups, while this director is the master.
+    pub sync: SyncOutbox,
 }
 
 /// One worker's view of the table: lookups from that worker. Cheap to make.
@@ -169,6 +166,7 @@ impl FlowTable {
             count: AtomicUsize::new(0),
             next_sweep: (0..partitions).map(|_| AtomicUsize::new(0)).collect(),
             misqueued: AtomicU64::new(0),
+            sync: SyncOutbox::default(),
         }
     }
 
@@ -221,6 +219,7 @@ impl FlowTable {
                 real: entry.scheduled.address,
                 state: entry.state,
                 expires: entry.expires,
+                synced: entry.mark.received,
             }));
         }
         views
@@ -254,6 +253,141 @@ impl FlowTable {
             }
         }
         false
+    }
+
+    /// Counts a packet from the client of the flow at `key`; when it is due (and this
+    /// director is the master), queues the flow, and its persistence template, for the
+    /// backups.
+    fn sync_if_due(&self, key: &FlowKey, entry: &mut Entry, timeouts: &Timeouts) {
+        if !entry.mark.packet_in(entry.state, self.sync.is_master()) {
+            return;
+        }
+        let forward = forward_flags(entry.scheduled.forward);
+        let inactive = match entry.state {
+            State::Tcp(state) if !state.is_active() => sync_flags::INACTIVE,
+            _ => 0,
+        };
+        let (protocol, state) = match entry.state {
+            State::Tcp(state) => (6, state.number()),
+            State::Udp => (17, 0),
+        };
+        let timeout = u32::try_from(entry.state.timeout_ms(timeouts) / 1000).unwrap_or(u32::MAX);
+        self.sync.push(SyncConn {
+            protocol,
+            flags: forward | inactive,
+            state,
+            client: key.client,
+            vip: key.vip,
+            real: entry.scheduled.address,
+            fwmark: 0,
+            timeout,
+            persistence_engine: None,
+        });
+        if let Some(template) = &entry.scheduled.template {
+            let assured = entry.state == State::Tcp(TcpState::Established) || entry.state == State::Udp;
+            self.sync.push(SyncConn {
+                protocol,
+                flags: forward | sync_flags::TEMPLATE,
+                state: if assured {
+                    template_state::ASSURED
+                } else {
+                    template_state::NONE
+                },
+                client: SocketAddr::new(template.network(), 0),
+                vip: key.vip,
+                real: entry.scheduled.address,
+                fwmark: 0,
+                timeout: template.timeout_secs(),
+                persistence_engine: None,
+            });
+        }
+    }
+
+    /// Takes a flow or a persistence template that the master sent: bound to the real of
+    /// `services` with its address (ActiveConn / InActConn counted as on the master), in its
+    /// state, expiring after the timeout it came with. An entry of this flow to another real
+    /// is replaced, unless the message only closes that other one (as IPVS's backups do).
+    pub fn install(&self, conn: &SyncConn, services: &ServiceTable, now: Millis) -> Result<(), Unsynced> {
+        let protocol = match conn.protocol {
+            6 => Protocol::Tcp,
+            17 => Protocol::Udp,
+            _ => return Err(Unsynced::Protocol),
+        };
+        let service = services
+            .service(&ServiceKey {
+                protocol,
+                listen: conn.vip,
+            })
+            .ok_or(Unsynced::NoService)?;
+        let expires = now.plus(u64::from(conn.timeout) * 1000);
+        if conn.is_template() {
+            let persistence = service.persistence.as_ref().ok_or(Unsynced::NoService)?;
+            service.position(conn.real).ok_or(Unsynced::NoReal)?;
+            persistence.install(conn.client.ip(), conn.real, expires);
+            return Ok(());
+        }
+        let state = match protocol {
+            Protocol::Tcp => State::Tcp(TcpState::from_number(conn.state).ok_or(Unsynced::State)?),
+            Protocol::Udp if conn.state == 0 => State::Udp,
+            Protocol::Udp => return Err(Unsynced::State),
+        };
+        let real = &service.reals[service.position(conn.real).ok_or(Unsynced::NoReal)?];
+        let key = FlowKey {
+            protocol,
+            client: conn.client,
+            vip: conn.vip,
+        };
+        let owner = super::steering::owner(key.client.ip(), self.partitions);
+        let mut shard = self
+            .shard(&key.client, owner)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(entry) = shard.flows.get_mut(&key) {
+            if entry.scheduled.address == conn.real {
+                entry.state = state;
+                entry.expires = expires;
+                entry.mark = SyncMark::received(state);
+                let active = matches!(state, State::Tcp(tcp) if tcp.is_active());
+                entry.scheduled.binding.set_active(active);
+                return Ok(());
+            }
+            if conn.flags & sync_flags::INACTIVE != 0 {
+                return Ok(());
+            }
+            self.remove(&mut shard, &key, now);
+        }
+        let reserved = self.count.fetch_add(1, Relaxed) + 1;
+        if shard.flows.len() >= self.per_shard || reserved > self.max_flows {
+            self.count.fetch_sub(1, Relaxed);
+            return Err(Unsynced::Full);
+        }
+        let mut binding = real.state.bind();
+        binding.set_active(matches!(state, State::Tcp(tcp) if tcp.is_active()));
+        let entry = Entry {
+            scheduled: Scheduled {
+                address: real.address,
+                forward: real.forward,
+                binding,
+                template: None,
+            },
+            state,
+            expires,
+            mark: SyncMark::received(state),
+        };
+        if entry.state.is_embryonic() {
+            shard.embryonic.push_back(key);
+        }
+        shard.replies.insert(
+            ReplyKey {
+                protocol,
+                real: real.address,
+                client: key.client,
+            },
+            key,
+        );
+        *shard.per_source.entry(key.client.ip()).or_insert(0) += 1;
+        shard.flows.insert(key, entry);
+        Ok(())
     }
 
     /// Ends the flow at `key` at `now`.
@@ -312,6 +446,7 @@ impl Partition<'_> {
             if !reuse {
                 let direction = input_direction(entry.scheduled.forward);
                 advance(entry, flags, direction, now, timeouts);
+                table.sync_if_due(&key, entry, timeouts);
                 return Ok((entry.scheduled.address, entry.scheduled.forward));
             }
             table.remove(&mut shard, &key, now);
@@ -344,8 +479,10 @@ impl Partition<'_> {
             scheduled,
             state,
             expires: now,
+            mark: SyncMark::default(),
         };
         advance(&mut entry, flags, direction, now, timeouts);
+        table.sync_if_due(&key, &mut entry, timeouts);
         if entry.state.is_embryonic() {
             shard.embryonic.push_back(key);
             if shard.embryonic.len() > 2 * table.per_shard {
@@ -653,5 +790,127 @@ mod tests {
             .collect();
         assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 3);
         assert_eq!(results[4], Err(Refusal::SourceCap));
+    }
+
+    fn services(persistent: bool) -> ServiceTable {
+        let persistence = if persistent {
+            "persistence: { timeout: 300s }, "
+        } else {
+            ""
+        };
+        let source = format!(
+            "dataplane: {{ tun: lbtun0, server_interface: br0 }}\nservices:\n  - {{ protocol: tcp, listen: '192.168.77.100:80', forward: nat, scheduler: rr, {persistence}reals: [{{address: '10.77.0.[11-12]:80'}}] }}\n"
+        );
+        let config = crate::config::parse(&source, "t").unwrap();
+        ServiceTable::build(&config, None, &crate::table::HealthView::default())
+    }
+
+    /// A client's TCP flow, scheduled by `services`: SYN, ACK, then `data` packets.
+    fn client_flow(table: &FlowTable, services: &ServiceTable, client: &str, data: usize) -> SocketAddr {
+        let service = &services.services()[0];
+        let k = key(client);
+        let timeouts = Timeouts::default();
+        let mut real = None;
+        for (i, flags) in [flags(true, false), flags(false, true)]
+            .into_iter()
+            .chain(std::iter::repeat_n(flags(false, true), data))
+            .enumerate()
+        {
+            let flow = crate::sched::Flow {
+                client: k.client,
+                destination: k.vip,
+                now: Millis(i as u64),
+            };
+            let got = table
+                .partition(0)
+                .inbound(k, flags, Millis(i as u64), &timeouts, || service.schedule(&flow));
+            real = Some(got.unwrap().0);
+        }
+        real.unwrap()
+    }
+
+    #[test]
+    fn a_master_sends_established_flows_and_a_backup_takes_them_bound_to_its_reals() {
+        let (master, backup) = (FlowTable::new(10_000, 100, 1), FlowTable::new(10_000, 100, 2));
+        let (master_services, backup_services) = (services(true), services(true));
+        // A backup sends nothing.
+        client_flow(&master, &master_services, "192.168.77.2:40000", 5);
+        assert!(master.sync.take().is_empty());
+        master.sync.set_master(true);
+        let real = client_flow(&master, &master_services, "192.168.77.3:40000", 1);
+        let sent = master.sync.take();
+        // The third packet (the first after the handshake) sends the flow and its template.
+        assert_eq!(sent.len(), 2, "{sent:?}");
+        let (conn, template) = (&sent[0], &sent[1]);
+        assert_eq!((conn.state, conn.flags, conn.timeout), (1, 0, 900));
+        assert!(template.is_template());
+        assert_eq!(template.client, "192.168.77.3:0".parse().unwrap());
+        for conn in &sent {
+            let wire = {
+                let mut writer = crate::packet::sync::MessageWriter::new(0, 1472);
+                assert!(writer.push(conn));
+                writer.take()
+            };
+            let received = crate::packet::sync::decode(&wire, 0).unwrap();
+            backup
+                .install(&received.conns[0], &backup_services, Millis(10))
+                .unwrap();
+        }
+        let listed = backup.list();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(
+            (listed[0].real, listed[0].state, listed[0].synced),
+            (real, State::Tcp(TcpState::Established), true)
+        );
+        let service = &backup_services.services()[0];
+        let bound = service.reals.iter().find(|r| r.address == real).unwrap();
+        assert_eq!(bound.state.active(), 1, "counted in ActiveConn on the backup too");
+        // After a takeover, the flow's packets go on to the same real without scheduling.
+        let owner = crate::lvs::steering::owner(listed[0].key.client.ip(), 2);
+        let got = backup.partition(owner).inbound(
+            listed[0].key,
+            flags(false, true),
+            Millis(20),
+            &Timeouts::default(),
+            || panic!("a synced flow is not scheduled again"),
+        );
+        assert_eq!(got.unwrap().0, real);
+        // A new flow of the same client keeps its real through the synced template.
+        let again = client_flow(&backup, &backup_services, "192.168.77.3:40001", 0);
+        assert_eq!(again, real);
+    }
+
+    #[test]
+    fn entries_a_backup_cannot_bind_are_refused_by_name() {
+        let backup = FlowTable::new(100, 100, 1);
+        let services = services(false);
+        let mut conn = SyncConn {
+            protocol: 6,
+            flags: 0,
+            state: 1,
+            client: "192.168.77.2:1".parse().unwrap(),
+            vip: "192.168.77.100:80".parse().unwrap(),
+            real: "10.77.0.99:80".parse().unwrap(),
+            fwmark: 0,
+            timeout: 900,
+            persistence_engine: None,
+        };
+        assert_eq!(backup.install(&conn, &services, Millis(0)), Err(Unsynced::NoReal));
+        conn.real = "10.77.0.11:80".parse().unwrap();
+        conn.state = 11;
+        assert_eq!(backup.install(&conn, &services, Millis(0)), Err(Unsynced::State));
+        conn.state = 1;
+        conn.protocol = 132;
+        assert_eq!(
+            backup.install(&conn, &services, Millis(0)),
+            Err(Unsynced::Protocol)
+        );
+        conn.protocol = 6;
+        conn.vip = "192.168.77.101:80".parse().unwrap();
+        assert_eq!(
+            backup.install(&conn, &services, Millis(0)),
+            Err(Unsynced::NoService)
+        );
+        assert!(backup.is_empty());
     }
 }

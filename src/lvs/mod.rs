@@ -14,5 +14,6 @@ pub mod plane;
 pub mod setup;
 mod shared;
 pub mod steering;
+pub mod sync;
 pub mod tcp_state;
 mod worker;

@@ -1,6 +1,7 @@
-//! IPVS's TCP connection state machine (`ip_vs_proto_tcp.c`): which state a flow enters on each
-//! packet, by direction and by the packet's most important flag (RST > SYN > FIN > ACK), and
-//! how long each state lives without traffic.
+//! IPVS's connection states: a flow's [`State`] (a TCP state, or UDP's one), and the TCP state
+//! machine (`ip_vs_proto_tcp.c`): which state a flow enters on each packet, by direction and by
+//! the packet's most important flag (RST > SYN > FIN > ACK), and how long each state lives
+//! without traffic.
 
 use std::time::Duration;
 
@@ -79,8 +80,21 @@ const INPUT_ONLY: Table = [
 pub const EMBRYONIC_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl TcpState {
+    /// Every state, in IPVS's numbering (`IP_VS_TCP_S_*`: NONE = 0 … SYNACK = 10).
+    pub const ALL: [Self; 11] = [NO, ES, SS, SR, FW, TW, CL, CW, LA, LI, SA];
+
     fn column(self) -> usize {
         self as usize
+    }
+
+    /// IPVS's number of the state, as the sync protocol carries it.
+    pub fn number(self) -> u16 {
+        self as u16
+    }
+
+    /// The state IPVS numbers `number`.
+    pub fn from_number(number: u16) -> Option<Self> {
+        Self::ALL.get(usize::from(number)).copied()
     }
 
     /// The state after a packet with `flags` going `direction`; a packet with none of the four
@@ -148,6 +162,37 @@ impl TcpState {
             LI => "LISTEN",
             SA => "SYNACK",
         }
+    }
+}
+
+/// A flow's state: IPVS's TCP states, or UDP's single one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// TCP.
+    Tcp(TcpState),
+    /// UDP.
+    Udp,
+}
+
+impl State {
+    /// The ipvsadm name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Tcp(state) => state.name(),
+            Self::Udp => "UDP",
+        }
+    }
+
+    pub(crate) fn timeout_ms(self, timeouts: &Timeouts) -> u64 {
+        let timeout = match self {
+            Self::Tcp(state) => state.timeout(timeouts),
+            Self::Udp => timeouts.udp,
+        };
+        u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    pub(crate) fn is_embryonic(self) -> bool {
+        matches!(self, Self::Tcp(state) if state.is_embryonic())
     }
 }
 

@@ -87,6 +87,30 @@ impl Persistence {
             .store(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX), Relaxed);
     }
 
+    /// Takes a template from another director (flow sync): `network`'s clients go to `real`
+    /// until `expires`, unless a flow here holds the network's own template already.
+    pub fn install(&self, network: IpAddr, real: SocketAddr, expires: Millis) {
+        let network = self.key(network);
+        let id = self.next_id.fetch_add(1, Relaxed);
+        self.templates.update(network, |template| match template {
+            Some(template) if template.flows > 0 => ((), Change::Keep),
+            Some(template) => {
+                template.real = real;
+                template.expires = template.expires.max(expires);
+                ((), Change::Keep)
+            }
+            None => (
+                (),
+                Change::Insert(Template {
+                    real,
+                    flows: 0,
+                    expires,
+                    id,
+                }),
+            ),
+        });
+    }
+
     /// Templates held now.
     pub fn len(&self) -> usize {
         self.templates.len()
@@ -168,6 +192,16 @@ impl Persistence {
 }
 
 impl TemplateHold {
+    /// The client network the template is for (the client's address, masked).
+    pub fn network(&self) -> IpAddr {
+        self.key
+    }
+
+    /// The persistence timeout, in whole seconds.
+    pub fn timeout_secs(&self) -> u32 {
+        u32::try_from(self.table.timeout_ms.load(Relaxed) / 1000).unwrap_or(u32::MAX)
+    }
+
     /// The flow ended at `now`: once no flow holds the template, it expires the persistence
     /// timeout after `now`. Only the first release counts.
     pub fn release(&self, now: Millis) {

@@ -55,6 +55,7 @@ impl Director {
             source: flow.key.client.to_string(),
             virtual_address: flow.key.vip.to_string(),
             destination: flow.real.to_string(),
+            synced: flow.synced,
         });
         flows
             .iter()
@@ -73,6 +74,7 @@ impl Director {
                     source: flow.client.to_string(),
                     virtual_address: flow.service.to_string(),
                     destination: flow.real.to_string(),
+                    synced: false,
                 }
             })
             .chain(packets)
