@@ -45,7 +45,7 @@ impl Drop for Topology {
     }
 }
 
-fn root() -> bool {
+pub(crate) fn root() -> bool {
     // SAFETY-free: read our effective uid from /proc.
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let euid = status
@@ -60,7 +60,7 @@ fn root() -> bool {
 }
 
 /// Runs `ip args…`, failing the test with its message if it fails.
-fn ip(args: &str) {
+pub(crate) fn ip(args: &str) {
     let output = Command::new("ip")
         .args(args.split_whitespace())
         .output()
@@ -72,7 +72,7 @@ fn ip(args: &str) {
     );
 }
 
-fn sysctl(namespace: &str, key: &str, value: &str) {
+pub(crate) fn sysctl(namespace: &str, key: &str, value: &str) {
     ip(&format!("netns exec {namespace} sysctl -qw {key}={value}"));
 }
 
@@ -121,7 +121,7 @@ fn topology() -> Topology {
 }
 
 /// Runs `work` on a thread inside `namespace` (threads it starts stay there too).
-fn in_netns<T: Send + 'static>(namespace: &str, work: impl FnOnce() -> T + Send + 'static) -> T {
+pub(crate) fn in_netns<T: Send + 'static>(namespace: &str, work: impl FnOnce() -> T + Send + 'static) -> T {
     let path = format!("/var/run/netns/{namespace}");
     thread::spawn(move || {
         let file = std::fs::File::open(&path).unwrap();
@@ -134,7 +134,7 @@ fn in_netns<T: Send + 'static>(namespace: &str, work: impl FnOnce() -> T + Send 
 
 /// A TCP server on port 8080 that greets with its name and the client's address, then echoes;
 /// and a UDP server on 5353 that answers with its name. Runs until the namespace goes.
-fn start_servers(
+pub(crate) fn start_servers(
     namespace: &str,
     name: &'static str,
     udp_ip: &'static str,
@@ -187,7 +187,7 @@ fn config(mode: &str) -> String {
 }
 
 /// A process killed when the test ends.
-struct Running(std::process::Child);
+pub(crate) struct Running(pub(crate) std::process::Child);
 
 impl Drop for Running {
     fn drop(&mut self) {

@@ -7,6 +7,7 @@
 mod admin;
 mod chaos;
 mod config_files;
+mod ha;
 mod health;
 mod lvs;
 mod metrics;

@@ -12,6 +12,7 @@
 //! - [`packet`]: IPv4 parsing and in-place rewrites with incremental checksums (pure).
 //! - `health`: health checks (control plane).
 //! - [`daemon`]: the director's lifecycle and control loop: start, reload, admin requests.
+//! - [`ha`]: active/backup: the role keepalived gives, the flow sync sockets.
 //! - [`api`]: the admin API's routes, requests, answers and JSON documents, shared by the
 //!   admin server, the control loop and `lbadm`.
 //! - `admin`: the admin API's HTTP server.
@@ -34,6 +35,7 @@ pub mod api;
 pub mod clock;
 pub mod config;
 pub mod daemon;
+pub mod ha;
 mod health;
 mod host;
 mod httpd;

@@ -23,5 +23,5 @@ fuzz_target!(|data: &[u8]| {
         .unwrap_or_else(|error| panic!("a saved table does not load again: {error}\n{saved}"));
     assert_eq!(again, parsed.services, "saved and loaded again differ:\n{saved}");
     let _table = ServiceTable::build(&parsed, None, &HealthView::default());
-    let _plan = setup::plan(&parsed, &["eth0".to_owned()]);
+    let _plan = setup::plan(&parsed, &["eth0".to_owned()], true);
 });

@@ -76,6 +76,28 @@ pub struct Status {
     pub reals: usize,
     /// Flows in progress.
     pub flows: usize,
+    /// The HA side, for a director of an `ha:` pair.
+    #[serde(default)]
+    pub ha: Option<HaStatus>,
+}
+
+/// A director's place in its HA pair.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HaStatus {
+    /// `master` or `backup`.
+    pub role: String,
+    /// The keepalived instance (or group) followed.
+    pub instance: String,
+    /// The sync peers (empty: the multicast group), or none without flow sync.
+    pub peers: Vec<String>,
+    /// Sync messages sent.
+    pub messages_sent: u64,
+    /// Sync messages taken.
+    pub messages_received: u64,
+    /// Seconds since the last sync message was taken; none yet.
+    pub last_sync_seconds: Option<u64>,
+    /// Flows in the packet plane's table that came from the master.
+    pub synced_flows: usize,
 }
 
 /// One virtual service with its reals, counters and rates.

@@ -8,6 +8,6 @@ mod requests;
 pub mod routes;
 
 pub use self::{
-    documents::{Connection, Counters, Health, Persistence, Problem, Rates, Real, Service, Status},
+    documents::{Connection, Counters, HaStatus, Health, Persistence, Problem, Rates, Real, Service, Status},
     requests::{Answer, Change, ControlError, Request},
 };

@@ -95,8 +95,11 @@ fn check(path: &std::path::Path) -> Result<(), (u8, String)> {
             ulvs::config::DataplaneSetup::Manual => "the host must already have (setup: manual)",
         };
         let _ = writeln!(text, "dataplane setup, which {who}:");
-        for step in ulvs::lvs::plane::plan(config) {
-            let _ = writeln!(text, "  {step}");
+        let always = ulvs::lvs::plane::plan(config, false);
+        for step in ulvs::lvs::plane::plan(config, true) {
+            let master_only = config.ha.is_some() && !always.contains(&step);
+            let when = if master_only { "   (while master)" } else { "" };
+            let _ = writeln!(text, "  {step}{when}");
         }
     }
     // A reader that stops early (`lbd --check | head -1`) is not an error.

@@ -37,6 +37,9 @@ pub struct Config {
     /// Packet data-plane settings (nat / dr / tun services only).
     #[serde(default)]
     pub dataplane: Option<DataplaneConfig>,
+    /// Active/backup with keepalived, and flow sync; absent = a director on its own.
+    #[serde(default)]
+    pub ha: Option<super::HaConfig>,
     /// The virtual services.
     #[serde(default)]
     pub services: Vec<ServiceConfig>,
@@ -52,6 +55,7 @@ impl Default for Config {
             timeouts: Timeouts::default(),
             workers: 0,
             dataplane: None,
+            ha: None,
             services: Vec::new(),
         }
     }
@@ -68,6 +72,7 @@ impl Config {
             timeouts: self.timeouts,
             workers: self.workers,
             dataplane: self.dataplane.clone(),
+            ha: self.ha.clone(),
             services: Vec::new(),
         }
     }
@@ -206,7 +211,7 @@ pub fn check_interface_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn interface_name<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+pub(super) fn interface_name<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
     let name = String::deserialize(deserializer)?;
     check_interface_name(&name).map_err(de::Error::custom)?;
     Ok(name)

@@ -10,6 +10,7 @@ mod duration;
 mod edit;
 mod error;
 mod file;
+mod ha;
 mod health_check;
 pub mod nodeset;
 mod save;
@@ -17,7 +18,7 @@ mod service;
 
 use std::{collections::HashSet, path::Path};
 
-pub use self::{address::*, edit::*, file::*, health_check::*, service::*};
+pub use self::{address::*, edit::*, file::*, ha::*, health_check::*, service::*};
 pub use duration::{format as format_duration, parse as parse_duration};
 pub use error::ConfigError;
 pub use save::services_yaml;

@@ -86,6 +86,9 @@ pub enum StartError {
     /// The packet data plane could not start.
     #[error(transparent)]
     Plane(#[from] crate::lvs::plane::PlaneError),
+    /// HA (the keepalived FIFO, the sync sockets) could not start.
+    #[error(transparent)]
+    Ha(#[from] crate::ha::HaError),
     /// The metrics endpoint could not listen.
     #[error("cannot serve /metrics on {address}: {source}")]
     Metrics {
@@ -149,6 +152,10 @@ pub struct Director {
     open_files: u64,
     packet: Arc<crate::lvs::plane::PacketShared>,
     packets: Option<crate::lvs::plane::PacketPlane>,
+    /// Whether this director draws the VIPs' traffic: always without `ha:`, else while
+    /// keepalived says it is the master.
+    master: bool,
+    ha: Option<crate::ha::Ha>,
 }
 
 impl Director {
@@ -194,11 +201,27 @@ impl Director {
             .services
             .iter()
             .filter(|service| !service.on_packet_plane())
-            .map(|service| socket::bind(service.key(), count).map(|listeners| (service.key(), listeners)))
+            .map(|service| {
+                socket::bind(service.key(), count, config.ha.is_some())
+                    .map(|listeners| (service.key(), listeners))
+            })
             .collect::<Result<_, _>>()?;
         let packet = Arc::new(crate::lvs::plane::shared(&config, count));
-        let packets =
-            crate::lvs::plane::PacketPlane::start(&config, Arc::clone(&shared.table), Arc::clone(&packet))?;
+        // A director of an HA pair starts as a backup, until keepalived says otherwise.
+        let master = config.ha.is_none();
+        let packets = crate::lvs::plane::PacketPlane::start(
+            &config,
+            master,
+            Arc::clone(&shared.table),
+            Arc::clone(&packet),
+        )?;
+        let ha = match &config.ha {
+            Some(settings) => {
+                crate::telemetry::set_ha_master(false);
+                Some(crate::ha::start(settings, &packet, &shared.table)?)
+            }
+            None => None,
+        };
         let workers = (0..count)
             .map(|index| Worker::spawn(index, shared.clone()))
             .collect::<Result<Vec<_>, _>>()
@@ -214,6 +237,8 @@ impl Director {
             open_files,
             packet,
             packets,
+            master,
+            ha,
         };
         for (key, listeners) in bound {
             director.hand_out(key, listeners);
@@ -263,7 +288,11 @@ impl Director {
     }
 
     fn reload_inner(&mut self, loaded: Result<Config, ConfigError>) -> Result<ReloadSummary, ReloadError> {
-        let config = loaded?;
+        let mut config = loaded?;
+        if config.ha != self.config.ha {
+            tracing::warn!("a change of `ha` takes effect at the next start");
+            config.ha.clone_from(&self.config.ha);
+        }
         if config.worker_count() != self.workers.len() {
             tracing::warn!(
                 running = self.workers.len(),
@@ -281,12 +310,20 @@ impl Director {
         let client_interfaces = config.dataplane.as_ref().map_or_else(Vec::new, |dataplane| {
             crate::lvs::setup::client_interfaces(&dataplane.tun, dataplane.server_interface.as_deref())
         });
-        let plan = plan::plan(&self.config, &config, self.workers.len(), &client_interfaces);
+        let plan = plan::plan(
+            &self.config,
+            &config,
+            self.workers.len(),
+            &client_interfaces,
+            self.master,
+        );
         // Bind every new address before changing anything, so a failure leaves all as it was.
         let bound: Vec<_> = plan
             .bind
             .iter()
-            .map(|&key| socket::bind(key, self.workers.len()).map(|listeners| (key, listeners)))
+            .map(|&key| {
+                socket::bind(key, self.workers.len(), config.ha.is_some()).map(|listeners| (key, listeners))
+            })
             .collect::<Result<_, _>>()?;
         let problems = preflight::dataplane_problems(&config);
         if !problems.is_empty() {
@@ -295,6 +332,7 @@ impl Director {
         let started_plane = match &self.packets {
             None if plan.packet_plane => crate::lvs::plane::PacketPlane::start(
                 &config,
+                self.master,
                 Arc::clone(&self.shared.table),
                 Arc::clone(&self.packet),
             )?,
@@ -341,6 +379,62 @@ impl Director {
         }
         self.config = config;
         Ok(plan.summary)
+    }
+
+    /// Takes the role keepalived gave: a master draws the VIPs' traffic (their routes into the
+    /// TUN device and proxy-ARP entries, announced with gratuitous ARP) and sends its flows; a
+    /// backup removes those and takes the master's flows.
+    fn set_role(&mut self, role: crate::ha::Role) {
+        let master = role == crate::ha::Role::Master;
+        if master == self.master {
+            return;
+        }
+        let client_interfaces = self.config.dataplane.as_ref().map_or_else(Vec::new, |dataplane| {
+            crate::lvs::setup::client_interfaces(&dataplane.tun, dataplane.server_interface.as_deref())
+        });
+        let plan = plan::plan(
+            &self.config,
+            &self.config,
+            self.workers.len(),
+            &client_interfaces,
+            master,
+        );
+        if let Some(plane) = &mut self.packets {
+            match plane.prepare(plan.setup, plan.vips.clone()) {
+                Ok(pending) => plane.commit(pending),
+                Err(error) => tracing::error!(
+                    role = role.name(),
+                    "the host setup of the new role failed: {error}"
+                ),
+            }
+        }
+        self.master = master;
+        self.packet.flows.sync.set_master(master);
+        crate::telemetry::count_ha_transition(master);
+        tracing::info!(role = role.name(), "HA role taken");
+        if master && self.packets.is_some() {
+            let vips: Vec<std::net::Ipv4Addr> = plan
+                .vips
+                .iter()
+                .filter_map(|vip| match vip {
+                    std::net::IpAddr::V4(vip) => Some(*vip),
+                    std::net::IpAddr::V6(_) => None,
+                })
+                .collect();
+            tokio::spawn(async move {
+                let started = tokio::time::Instant::now();
+                for delay in crate::lvs::announce::SCHEDULE {
+                    tokio::time::sleep_until(started + delay).await;
+                    let (vips, interfaces) = (vips.clone(), client_interfaces.clone());
+                    let sent = tokio::task::spawn_blocking(move || {
+                        crate::lvs::announce::announce(&vips, &interfaces)
+                    })
+                    .await
+                    .unwrap_or(0);
+                    tracing::debug!(sent, "VIPs announced (gratuitous ARP)");
+                }
+            });
+        }
     }
 
     /// Publishes a new snapshot with the health checks' current verdicts. Services whose
@@ -454,6 +548,7 @@ pub async fn serve(source: ConfigSource, config: Config) -> Result<(), StartErro
     loop {
         tokio::select! {
             () = health_changes.notified() => director.publish_health(),
+            Some(role) = next_role(&mut director.ha) => director.set_role(role),
             Some((request, reply)) = next_request(&mut admin) => match request {
                 control::Request::Change { change: control::Change::Reload, client } => {
                     reloads.wanted(director.source(), Some((reply, client)));
@@ -562,6 +657,17 @@ impl Reloads {
 async fn next_request(admin: &mut Option<crate::admin::AdminHandle>) -> Option<crate::admin::Envelope> {
     match admin {
         Some(handle) => handle.requests.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next role keepalived gives (never, without `ha:`).
+async fn next_role(ha: &mut Option<crate::ha::Ha>) -> Option<crate::ha::Role> {
+    match ha {
+        Some(ha) => match ha.roles.changed().await {
+            Ok(()) => Some(*ha.roles.borrow_and_update()),
+            Err(_) => std::future::pending().await,
+        },
         None => std::future::pending().await,
     }
 }

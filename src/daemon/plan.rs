@@ -35,8 +35,15 @@ pub struct Plan {
 }
 
 /// The plan that takes `running` to `new` on a director with `workers` workers, whose
-/// client-facing interfaces (for proxy ARP) are `client_interfaces`.
-pub fn plan(running: &Config, new: &Config, workers: usize, client_interfaces: &[String]) -> Plan {
+/// client-facing interfaces (for proxy ARP) are `client_interfaces`; a `master` draws the
+/// VIPs' traffic (every director but the backup of an `ha:` pair).
+pub fn plan(
+    running: &Config,
+    new: &Config,
+    workers: usize,
+    client_interfaces: &[String],
+    master: bool,
+) -> Plan {
     let proxied = |config: &Config| -> BTreeSet<ServiceKey> {
         config
             .services
@@ -64,7 +71,7 @@ pub fn plan(running: &Config, new: &Config, workers: usize, client_interfaces: &
         bind: proxied_after.difference(&proxied_before).copied().collect(),
         close: proxied_before.difference(&proxied_after).copied().collect(),
         packet_plane: crate::lvs::plane::needed(new),
-        setup: setup::plan(new, client_interfaces),
+        setup: setup::plan(new, client_interfaces, master),
         vips: crate::table::packet_vips(new),
         control_descriptors: control_descriptors(new, workers),
         summary: ReloadSummary {
@@ -115,7 +122,7 @@ mod tests {
         let new = parsed(
             "  - { name: a, protocol: tcp, listen: '127.0.0.1:80', reals: [{address: '10.0.0.1', weight: 2}] }\n  - { name: c, protocol: tcp, listen: '127.0.0.1:81', reals: [{address: '10.0.0.1'}] }\n",
         );
-        let plan = plan(&running, &new, 2, &["eth0".to_owned()]);
+        let plan = plan(&running, &new, 2, &["eth0".to_owned()], true);
         let key = |text: &str| ServiceKey::parse(text).unwrap();
         assert_eq!(plan.bind, [key("tcp:127.0.0.1:81")]);
         assert_eq!(plan.close, [key("udp:127.0.0.1:53")]);
@@ -129,7 +136,10 @@ mod tests {
         );
         assert!(!plan.packet_plane && plan.setup.is_empty() && plan.vips.is_empty());
         assert_eq!(plan.control_descriptors, 4, "two services, two workers, no check");
-        assert_eq!(self::plan(&new, &running, 2, &[]).control_descriptors, 2 + 2 + 3);
+        assert_eq!(
+            self::plan(&new, &running, 2, &[], true).control_descriptors,
+            2 + 2 + 3
+        );
     }
 
     #[test]
@@ -140,7 +150,7 @@ mod tests {
         let nat = parsed(
             "  - { name: a, protocol: tcp, listen: '192.0.2.1:80', forward: nat, reals: [{address: '10.0.0.1'}] }\n",
         );
-        let to_nat = plan(&proxied, &nat, 1, &["eth0".to_owned()]);
+        let to_nat = plan(&proxied, &nat, 1, &["eth0".to_owned()], true);
         let key = ServiceKey::parse("tcp:192.0.2.1:80").unwrap();
         assert_eq!(
             (to_nat.bind.as_slice(), to_nat.close.as_slice()),
@@ -161,7 +171,7 @@ mod tests {
                 .any(|step| step.to_string() == "ip neigh replace proxy 192.0.2.1 dev eth0")
         );
         assert_eq!(to_nat.summary.changed, 1);
-        let back = plan(&nat, &proxied, 1, &[]);
+        let back = plan(&nat, &proxied, 1, &[], true);
         assert_eq!(
             (back.bind.as_slice(), back.close.as_slice()),
             (&[key][..], &[][..])

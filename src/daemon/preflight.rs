@@ -1,6 +1,6 @@
 //! What a configuration needs of the host, checked without changing anything: the files it
-//! names (token, state file and their directories, the admin socket's directory), and for the
-//! packet data plane the server-side interface, `/dev/net/tun` and `ip`. `lbd --check` and
+//! names (token, state file and their directories, the admin socket's and the keepalived
+//! FIFO's directories), the sync interface, and for the packet data plane the server-side interface, `/dev/net/tun` and `ip`. `lbd --check` and
 //! every start run it, so a config that cannot start is refused naming the missing thing
 //! ("interface br9 does not exist"), not with the step that would have failed.
 
@@ -28,6 +28,17 @@ pub fn problems(config: &Config) -> Vec<String> {
     }
     if let Some(path) = &config.state_file {
         directory_exists(path, "state_file", &mut problems);
+    }
+    if let Some(ha) = &config.ha {
+        directory_exists(&ha.notify_fifo, "ha.notify_fifo", &mut problems);
+        if let Some(sync) = &ha.sync
+            && !Path::new("/sys/class/net").join(&sync.interface).exists()
+        {
+            problems.push(format!(
+                "ha.sync.interface: interface {} does not exist",
+                sync.interface
+            ));
+        }
     }
     problems.extend(dataplane_problems(config));
     problems

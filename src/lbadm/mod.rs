@@ -168,7 +168,7 @@ async fn execute(cli: Cli) -> Result<String, Failure> {
                 return Ok(pretty(&bytes));
             }
             let status: api::Status = parse(&bytes)?;
-            Ok(format!(
+            let mut text = format!(
                 "lbd {} up {}s\nconfig file: {}\nstate file: {}\nworkers: {}\nservices: {}  reals: {}  flows: {}\n",
                 status.version,
                 status.uptime_seconds,
@@ -178,7 +178,22 @@ async fn execute(cli: Cli) -> Result<String, Failure> {
                 status.services,
                 status.reals,
                 status.flows
-            ))
+            );
+            if let Some(ha) = &status.ha {
+                let peers = if ha.peers.is_empty() {
+                    "multicast".to_owned()
+                } else {
+                    ha.peers.join(", ")
+                };
+                let last = ha
+                    .last_sync_seconds
+                    .map_or_else(|| "never".to_owned(), |seconds| format!("{seconds}s ago"));
+                text.push_str(&format!(
+                    "ha: {} of {}  sync peers: {peers}  sent: {}  received: {}  last sync: {last}  synced flows: {}\n",
+                    ha.role, ha.instance, ha.messages_sent, ha.messages_received, ha.synced_flows
+                ));
+            }
+            Ok(text)
         }
     }
 }

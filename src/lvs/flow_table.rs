@@ -26,7 +26,7 @@ use std::{
 
 pub use super::tcp_state::State;
 use super::{
-    sync::{SyncMark, SyncOutbox, forward_flags},
+    sync::{FlowSync, SyncMark, forward_flags},
     tcp_state::{Direction, TcpState},
 };
 use crate::{
@@ -140,8 +140,10 @@ pub struct FlowTable {
     /// The next shard each partition's sweep visits.
     next_sweep: Vec<AtomicUsize>,
     misqueued: AtomicU64,
-    /// Flows for the backups, while this director is the master.
-    pub sync: SyncOutbox,
+    /// Flows for the backups, while this director is the master; what flow sync did.
+    pub sync: FlowSync,
+    /// Entries taken from another director's flow sync.
+    synced: AtomicUsize,
 }
 
 /// One worker's view of the table: lookups from that worker. Cheap to make.
@@ -166,7 +168,8 @@ impl FlowTable {
             count: AtomicUsize::new(0),
             next_sweep: (0..partitions).map(|_| AtomicUsize::new(0)).collect(),
             misqueued: AtomicU64::new(0),
-            sync: SyncOutbox::default(),
+            sync: FlowSync::default(),
+            synced: AtomicUsize::new(0),
         }
     }
 
@@ -187,6 +190,11 @@ impl FlowTable {
     /// steers packets with `steering::program`).
     pub fn misqueued(&self) -> u64 {
         self.misqueued.load(Relaxed)
+    }
+
+    /// Entries in the table taken from another director's flow sync.
+    pub fn synced(&self) -> usize {
+        self.synced.load(Relaxed)
     }
 
     /// Flows in the table.
@@ -387,6 +395,7 @@ impl FlowTable {
         );
         *shard.per_source.entry(key.client.ip()).or_insert(0) += 1;
         shard.flows.insert(key, entry);
+        self.synced.fetch_add(1, Relaxed);
         Ok(())
     }
 
@@ -396,6 +405,9 @@ impl FlowTable {
             return;
         };
         entry.scheduled.end(now);
+        if entry.mark.received {
+            self.synced.fetch_sub(1, Relaxed);
+        }
         forget(&mut shard.replies, &mut shard.per_source, key, &entry);
         self.count.fetch_sub(1, Relaxed);
     }
@@ -574,6 +586,9 @@ impl Partition<'_> {
             }
             // It ended when it expired, whenever the sweep came by.
             entry.scheduled.end(entry.expires);
+            if entry.mark.received {
+                table.synced.fetch_sub(1, Relaxed);
+            }
             forget(replies, per_source, key, entry);
             false
         });

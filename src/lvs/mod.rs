@@ -2,6 +2,7 @@
 //! packets read from a TUN device. This module holds its connection table and IPVS's TCP
 //! state machine; the device I/O and the per-mode rewrites build on them.
 
+pub mod announce;
 mod buffer;
 pub mod coalesce;
 pub mod decap;

@@ -46,6 +46,7 @@ impl PacketPlane {
     /// workers. `None` when no service forwards packets.
     pub fn start(
         config: &Config,
+        master: bool,
         table: Arc<TableHandle>,
         shared: Arc<PacketShared>,
     ) -> Result<Option<Self>, PlaneError> {
@@ -73,7 +74,7 @@ impl PacketPlane {
             })?;
             queues.push(queue);
         }
-        let plan = plan(config);
+        let plan = plan(config, master);
         let setup = match dataplane.setup {
             crate::config::DataplaneSetup::Auto => Some(setup::apply(&dataplane.tun, &plan)?),
             crate::config::DataplaneSetup::Manual => {
@@ -225,10 +226,10 @@ impl Steering {
 }
 
 /// The plan for `config`, with the client-facing interfaces of this host.
-pub fn plan(config: &Config) -> Vec<Step> {
+pub fn plan(config: &Config, master: bool) -> Vec<Step> {
     let Some(dataplane) = &config.dataplane else {
         return Vec::new();
     };
     let clients = setup::client_interfaces(&dataplane.tun, dataplane.server_interface.as_deref());
-    setup::plan(config, &clients)
+    setup::plan(config, &clients, master)
 }

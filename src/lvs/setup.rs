@@ -63,8 +63,10 @@ fn sysctl(key: &str, value: &str) -> Step {
     }
 }
 
-/// The steps a config needs, in order.
-pub fn plan(config: &Config, client_interfaces: &[String]) -> Vec<Step> {
+/// The steps a config needs, in order. The VIPs' routes into the TUN device and their proxy-ARP
+/// entries are the `master`'s only: a backup of an `ha:` pair leaves them out, so that only
+/// the master draws the VIPs' traffic.
+pub fn plan(config: &Config, client_interfaces: &[String], master: bool) -> Vec<Step> {
     let Some(dataplane) = &config.dataplane else {
         return Vec::new();
     };
@@ -103,7 +105,7 @@ pub fn plan(config: &Config, client_interfaces: &[String]) -> Vec<Step> {
         // Replies from the VIP (DR, TUN) come back through the server side: loose at most.
         steps.push(sysctl(&format!("net.ipv4.conf.{server}.rp_filter"), "2"));
     }
-    for address in &vips {
+    for address in vips.iter().filter(|_| master) {
         let vip = host(address);
         // Tunnelled packets grow by the outer header (20 bytes): the VIP's route is that much
         // narrower, so the kernel answers oversize DF packets with "fragmentation needed" and
@@ -585,7 +587,7 @@ mod tests {
             "t",
         )
         .unwrap();
-        let steps: Vec<String> = plan(&config, &[]).iter().map(ToString::to_string).collect();
+        let steps: Vec<String> = plan(&config, &[], true).iter().map(ToString::to_string).collect();
         assert!(
             steps.contains(&"ip route replace 192.168.77.100/32 dev lbtun0 mtu 1480".to_owned()),
             "{steps:?}"
@@ -595,7 +597,7 @@ mod tests {
             "{steps:?}"
         );
         // `setup: manual` finds such a route by its destination and device.
-        let route = plan(&config, &[])
+        let route = plan(&config, &[], true)
             .into_iter()
             .find(|step| step.to_string().contains("mtu"))
             .unwrap();
@@ -611,7 +613,7 @@ mod tests {
             "t",
         )
         .unwrap();
-        let steps: Vec<String> = plan(&config, &["dcl0".to_owned()])
+        let steps: Vec<String> = plan(&config, &["dcl0".to_owned()], true)
             .iter()
             .map(ToString::to_string)
             .collect();

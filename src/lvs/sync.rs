@@ -76,16 +76,37 @@ impl SyncMark {
     }
 }
 
-/// The flows a master's workers hand to the sync sender, and whether this director is the
-/// master (only a master sends).
+/// What the sync link has done, for `/metrics` and `lbadm status`.
 #[derive(Debug, Default)]
-pub struct SyncOutbox {
+pub struct SyncCounters {
+    /// Messages sent.
+    pub messages_sent: AtomicU64,
+    /// Messages taken.
+    pub messages_received: AtomicU64,
+    /// Messages dropped: not from a peer, another sync id, malformed.
+    pub messages_refused: AtomicU64,
+    /// Flows and templates sent.
+    pub flows_sent: AtomicU64,
+    /// Flows and templates taken into the table.
+    pub flows_received: AtomicU64,
+    /// Entries passed over (no such service or real here, an unknown protocol or state).
+    pub flows_unbound: AtomicU64,
+    /// When the last message was taken (`Millis`), 0 = never.
+    pub last_received: AtomicU64,
+}
+
+/// A packet plane's flow sync: whether this director is the master (only a master sends),
+/// the flows its workers hand to the sync sender, and what the sync link has done.
+#[derive(Debug, Default)]
+pub struct FlowSync {
     master: AtomicBool,
     queue: Mutex<Vec<SyncConn>>,
     dropped: AtomicU64,
+    /// What the sync link has done.
+    pub counters: SyncCounters,
 }
 
-impl SyncOutbox {
+impl FlowSync {
     /// Whether this director sends its flows (it is the master).
     pub fn is_master(&self) -> bool {
         self.master.load(Relaxed)
@@ -166,7 +187,7 @@ mod tests {
 
     #[test]
     fn the_outbox_is_bounded_and_only_a_master_keeps_it() {
-        let outbox = SyncOutbox::default();
+        let outbox = FlowSync::default();
         let conn = SyncConn {
             protocol: 6,
             flags: 0,

@@ -4,6 +4,7 @@
 //!
 //! IPv4 only for now; addresses are `IpAddr` at the edges so that IPv6 fits in later.
 
+pub mod arp;
 pub mod checksum;
 mod ipv4;
 pub mod offload;

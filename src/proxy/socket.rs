@@ -33,8 +33,9 @@ pub(crate) enum Listeners {
     Udp(Vec<UdpSocket>),
 }
 
-/// Binds `count` sockets for `key`.
-pub(crate) fn bind(key: ServiceKey, count: usize) -> Result<Listeners, BindError> {
+/// Binds `count` sockets for `key`. With `freebind` (a director of an HA pair), the VIP need
+/// not be local yet: keepalived adds it to the master, and the listeners serve from then on.
+pub(crate) fn bind(key: ServiceKey, count: usize, freebind: bool) -> Result<Listeners, BindError> {
     let fail = |error: io::Error| {
         let reason = match error.kind() {
             io::ErrorKind::AddrInUse => {
@@ -52,11 +53,11 @@ pub(crate) fn bind(key: ServiceKey, count: usize) -> Result<Listeners, BindError
     };
     // SO_REUSEPORT would let us join a group that another process of the same user already
     // bound; probe with a plain socket first so "in use" is reported, not silently shared.
-    drop(new_socket(key, false).map_err(fail)?);
+    drop(new_socket(key, false, freebind).map_err(fail)?);
     match key.protocol {
         Protocol::Tcp => (0..count)
             .map(|_| {
-                let socket = new_socket(key, true)?;
+                let socket = new_socket(key, true, freebind)?;
                 socket.listen(BACKLOG)?;
                 Ok(TcpListener::from(socket))
             })
@@ -64,14 +65,14 @@ pub(crate) fn bind(key: ServiceKey, count: usize) -> Result<Listeners, BindError
             .map(Listeners::Tcp)
             .map_err(fail),
         Protocol::Udp => (0..count)
-            .map(|_| new_socket(key, true).map(UdpSocket::from))
+            .map(|_| new_socket(key, true, freebind).map(UdpSocket::from))
             .collect::<io::Result<_>>()
             .map(Listeners::Udp)
             .map_err(fail),
     }
 }
 
-fn new_socket(key: ServiceKey, reuse_port: bool) -> io::Result<Socket> {
+fn new_socket(key: ServiceKey, reuse_port: bool, freebind: bool) -> io::Result<Socket> {
     let addr: SocketAddr = key.listen;
     let socket = match key.protocol {
         Protocol::Tcp => Socket::new(Domain::for_address(addr), Type::STREAM, Some(SockProtocol::TCP))?,
@@ -82,6 +83,13 @@ fn new_socket(key: ServiceKey, reuse_port: bool) -> io::Result<Socket> {
     }
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(reuse_port)?;
+    if freebind {
+        if addr.is_ipv6() {
+            socket.set_freebind_v6(true)?;
+        } else {
+            socket.set_freebind_v4(true)?;
+        }
+    }
     socket.set_nonblocking(true)?;
     if key.protocol == Protocol::Tcp {
         // Accepted sockets inherit TCP_NODELAY from the listener.

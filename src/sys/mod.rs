@@ -72,6 +72,44 @@ pub(crate) fn packet_socket(ifindex: u32) -> io::Result<Socket> {
     Ok(socket)
 }
 
+/// Sends `payload` as one ARP frame (EtherType 0x0806) to the Ethernet broadcast address out
+/// of interface `ifindex`; the kernel adds the Ethernet header with the interface's MAC.
+pub(crate) fn send_arp_broadcast(ifindex: u32, payload: &[u8]) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    const ETH_P_ARP: u16 = 0x0806;
+    let socket = Socket::new(
+        socket2::Domain::PACKET,
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::from(0)),
+    )?;
+    let index =
+        i32::try_from(ifindex).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "interface index"))?;
+    // SAFETY: an all-zero `sockaddr_ll` is a valid value of that plain C struct.
+    let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    address.sll_family = libc::AF_PACKET as u16;
+    address.sll_protocol = ETH_P_ARP.to_be();
+    address.sll_ifindex = index;
+    address.sll_halen = 6;
+    address.sll_addr[..6].copy_from_slice(&[0xff; 6]);
+    // SAFETY: `payload` is a live slice for the whole call and its length is passed with it;
+    // `address` is a fully initialised `sockaddr_ll` that lives across the call, with its own
+    // size as the length; the descriptor is the open socket owned by `socket`.
+    let sent = unsafe {
+        libc::sendto(
+            socket.as_raw_fd(),
+            payload.as_ptr().cast::<libc::c_void>(),
+            payload.len(),
+            0,
+            (&raw const address).cast::<libc::sockaddr>(),
+            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// `bpf(2)` commands and the program type used here (linux/bpf.h).
 const BPF_PROG_LOAD: libc::c_long = 5;
 #[cfg(test)]

@@ -242,6 +242,51 @@ pub(super) fn packets(out: &mut String, packet: &PacketShared) {
         "Packets the kernel handed to another packet worker than the one owning their flow (0 while eBPF steering is attached).",
         |out| sample(out, "lbd_packets_misqueued_total", &[], packet.flows.misqueued()),
     );
+    let sync = &packet.flows.sync;
+    let counters = &sync.counters;
+    family(
+        out,
+        "lbd_sync_messages_total",
+        "counter",
+        "IPVS sync protocol messages, by direction: sent (master), received and taken, refused (not from a peer, another sync id, malformed).",
+        |out| {
+            for (direction, count) in [
+                ("sent", &counters.messages_sent),
+                ("received", &counters.messages_received),
+                ("refused", &counters.messages_refused),
+            ] {
+                sample(
+                    out,
+                    "lbd_sync_messages_total",
+                    &[("direction", direction)],
+                    count.load(Relaxed),
+                );
+            }
+        },
+    );
+    family(
+        out,
+        "lbd_sync_entries_total",
+        "counter",
+        "Flows and persistence templates in sync messages, by result: sent, taken into the table, unbound (no such service or real here), dropped (the master's outbox was full).",
+        |out| {
+            for (result, count) in [
+                ("sent", counters.flows_sent.load(Relaxed)),
+                ("taken", counters.flows_received.load(Relaxed)),
+                ("unbound", counters.flows_unbound.load(Relaxed)),
+                ("dropped", sync.dropped()),
+            ] {
+                sample(out, "lbd_sync_entries_total", &[("result", result)], count);
+            }
+        },
+    );
+    family(
+        out,
+        "lbd_sync_flows",
+        "gauge",
+        "Flows in the packet plane's table that were taken from the master's flow sync.",
+        |out| sample(out, "lbd_sync_flows", &[], packet.flows.synced() as u64),
+    );
 }
 
 /// Writes the counters of the director's own bounds.

@@ -69,6 +69,31 @@ pub(crate) fn count_reload(success: bool) {
     metrics::counter!(RELOADS, "result" => result).increment(1);
 }
 
+/// `lbd_ha_master`.
+pub(crate) const HA_MASTER: &str = "lbd_ha_master";
+/// `lbd_ha_transitions_total`.
+pub(crate) const HA_TRANSITIONS: &str = "lbd_ha_transitions_total";
+
+/// Sets `lbd_ha_master` (a director of an HA pair only).
+pub(crate) fn set_ha_master(master: bool) {
+    metrics::describe_gauge!(
+        HA_MASTER,
+        "1 while this director is the master of its HA pair, else 0."
+    );
+    metrics::describe_counter!(HA_TRANSITIONS, "Changes of HA role, by the role taken.");
+    metrics::gauge!(HA_MASTER).set(if master { 1.0 } else { 0.0 });
+    for role in ["master", "backup"] {
+        metrics::counter!(HA_TRANSITIONS, "role" => role).increment(0);
+    }
+}
+
+/// Counts a change of HA role.
+pub(crate) fn count_ha_transition(master: bool) {
+    set_ha_master(master);
+    let role = if master { "master" } else { "backup" };
+    metrics::counter!(HA_TRANSITIONS, "role" => role).increment(1);
+}
+
 /// The whole `/metrics` page: the facade's metrics, then the table's.
 pub(crate) fn render(proxy: &Shared, packet: &PacketShared) -> String {
     let mut page = recorder().render();

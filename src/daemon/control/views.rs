@@ -39,6 +39,25 @@ impl Director {
                 .map(|service| service.reals.len())
                 .sum(),
             flows: self.shared.flows.count(),
+            ha: self.config.ha.as_ref().map(|ha| {
+                let counters = &self.packet.flows.sync.counters;
+                let last = counters.last_received.load(std::sync::atomic::Ordering::Relaxed);
+                api::HaStatus {
+                    role: if self.master { "master" } else { "backup" }.to_owned(),
+                    instance: ha.instance.clone(),
+                    peers: ha
+                        .sync
+                        .iter()
+                        .flat_map(|sync| sync.peers.iter().map(ToString::to_string))
+                        .collect(),
+                    messages_sent: counters.messages_sent.load(std::sync::atomic::Ordering::Relaxed),
+                    messages_received: counters
+                        .messages_received
+                        .load(std::sync::atomic::Ordering::Relaxed),
+                    last_sync_seconds: (last != 0).then(|| Millis::now().0.saturating_sub(last) / 1000),
+                    synced_flows: self.packet.flows.synced(),
+                }
+            }),
         }
     }
 

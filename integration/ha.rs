@@ -1,0 +1,635 @@
+//! Director HA in network namespaces built from scratch: a client on the front bridge, two
+//! directors (each the real `lbd` and Debian's keepalived) between the front and back bridges,
+//! two real servers behind. The master dies; the backup takes the VIP over with the flows the
+//! master sent it. Needs root and keepalived; without them the tests say why they skip. Every
+//! process is killed and every namespace deleted at the end, pass or fail.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpStream, UdpSocket},
+    process::{Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    lvs::{Running, in_netns, ip, root, start_servers, sysctl},
+    support::*,
+};
+
+const VIP: &str = "192.168.77.100";
+
+fn lbadm_binary() -> &'static str {
+    env!("CARGO_BIN_EXE_lbadm")
+}
+
+/// The namespaces and processes of one test; killed and deleted when dropped.
+struct Pair {
+    tag: String,
+    dir: tempfile::TempDir,
+    /// keepalived and lbd of each director; killed first.
+    processes: Vec<Option<Running>>,
+}
+
+impl Pair {
+    fn ns(&self, name: &str) -> String {
+        format!("{}{name}", self.tag)
+    }
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        self.processes.clear();
+        use std::os::unix::fs::MetadataExt;
+        for director in ["d1", "d2"] {
+            if let Ok(namespace) = std::fs::metadata(format!("/run/netns/{}", self.ns(director)))
+                && let Ok(entries) = std::fs::read_dir("/run/lbd")
+            {
+                let suffix = format!("-net{}", namespace.ino());
+                for entry in entries.flatten() {
+                    if entry.file_name().to_string_lossy().ends_with(&suffix) {
+                        let _ = std::fs::remove_file(entry.path());
+                    }
+                }
+            }
+        }
+        for name in ["cl", "d1", "d2", "r1", "r2", "sw"] {
+            let _ = Command::new("ip").args(["netns", "del", &self.ns(name)]).output();
+        }
+    }
+}
+
+fn keepalived_present() -> bool {
+    Command::new("keepalived")
+        .arg("--version")
+        .output()
+        .is_ok_and(|output| output.status.success() || !output.stderr.is_empty())
+}
+
+/// Connects `namespace`'s interface `inside` to `bridge` of the switch namespace.
+fn attach(pair: &Pair, namespace: &str, inside: &str, bridge: &str, port: &str) {
+    let (sw, ns) = (pair.ns("sw"), pair.ns(namespace));
+    ip(&format!(
+        "-n {sw} link add {port} type veth peer name {inside} netns {ns}"
+    ));
+    ip(&format!("-n {sw} link set {port} master {bridge} up"));
+    ip(&format!("-n {ns} link set {inside} up"));
+}
+
+/// client 192.168.77.2 — front bridge — d1 (.11 / 10.77.0.21), d2 (.12 / .22) — back bridge —
+/// reals 10.77.0.11, .12, whose gateway 10.77.0.1 keepalived moves with the master.
+fn topology() -> Pair {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let pair = Pair {
+        tag: format!("h{}x{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst)),
+        dir: tempfile::tempdir().unwrap(),
+        processes: Vec::new(),
+    };
+    for name in ["sw", "cl", "d1", "d2", "r1", "r2"] {
+        ip(&format!("netns add {}", pair.ns(name)));
+        ip(&format!("-n {} link set lo up", pair.ns(name)));
+    }
+    let sw = pair.ns("sw");
+    for bridge in ["front", "back"] {
+        ip(&format!(
+            "-n {sw} link add {bridge} type bridge stp_state 0 forward_delay 0"
+        ));
+        ip(&format!("-n {sw} link set {bridge} up"));
+    }
+    attach(&pair, "cl", "eth0", "front", "pcl");
+    ip(&format!("-n {} addr add 192.168.77.2/24 dev eth0", pair.ns("cl")));
+    for (n, director) in ["d1", "d2"].iter().enumerate() {
+        attach(&pair, director, "f0", "front", &format!("p{director}f"));
+        attach(&pair, director, "b0", "back", &format!("p{director}b"));
+        let ns = pair.ns(director);
+        ip(&format!("-n {ns} addr add 192.168.77.1{}/24 dev f0", n + 1));
+        ip(&format!("-n {ns} addr add 10.77.0.2{}/24 dev b0", n + 1));
+        sysctl(&ns, "net.ipv6.conf.all.disable_ipv6", "1");
+    }
+    for (n, real) in ["r1", "r2"].iter().enumerate() {
+        attach(&pair, real, "r0", "back", &format!("p{real}"));
+        let ns = pair.ns(real);
+        ip(&format!("-n {ns} addr add 10.77.0.1{}/24 dev r0", n + 1));
+        ip(&format!("-n {ns} route add default via 10.77.0.1"));
+    }
+    pair
+}
+
+/// `config/ha.yaml` as the test's directors run it: the namespaces' interface names, the
+/// FIFO in the test's directory, one worker; without `ha.sync` when `sync` is off.
+fn lbd_config(pair: &Pair, director: &str, sync: bool) -> String {
+    let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/ha.yaml")).unwrap();
+    let fifo = format!("{}/{director}.fifo", pair.dir.path().display());
+    let mut config = example
+        .replace("eth1", "b0")
+        .replace("/run/lbd/keepalived.fifo", &fifo)
+        .replace("  setup: auto", "  setup: auto\n  max_flows: 10000");
+    if !sync {
+        let start = config.find("  sync:").unwrap();
+        let end = config.find("services:").unwrap();
+        config.replace_range(start..end, "");
+    }
+    format!("workers: 1\ndrain_timeout: 1s\n{config}")
+}
+
+/// `config/keepalived-ha.conf` as the test's directors run it.
+fn keepalived_config(pair: &Pair, director: &str, priority: u32) -> String {
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/keepalived-ha.conf")).unwrap();
+    let fifo = format!("{}/{director}.fifo", pair.dir.path().display());
+    example
+        .replace("router_id director1", &format!("router_id {director}"))
+        .replace("/run/lbd/keepalived.fifo", &fifo)
+        .replace("/usr/local/bin/lbadm", lbadm_binary())
+        .replace("priority 150", &format!("priority {priority}"))
+        .replace("interface eth0", "interface f0")
+        .replace("dev eth1", "dev b0")
+}
+
+/// Starts `command` in `director`'s namespace, its output to `log` in the test's directory.
+fn spawn_in(pair: &Pair, director: &str, log: &str, command: &[&str]) -> Running {
+    let log = std::fs::File::create(pair.dir.path().join(log)).unwrap();
+    let child = Command::new("ip")
+        .args(["netns", "exec", &pair.ns(director)])
+        .args(command)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    Running(child)
+}
+
+/// `lbadm status` in `director`'s namespace, or `None` while lbd does not answer.
+fn status(pair: &Pair, director: &str) -> Option<String> {
+    let output = Command::new("ip")
+        .args(["netns", "exec", &pair.ns(director), lbadm_binary()])
+        .args(["--admin", "127.0.0.1:9900", "status"])
+        .output()
+        .ok()?;
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+fn wait_for(what: &str, pair: &Pair, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        if Instant::now() > deadline {
+            let logs: String = ["lbd-d1.log", "lbd-d2.log", "ka-d1.log", "ka-d2.log"]
+                .iter()
+                .map(|log| {
+                    let text = std::fs::read_to_string(pair.dir.path().join(log)).unwrap_or_default();
+                    let tail: Vec<&str> = text.lines().rev().take(15).collect();
+                    format!(
+                        "--- {log}\n{}\n",
+                        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                    )
+                })
+                .collect();
+            panic!("{what} within {limit:?}\n{logs}");
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The number in `ha: …  synced flows: N` of a status.
+fn synced_flows(status: &str) -> usize {
+    status
+        .lines()
+        .find_map(|line| line.split("synced flows: ").nth(1))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// What one client flow saw.
+#[derive(Debug, Default)]
+struct Seen {
+    /// The reals that answered, in order of first answer.
+    reals: Vec<String>,
+    /// The longest time without an answer, from the first one.
+    largest_gap: Duration,
+    /// Answers after the failover began.
+    answers_after: usize,
+    /// Why it ended early, if it did.
+    failed: Option<String>,
+}
+
+/// A TCP stream through the VIP: a byte every 10 ms, each echoed.
+fn tcp_stream(stop: Arc<AtomicBool>, failover: Arc<std::sync::Mutex<Option<Instant>>>) -> Seen {
+    let mut seen = Seen::default();
+    let vip: SocketAddr = format!("{VIP}:80").parse().unwrap();
+    let mut stream = match TcpStream::connect_timeout(&vip, Duration::from_secs(5)) {
+        Ok(stream) => stream,
+        Err(error) => {
+            seen.failed = Some(format!("connect: {error}"));
+            return seen;
+        }
+    };
+    stream.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let mut greeting = String::new();
+    if BufReader::new(stream.try_clone().unwrap())
+        .read_line(&mut greeting)
+        .is_err()
+    {
+        seen.failed = Some("no greeting".to_owned());
+        return seen;
+    }
+    seen.reals
+        .push(greeting.split_whitespace().next().unwrap_or("").to_owned());
+    let mut last = Instant::now();
+    let mut byte = [0u8; 1];
+    while !stop.load(Ordering::SeqCst) {
+        if let Err(error) = stream.write_all(b"x").and_then(|()| stream.read_exact(&mut byte)) {
+            seen.failed = Some(format!("after {:?}: {error}", last.elapsed()));
+            return seen;
+        }
+        let now = Instant::now();
+        seen.largest_gap = seen.largest_gap.max(now - last);
+        last = now;
+        if failover.lock().unwrap().is_some_and(|at| now > at) {
+            seen.answers_after += 1;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    seen
+}
+
+/// A UDP flow through the VIP from its own port: a datagram every 50 ms, answered with the
+/// real's name.
+fn udp_flow(stop: Arc<AtomicBool>, failover: Arc<std::sync::Mutex<Option<Instant>>>) -> Seen {
+    let mut seen = Seen::default();
+    let socket = UdpSocket::bind("192.168.77.2:0").unwrap();
+    socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let mut last: Option<Instant> = None;
+    let mut buffer = [0u8; 64];
+    while !stop.load(Ordering::SeqCst) {
+        let _ = socket.send_to(b"q", format!("{VIP}:53"));
+        if let Ok(len) = socket.recv(&mut buffer) {
+            let name = String::from_utf8_lossy(&buffer[..len]).into_owned();
+            if !seen.reals.contains(&name) {
+                seen.reals.push(name);
+            }
+            let now = Instant::now();
+            if let Some(last) = last {
+                seen.largest_gap = seen.largest_gap.max(now - last);
+            }
+            last = Some(now);
+            if failover.lock().unwrap().is_some_and(|at| now > at) {
+                seen.answers_after += 1;
+            }
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    seen
+}
+
+/// The MACs that answer an ARP request for the VIP from the client within a second.
+fn arp_answers(pair: &Pair) -> Vec<String> {
+    let script = format!(
+        r#"
+import socket, struct, time
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806))
+s.bind(("eth0", 0))
+mac = s.getsockname()[4]
+me = socket.inet_aton("192.168.77.2"); vip = socket.inet_aton("{VIP}")
+arp = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + mac + me + b"\0" * 6 + vip
+s.send(b"\xff" * 6 + mac + b"\x08\x06" + arp)
+s.settimeout(0.2); seen = set(); end = time.time() + 1
+while time.time() < end:
+    try:
+        frame = s.recv(128)
+    except socket.timeout:
+        continue
+    if frame[12:14] == b"\x08\x06" and frame[20:22] == b"\x00\x02" and frame[28:32] == vip:
+        seen.add(frame[22:28].hex(":"))
+print("\n".join(sorted(seen)))
+"#
+    );
+    let output = Command::new("ip")
+        .args(["netns", "exec", &pair.ns("cl"), "python3", "-c", &script])
+        .output()
+        .expect("python3");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn mac_of(pair: &Pair, director: &str) -> String {
+    let output = Command::new("ip")
+        .args(["-n", &pair.ns(director), "link", "show", "f0"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.split("link/ether ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// What a failover did to the client's flows.
+struct Failover {
+    takeover: Duration,
+    survived: usize,
+    largest_gap: Duration,
+    udp: Vec<Seen>,
+    tcp_failures: Vec<String>,
+}
+
+/// Starts both directors (lbd, then keepalived), waits for d1 to be master, runs 50 TCP
+/// streams and 20 UDP flows through it, kills its lbd and lets d2 take over.
+fn failover(pair: &mut Pair, sync: bool) -> Failover {
+    let _stops = [
+        start_servers(&pair.ns("r1"), "real1", "0.0.0.0"),
+        start_servers(&pair.ns("r2"), "real2", "0.0.0.0"),
+    ];
+    for director in ["d1", "d2"] {
+        let config = pair.dir.path().join(format!("{director}.yaml"));
+        std::fs::write(&config, lbd_config(pair, director, sync)).unwrap();
+        let lbd = spawn_in(
+            pair,
+            director,
+            &format!("lbd-{director}.log"),
+            &[lbd_binary(), "-c", config.to_str().unwrap()],
+        );
+        pair.processes.push(Some(lbd));
+        wait_for(
+            &format!("lbd answers in {director}"),
+            pair,
+            Duration::from_secs(10),
+            || status(pair, director).is_some(),
+        );
+    }
+    for (director, priority) in [("d1", 150), ("d2", 100)] {
+        let config = pair.dir.path().join(format!("ka-{director}.conf"));
+        std::fs::write(&config, keepalived_config(pair, director, priority)).unwrap();
+        let dir = pair.dir.path().display().to_string();
+        let keepalived = spawn_in(
+            pair,
+            director,
+            &format!("ka-{director}.log"),
+            &[
+                "keepalived",
+                "-n",
+                "-l",
+                "-P",
+                "-f",
+                config.to_str().unwrap(),
+                "-p",
+                &format!("{dir}/ka-{director}.pid"),
+                "-r",
+                &format!("{dir}/ka-{director}.vrrp.pid"),
+                "-i",
+                director,
+            ],
+        );
+        pair.processes.push(Some(keepalived));
+    }
+    wait_for("d1 becomes master", pair, Duration::from_secs(15), || {
+        status(pair, "d1").is_some_and(|text| text.contains("ha: master"))
+    });
+    assert!(status(pair, "d2").unwrap().contains("ha: backup"));
+    assert_eq!(
+        arp_answers(pair),
+        [mac_of(pair, "d1")],
+        "only the master answers for the VIP"
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let failover = Arc::new(std::sync::Mutex::new(None));
+    let flows = {
+        let (stop, failover) = (Arc::clone(&stop), Arc::clone(&failover));
+        in_netns(&pair.ns("cl"), move || {
+            let mut flows = Vec::new();
+            for _ in 0..50 {
+                let (stop, failover) = (Arc::clone(&stop), Arc::clone(&failover));
+                flows.push(("tcp", thread::spawn(move || tcp_stream(stop, failover))));
+            }
+            for _ in 0..20 {
+                let (stop, failover) = (Arc::clone(&stop), Arc::clone(&failover));
+                flows.push(("udp", thread::spawn(move || udp_flow(stop, failover))));
+            }
+            flows
+        })
+    };
+    if sync {
+        wait_for(
+            "the backup holds the master's 70 flows",
+            pair,
+            Duration::from_secs(15),
+            || status(pair, "d2").is_some_and(|text| synced_flows(&text) >= 70),
+        );
+    } else {
+        thread::sleep(Duration::from_secs(3));
+    }
+
+    // The master's lbd dies; keepalived's check fails and d2 takes over.
+    *failover.lock().unwrap() = Some(Instant::now());
+    let killed = Instant::now();
+    if let Some(Some(lbd)) = pair.processes.get_mut(0) {
+        let _ = lbd.0.kill();
+        let _ = lbd.0.wait();
+    }
+    wait_for("d2 becomes master", pair, Duration::from_secs(15), || {
+        status(pair, "d2").is_some_and(|text| text.contains("ha: master"))
+    });
+    let takeover = killed.elapsed();
+    thread::sleep(Duration::from_secs(6));
+    stop.store(true, Ordering::SeqCst);
+    assert_eq!(
+        arp_answers(pair),
+        [mac_of(pair, "d2")],
+        "only the new master answers for the VIP"
+    );
+    let results: Vec<(&str, Seen)> = flows
+        .into_iter()
+        .map(|(kind, flow)| (kind, flow.join().unwrap()))
+        .collect();
+    let largest_gap = results.iter().map(|(_, seen)| seen.largest_gap).max().unwrap();
+    let (tcp, udp): (Vec<_>, Vec<_>) = results.into_iter().partition(|(kind, _)| *kind == "tcp");
+    Failover {
+        takeover,
+        survived: tcp
+            .iter()
+            .filter(|(_, seen)| seen.failed.is_none() && seen.answers_after > 0)
+            .count(),
+        largest_gap,
+        tcp_failures: tcp.iter().filter_map(|(_, seen)| seen.failed.clone()).collect(),
+        udp: udp.into_iter().map(|(_, seen)| seen).collect(),
+    }
+}
+
+#[test]
+fn nat_flows_survive_a_master_killed_and_the_backup_answers_for_the_vip() {
+    if !root() {
+        return;
+    }
+    if !keepalived_present() {
+        skipped("the HA tests need keepalived (apt-get install keepalived)");
+        return;
+    }
+    let mut pair = topology();
+    let report = failover(&mut pair, true);
+    println!(
+        "HA nat failover, sync on: d2 master {:?} after the kill; {}/50 TCP streams survived; largest gap {:?}",
+        report.takeover, report.survived, report.largest_gap
+    );
+    assert_eq!(
+        report.survived, 50,
+        "TCP streams that broke: {:?}",
+        report.tcp_failures
+    );
+    for seen in &report.udp {
+        assert_eq!(seen.reals.len(), 1, "a UDP flow kept its real: {seen:?}");
+        assert!(
+            seen.answers_after > 0,
+            "a UDP flow was answered after the failover: {seen:?}"
+        );
+    }
+    assert!(
+        report.largest_gap < Duration::from_secs(8),
+        "largest gap {:?}",
+        report.largest_gap
+    );
+}
+
+#[test]
+fn without_flow_sync_established_nat_flows_do_not_survive() {
+    if !root() {
+        return;
+    }
+    if !keepalived_present() {
+        skipped("the HA tests need keepalived (apt-get install keepalived)");
+        return;
+    }
+    let mut pair = topology();
+    let report = failover(&mut pair, false);
+    println!(
+        "HA nat failover, sync off: d2 master {:?} after the kill; {}/50 TCP streams survived",
+        report.takeover, report.survived
+    );
+    // The new master has no entry for them: their packets are not SYNs, and are dropped.
+    assert_eq!(report.survived, 0);
+}
+
+#[test]
+fn proxy_mode_serves_new_connections_from_the_backup_once_keepalived_moves_the_vip() {
+    if !root() {
+        return;
+    }
+    if !keepalived_present() {
+        skipped("the HA tests need keepalived (apt-get install keepalived)");
+        return;
+    }
+    let mut pair = topology();
+    let _stops = [
+        start_servers(&pair.ns("r1"), "real1", "0.0.0.0"),
+        start_servers(&pair.ns("r2"), "real2", "0.0.0.0"),
+    ];
+    let dir = pair.dir.path().display().to_string();
+    for (director, priority) in [("d1", 150), ("d2", 100)] {
+        // Proxy mode: keepalived owns the VIP as a local address; lbd listens on both
+        // directors (IP_FREEBIND) and serves wherever the VIP is.
+        let config = pair.dir.path().join(format!("{director}.yaml"));
+        std::fs::write(
+            &config,
+            format!(
+                "workers: 1\ndrain_timeout: 1s\nadmin: {{ listen: '127.0.0.1:9900' }}\n\
+                 ha: {{ notify_fifo: {dir}/{director}.fifo, instance: VI_1 }}\n\
+                 services:\n  - {{ protocol: tcp, listen: '{VIP}:80', scheduler: rr, reals: [{{address: '10.77.0.11:8080'}}, {{address: '10.77.0.12:8080'}}] }}\n"
+            ),
+        )
+        .unwrap();
+        let lbd = spawn_in(
+            &pair,
+            director,
+            &format!("lbd-{director}.log"),
+            &[lbd_binary(), "-c", config.to_str().unwrap()],
+        );
+        pair.processes.push(Some(lbd));
+        wait_for(
+            &format!("lbd answers in {director}"),
+            &pair,
+            Duration::from_secs(10),
+            || status(&pair, director).is_some(),
+        );
+        let keepalived_conf = pair.dir.path().join(format!("ka-{director}.conf"));
+        let text = keepalived_config(&pair, director, priority)
+            .replace("10.77.0.1/24 dev b0", &format!("{VIP}/24 dev f0"));
+        std::fs::write(&keepalived_conf, text).unwrap();
+        let keepalived = spawn_in(
+            &pair,
+            director,
+            &format!("ka-{director}.log"),
+            &[
+                "keepalived",
+                "-n",
+                "-l",
+                "-P",
+                "-f",
+                keepalived_conf.to_str().unwrap(),
+                "-p",
+                &format!("{dir}/ka-{director}.pid"),
+                "-r",
+                &format!("{dir}/ka-{director}.vrrp.pid"),
+                "-i",
+                director,
+            ],
+        );
+        pair.processes.push(Some(keepalived));
+    }
+    wait_for("d1 becomes master", &pair, Duration::from_secs(15), || {
+        status(&pair, "d1").is_some_and(|text| text.contains("ha: master"))
+    });
+    let connect = |pair: &Pair| {
+        in_netns(&pair.ns("cl"), || {
+            let vip: SocketAddr = format!("{VIP}:80").parse().unwrap();
+            let mut stream = TcpStream::connect_timeout(&vip, Duration::from_millis(500)).ok()?;
+            stream.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
+            let mut greeting = [0u8; 5];
+            stream.read_exact(&mut greeting).ok()?;
+            Some(String::from_utf8_lossy(&greeting).into_owned())
+        })
+    };
+    wait_for(
+        "the VIP answers through d1",
+        &pair,
+        Duration::from_secs(10),
+        || connect(&pair).is_some(),
+    );
+    // d1's lbd dies: keepalived's check fails, the VIP moves to d2, whose lbd already listens.
+    let killed = Instant::now();
+    if let Some(Some(lbd)) = pair.processes.get_mut(0) {
+        let _ = lbd.0.kill();
+        let _ = lbd.0.wait();
+    }
+    let mut last_failure = None;
+    let mut served_after = 0;
+    while killed.elapsed() < Duration::from_secs(10) {
+        match connect(&pair) {
+            Some(greeting) => {
+                assert!(greeting.starts_with("real"), "{greeting}");
+                if last_failure.is_some() || killed.elapsed() > Duration::from_secs(3) {
+                    served_after += 1;
+                }
+            }
+            None => last_failure = Some(killed.elapsed()),
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let outage = last_failure.unwrap_or_default();
+    println!("HA proxy failover: new connections refused for {outage:?} after the kill");
+    assert!(status(&pair, "d2").unwrap().contains("ha: master"));
+    assert!(served_after > 10, "d2 served new connections");
+    assert!(
+        outage < Duration::from_secs(5),
+        "new connections failed until {outage:?} after the kill"
+    );
+}
