@@ -119,19 +119,36 @@ fn topology() -> Pair {
     pair
 }
 
+/// How the directors of a failover test keep flows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Keep {
+    /// Flow sync.
+    Sync,
+    /// Nothing: no sync, SYN-only flows.
+    Nothing,
+    /// No sync, but `sloppy_tcp` and the `mh` scheduler: a flow's next packet finds the same
+    /// real on the new master.
+    SloppyMh,
+}
+
 /// `config/ha.yaml` as the test's directors run it: the namespaces' interface names, the
-/// FIFO in the test's directory, one worker; without `ha.sync` when `sync` is off.
-fn lbd_config(pair: &Pair, director: &str, sync: bool) -> String {
+/// FIFO in the test's directory, one worker; without `ha.sync` unless `keep` syncs.
+fn lbd_config(pair: &Pair, director: &str, keep: Keep) -> String {
     let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/ha.yaml")).unwrap();
     let fifo = format!("{}/{director}.fifo", pair.dir.path().display());
     let mut config = example
         .replace("eth1", "b0")
         .replace("/run/lbd/keepalived.fifo", &fifo)
         .replace("  setup: auto", "  setup: auto\n  max_flows: 10000");
-    if !sync {
+    if keep != Keep::Sync {
         let start = config.find("  sync:").unwrap();
         let end = config.find("services:").unwrap();
         config.replace_range(start..end, "");
+    }
+    if keep == Keep::SloppyMh {
+        config = config
+            .replace("  setup: auto", "  setup: auto\n  sloppy_tcp: true")
+            .replace("scheduler: rr", "scheduler: mh");
     }
     format!("workers: 1\ndrain_timeout: 1s\n{config}")
 }
@@ -345,14 +362,14 @@ struct Failover {
 
 /// Starts both directors (lbd, then keepalived), waits for d1 to be master, runs 50 TCP
 /// streams and 20 UDP flows through it, kills its lbd and lets d2 take over.
-fn failover(pair: &mut Pair, sync: bool) -> Failover {
+fn failover(pair: &mut Pair, keep: Keep) -> Failover {
     let _stops = [
         start_servers(&pair.ns("r1"), "real1", "0.0.0.0"),
         start_servers(&pair.ns("r2"), "real2", "0.0.0.0"),
     ];
     for director in ["d1", "d2"] {
         let config = pair.dir.path().join(format!("{director}.yaml"));
-        std::fs::write(&config, lbd_config(pair, director, sync)).unwrap();
+        std::fs::write(&config, lbd_config(pair, director, keep)).unwrap();
         let lbd = spawn_in(
             pair,
             director,
@@ -419,7 +436,7 @@ fn failover(pair: &mut Pair, sync: bool) -> Failover {
             flows
         })
     };
-    if sync {
+    if keep == Keep::Sync {
         wait_for(
             "the backup holds the master's 70 flows",
             pair,
@@ -476,7 +493,7 @@ fn nat_flows_survive_a_master_killed_and_the_backup_answers_for_the_vip() {
         return;
     }
     let mut pair = topology();
-    let report = failover(&mut pair, true);
+    let report = failover(&mut pair, Keep::Sync);
     println!(
         "HA nat failover, sync on: d2 master {:?} after the kill; {}/50 TCP streams survived; largest gap {:?}",
         report.takeover, report.survived, report.largest_gap
@@ -510,13 +527,38 @@ fn without_flow_sync_established_nat_flows_do_not_survive() {
         return;
     }
     let mut pair = topology();
-    let report = failover(&mut pair, false);
+    let report = failover(&mut pair, Keep::Nothing);
     println!(
         "HA nat failover, sync off: d2 master {:?} after the kill; {}/50 TCP streams survived",
         report.takeover, report.survived
     );
     // The new master has no entry for them: their packets are not SYNs, and are dropped.
     assert_eq!(report.survived, 0);
+}
+
+#[test]
+fn with_sloppy_tcp_and_mh_unsynced_nat_flows_find_their_real_on_the_new_master() {
+    if !root() {
+        return;
+    }
+    if !keepalived_present() {
+        skipped("the HA tests need keepalived (apt-get install keepalived)");
+        return;
+    }
+    let mut pair = topology();
+    let report = failover(&mut pair, Keep::SloppyMh);
+    println!(
+        "HA nat failover, sync off, sloppy_tcp + mh: d2 master {:?} after the kill; {}/50 TCP streams survived; largest gap {:?}",
+        report.takeover, report.survived, report.largest_gap
+    );
+    assert_eq!(
+        report.survived, 50,
+        "TCP streams that broke: {:?}",
+        report.tcp_failures
+    );
+    for seen in &report.udp {
+        assert_eq!(seen.reals.len(), 1, "a UDP flow kept its real: {seen:?}");
+    }
 }
 
 #[test]

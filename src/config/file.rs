@@ -179,6 +179,11 @@ pub struct DataplaneConfig {
     /// Bound of the connection table: 1 to 100,000,000. Default 1000000.
     #[serde(default = "default_max_flows", deserialize_with = "max_flows")]
     pub max_flows: u32,
+    /// IPVS's `sloppy_tcp`: a TCP packet other than a SYN (but not a reset) with no flow is
+    /// scheduled and starts one, so that after a failover a flow the new master was never sent
+    /// still finds a real (the same one with `sh`, `dh` or `mh`). Default false.
+    #[serde(default)]
+    pub sloppy_tcp: bool,
 }
 
 /// The largest `dataplane.max_flows` (some 13 GB of table).

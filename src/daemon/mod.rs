@@ -372,6 +372,12 @@ impl Director {
         if started_plane.is_some() {
             self.packets = started_plane;
         }
+        self.packet.flows.set_sloppy_tcp(
+            config
+                .dataplane
+                .as_ref()
+                .is_some_and(|dataplane| dataplane.sloppy_tcp),
+        );
         for &key in &plan.close {
             for worker in &self.workers {
                 worker.send(Command::Close(key));

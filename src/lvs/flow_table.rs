@@ -20,7 +20,7 @@ use std::{
     net::{IpAddr, SocketAddr},
     sync::{
         Mutex, PoisonError,
-        atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed},
     },
 };
 
@@ -113,7 +113,8 @@ pub enum Refusal {
     SourceCap,
     /// The scheduler found no real for a new flow.
     NoReal,
-    /// The packet may not start a flow: a TCP packet without SYN.
+    /// The packet may not start a flow: a TCP packet without SYN (with `sloppy_tcp`: a
+    /// reset).
     NotNew,
 }
 
@@ -144,6 +145,8 @@ pub struct FlowTable {
     pub sync: FlowSync,
     /// Entries taken from another director's flow sync.
     synced: AtomicUsize,
+    /// IPVS's `sloppy_tcp`: any TCP packet but a reset may start a flow.
+    sloppy_tcp: AtomicBool,
 }
 
 /// One worker's view of the table: lookups from that worker. Cheap to make.
@@ -170,6 +173,7 @@ impl FlowTable {
             misqueued: AtomicU64::new(0),
             sync: FlowSync::default(),
             synced: AtomicUsize::new(0),
+            sloppy_tcp: AtomicBool::new(false),
         }
     }
 
@@ -190,6 +194,11 @@ impl FlowTable {
     /// steers packets with `steering::program`).
     pub fn misqueued(&self) -> u64 {
         self.misqueued.load(Relaxed)
+    }
+
+    /// Lets any TCP packet but a reset start a flow (`dataplane.sloppy_tcp`), or only a SYN.
+    pub fn set_sloppy_tcp(&self, sloppy: bool) {
+        self.sloppy_tcp.store(sloppy, Relaxed);
     }
 
     /// Entries in the table taken from another director's flow sync.
@@ -463,7 +472,12 @@ impl Partition<'_> {
             }
             table.remove(&mut shard, &key, now);
         }
-        if matches!(flags, Some(f) if !f.syn || f.ack) {
+        let starts = match flags {
+            Some(f) if table.sloppy_tcp.load(Relaxed) => !f.rst,
+            Some(f) => f.syn && !f.ack,
+            None => true,
+        };
+        if !starts {
             return Err(Refusal::NotNew);
         }
         if shard.per_source.get(&key.client.ip()).copied().unwrap_or(0) >= table.per_source {
@@ -708,6 +722,31 @@ mod tests {
         );
         assert_eq!(got, Err(Refusal::NotNew));
         assert!(table.is_empty());
+        // sloppy_tcp: the ACK of a flow this director never saw starts it, established; a
+        // reset still starts nothing.
+        table.set_sloppy_tcp(true);
+        let rst = Some(TcpFlags {
+            rst: true,
+            ..TcpFlags::default()
+        });
+        let got = table.partition(0).inbound(
+            key("192.168.77.2:2"),
+            rst,
+            Millis(0),
+            &Timeouts::default(),
+            real(&state),
+        );
+        assert_eq!(got, Err(Refusal::NotNew));
+        let got = table.partition(0).inbound(
+            key("192.168.77.2:1"),
+            flags(false, true),
+            Millis(0),
+            &Timeouts::default(),
+            real(&state),
+        );
+        assert!(got.is_ok());
+        assert_eq!(table.list()[0].state, State::Tcp(TcpState::Established));
+        assert_eq!(state.active(), 1);
     }
 
     #[test]

@@ -44,8 +44,15 @@ pub fn shared(config: &Config, workers: usize) -> PacketShared {
         .as_ref()
         .map_or(1_000_000, |dataplane| dataplane.max_flows) as usize;
     let per_source = (max_flows / SOURCE_SHARE).max(64);
+    let flows = FlowTable::new(max_flows, u32::try_from(per_source).unwrap_or(u32::MAX), workers);
+    flows.set_sloppy_tcp(
+        config
+            .dataplane
+            .as_ref()
+            .is_some_and(|dataplane| dataplane.sloppy_tcp),
+    );
     PacketShared {
-        flows: FlowTable::new(max_flows, u32::try_from(per_source).unwrap_or(u32::MAX), workers),
+        flows,
         drops: Drops::default(),
     }
 }
