@@ -122,8 +122,11 @@ fn topology() -> Pair {
 /// How the directors of a failover test keep flows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Keep {
-    /// Flow sync.
+    /// Flow sync to the multicast group.
     Sync,
+    /// Flow sync to the other director (`peers`), with the HA channel: the master's
+    /// services and a full dump for a director that returns.
+    SyncPeers,
     /// Nothing: no sync, SYN-only flows.
     Nothing,
     /// No sync, but `sloppy_tcp` and the `mh` scheduler: a flow's next packet finds the same
@@ -140,7 +143,15 @@ fn lbd_config(pair: &Pair, director: &str, keep: Keep) -> String {
         .replace("eth1", "b0")
         .replace("/run/lbd/keepalived.fifo", &fifo)
         .replace("  setup: auto", "  setup: auto\n  max_flows: 10000");
-    if keep != Keep::Sync {
+    if keep == Keep::SyncPeers {
+        let other = if director == "d1" {
+            "10.77.0.22"
+        } else {
+            "10.77.0.21"
+        };
+        config = config.replace("# peers: [10.77.0.22]", &format!("peers: [{other}]"));
+    }
+    if !matches!(keep, Keep::Sync | Keep::SyncPeers) {
         let start = config.find("  sync:").unwrap();
         let end = config.find("services:").unwrap();
         config.replace_range(start..end, "");
@@ -360,9 +371,39 @@ struct Failover {
     tcp_failures: Vec<String>,
 }
 
+/// Starts `director`'s lbd with its config and waits until it answers.
+fn start_lbd(pair: &mut Pair, director: &str, keep: Keep) -> Running {
+    let config = pair.dir.path().join(format!("{director}.yaml"));
+    std::fs::write(&config, lbd_config(pair, director, keep)).unwrap();
+    let lbd = spawn_in(
+        pair,
+        director,
+        &format!("lbd-{director}.log"),
+        &[lbd_binary(), "-c", config.to_str().unwrap()],
+    );
+    wait_for(
+        &format!("lbd answers in {director}"),
+        pair,
+        Duration::from_secs(10),
+        || status(pair, director).is_some(),
+    );
+    lbd
+}
+
 /// Starts both directors (lbd, then keepalived), waits for d1 to be master, runs 50 TCP
 /// streams and 20 UDP flows through it, kills its lbd and lets d2 take over.
 fn failover(pair: &mut Pair, keep: Keep) -> Failover {
+    failover_with(pair, keep, |_| {}, |_| {})
+}
+
+/// [`failover`], with `before` run while d1 is master and the flows run, and `after` once d2
+/// has taken over.
+fn failover_with(
+    pair: &mut Pair,
+    keep: Keep,
+    before: impl FnOnce(&mut Pair),
+    after: impl FnOnce(&mut Pair),
+) -> Failover {
     let _stops = [
         start_servers(&pair.ns("r1"), "real1", "0.0.0.0"),
         start_servers(&pair.ns("r2"), "real2", "0.0.0.0"),
@@ -436,7 +477,7 @@ fn failover(pair: &mut Pair, keep: Keep) -> Failover {
             flows
         })
     };
-    if keep == Keep::Sync {
+    if matches!(keep, Keep::Sync | Keep::SyncPeers) {
         wait_for(
             "the backup holds the master's 70 flows",
             pair,
@@ -447,6 +488,7 @@ fn failover(pair: &mut Pair, keep: Keep) -> Failover {
         thread::sleep(Duration::from_secs(3));
     }
 
+    before(pair);
     // The master's lbd dies; keepalived's check fails and d2 takes over.
     *failover.lock().unwrap() = Some(Instant::now());
     let killed = Instant::now();
@@ -458,12 +500,29 @@ fn failover(pair: &mut Pair, keep: Keep) -> Failover {
         status(pair, "d2").is_some_and(|text| text.contains("ha: master"))
     });
     let takeover = killed.elapsed();
+    if std::env::var_os("HA_DEBUG").is_some() {
+        for log in ["ka-d1.log", "ka-d2.log", "lbd-d2.log"] {
+            let text = std::fs::read_to_string(pair.dir.path().join(log)).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(12).collect();
+            eprintln!(
+                "--- {log}\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        eprintln!("killed at {:?}", std::time::SystemTime::now() - takeover);
+    }
+    after(pair);
     thread::sleep(Duration::from_secs(6));
     stop.store(true, Ordering::SeqCst);
+    let master = if status(pair, "d1").is_some_and(|text| text.contains("ha: master")) {
+        "d1"
+    } else {
+        "d2"
+    };
     assert_eq!(
         arp_answers(pair),
-        [mac_of(pair, "d2")],
-        "only the new master answers for the VIP"
+        [mac_of(pair, master)],
+        "only the master ({master}) answers for the VIP"
     );
     let results: Vec<(&str, Seen)> = flows
         .into_iter()
@@ -674,4 +733,132 @@ fn proxy_mode_serves_new_connections_from_the_backup_once_keepalived_moves_the_v
         outage < Duration::from_secs(5),
         "new connections failed until {outage:?} after the kill"
     );
+}
+
+/// `lbadm ARGS` in `director`'s namespace: (exit code, stdout, stderr).
+fn lbadm_in(pair: &Pair, director: &str, args: &[&str]) -> (i32, String, String) {
+    let output = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &pair.ns(director),
+            lbadm_binary(),
+            "--admin",
+            "127.0.0.1:9900",
+        ])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// The weight of real 10.77.0.11:8080 of the web service, as `director` lists it.
+fn weight_of_first_real(pair: &Pair, director: &str) -> Option<u64> {
+    let (_, stdout, _) = lbadm_in(pair, director, &["list", "--json"]);
+    let services: serde_json::Value = serde_json::from_str(&stdout).ok()?;
+    services
+        .as_array()?
+        .iter()
+        .flat_map(|service| service["reals"].as_array().cloned().unwrap_or_default())
+        .find(|real| real["address"] == "10.77.0.11:8080")?["weight"]
+        .as_u64()
+}
+
+#[test]
+fn with_peers_the_backup_takes_the_masters_changes_and_a_returning_master_its_table() {
+    if !root() {
+        return;
+    }
+    if !keepalived_present() {
+        skipped("the HA tests need keepalived (apt-get install keepalived)");
+        return;
+    }
+    let mut pair = topology();
+    let report = failover_with(
+        &mut pair,
+        Keep::SyncPeers,
+        |pair| {
+            // A change on the master reaches the backup; the backup refuses changes.
+            let (code, _, stderr) = lbadm_in(
+                pair,
+                "d1",
+                &[
+                    "edit-real",
+                    "-t",
+                    &format!("{VIP}:80"),
+                    "-r",
+                    "10.77.0.11:8080",
+                    "-w",
+                    "3",
+                ],
+            );
+            assert_eq!(code, 0, "{stderr}");
+            wait_for(
+                "the backup takes the master's change",
+                pair,
+                Duration::from_secs(10),
+                || weight_of_first_real(pair, "d2") == Some(3),
+            );
+            let (code, _, stderr) = lbadm_in(
+                pair,
+                "d2",
+                &[
+                    "edit-real",
+                    "-t",
+                    &format!("{VIP}:80"),
+                    "-r",
+                    "10.77.0.11:8080",
+                    "-w",
+                    "4",
+                ],
+            );
+            assert_eq!(code, 1, "{stderr}");
+            assert!(
+                stderr.contains("backup of an HA pair") && stderr.contains("10.77.0.21"),
+                "{stderr}"
+            );
+            let (code, _, stderr) = lbadm_in(
+                pair,
+                "d2",
+                &[
+                    "--force",
+                    "edit-real",
+                    "-t",
+                    &format!("{VIP}:80"),
+                    "-r",
+                    "10.77.0.11:8080",
+                    "-w",
+                    "3",
+                ],
+            );
+            assert_eq!(code, 0, "{stderr}");
+        },
+        |pair| {
+            // d1's lbd comes back: it takes d2's table (and services) before keepalived lets
+            // it take the VIP back (its check asks `lbadm status --ready`).
+            let lbd = start_lbd(pair, "d1", Keep::SyncPeers);
+            pair.processes[0] = Some(lbd);
+            wait_for("d1 is master again", pair, Duration::from_secs(20), || {
+                status(pair, "d1").is_some_and(|text| text.contains("ha: master"))
+            });
+            assert_eq!(weight_of_first_real(pair, "d1"), Some(3), "d1 took d2's services");
+            assert!(status(pair, "d2").unwrap().contains("ha: backup"));
+        },
+    );
+    println!(
+        "HA nat failover and failback, sync to peers: d2 master {:?} after the kill; {}/50 TCP streams survived both; largest gap {:?}",
+        report.takeover, report.survived, report.largest_gap
+    );
+    assert_eq!(
+        report.survived, 50,
+        "TCP streams that broke: {:?}",
+        report.tcp_failures
+    );
+    for seen in &report.udp {
+        assert_eq!(seen.reals.len(), 1, "a UDP flow kept its real: {seen:?}");
+    }
 }

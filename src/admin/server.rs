@@ -298,7 +298,8 @@ async fn authorize(
             );
         }
     }
-    next.run(request).await
+    let force = headers.contains_key(routes::FORCE_HEADER);
+    FORCE.scope(force, next.run(request)).await
 }
 
 /// Compares without a timing that depends on where the first difference is.
@@ -341,11 +342,17 @@ async fn parse_body<T: DeserializeOwned + Send + 'static>(
         .map_err(|error| ControlError::Body(error.to_string()))
 }
 
+tokio::task_local! {
+    /// Whether the request being served carries `lbd-force` (`lbadm --force`).
+    static FORCE: bool;
+}
+
 /// A change request from the client of the request being served.
 fn change_request(change: Change) -> Request {
     Request::Change {
         change,
         client: crate::httpd::client(),
+        force: FORCE.try_with(|force| *force).unwrap_or(false),
     }
 }
 

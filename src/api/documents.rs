@@ -98,6 +98,14 @@ pub struct HaStatus {
     pub last_sync_seconds: Option<u64>,
     /// Flows in the packet plane's table that came from the master.
     pub synced_flows: usize,
+    /// Whether this director may take over: it is the master, holds the master's table, or
+    /// found no master among its peers.
+    pub ready: bool,
+    /// The generation of the services: it increases with every change the master applies,
+    /// and a backup takes the master's.
+    pub generation: u64,
+    /// The master whose services this backup took last (its HA channel address).
+    pub master: Option<String>,
 }
 
 /// One virtual service with its reals, counters and rates.

@@ -27,6 +27,8 @@ pub enum Request {
         change: Change,
         /// The admin client's address.
         client: String,
+        /// `lbadm --force`: a backup of an HA pair takes it anyway.
+        force: bool,
     },
 }
 
@@ -124,6 +126,16 @@ pub enum ControlError {
     /// config file does not load (400). The message names the key and value.
     #[error("{0}")]
     Invalid(String),
+    /// This director is the backup of an HA pair: changes belong on the master (409).
+    #[error(
+        "this director is the backup of an HA pair: make changes on the master{}, which passes \
+         them on (lbadm --force changes this director alone)",
+        master.as_ref().map(|master| format!(" ({master})")).unwrap_or_default()
+    )]
+    Backup {
+        /// The master it takes its services from, when known.
+        master: Option<String>,
+    },
     /// The change could not be applied to the host: an address in use, the state file, the
     /// host setup (500). Nothing of it stays applied.
     #[error("{0}")]
@@ -135,7 +147,7 @@ impl ControlError {
     pub fn status(&self) -> u16 {
         match self {
             Self::NoService(_) | Self::NoReal { .. } => 404,
-            Self::RealExists { .. } => 409,
+            Self::RealExists { .. } | Self::Backup { .. } => 409,
             Self::Body(_) | Self::FixedKey(_) | Self::Invalid(_) => 400,
             Self::Failed(_) => 500,
         }

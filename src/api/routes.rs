@@ -40,6 +40,10 @@ pub fn fill(route: &str, service: &str, address: &str) -> String {
         )
 }
 
+/// The request header with which `lbadm --force` makes a change on the backup of an HA pair
+/// (which refuses changes without it: they belong on the master).
+pub const FORCE_HEADER: &str = "lbd-force";
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -156,6 +156,11 @@ pub struct Director {
     /// keepalived says it is the master.
     master: bool,
     ha: Option<crate::ha::Ha>,
+    /// The services' generation: +1 with every change applied here, the master's once taken
+    /// from it.
+    generation: u64,
+    /// The master whose services were taken last.
+    master_address: Option<std::net::SocketAddr>,
 }
 
 impl Director {
@@ -239,7 +244,10 @@ impl Director {
             packets,
             master,
             ha,
+            generation: 1,
+            master_address: None,
         };
+        director.publish();
         for (key, listeners) in bound {
             director.hand_out(key, listeners);
         }
@@ -384,7 +392,72 @@ impl Director {
             }
         }
         self.config = config;
+        self.generation += 1;
+        self.publish();
         Ok(plan.summary)
+    }
+
+    /// Offers the services and their generation to the backups (HA channel).
+    fn publish(&self) {
+        if let Some(ha) = &self.ha {
+            ha.published.send_replace(crate::ha::Published {
+                generation: self.generation,
+                services: crate::config::services_yaml(&self.config.services).into(),
+            });
+        }
+    }
+
+    /// Applies the services the master sent, as a reload does (all or nothing, the state file
+    /// written), and takes the master's generation. A master takes nothing.
+    fn apply_received(&mut self, received: crate::ha::Received) {
+        if self.master || received.generation == self.generation && Some(received.from) == self.master_address
+        {
+            return;
+        }
+        let origin = format!("the master's services ({})", received.from);
+        let services = match crate::config::parse_services(&received.services, &origin, &self.config) {
+            Ok(services) => services,
+            Err(error) => {
+                tracing::error!("services from the master refused: {error}");
+                return;
+            }
+        };
+        let config = Config {
+            services,
+            ..self.config.clone_without_services()
+        };
+        match self.apply(config) {
+            Ok(summary) => {
+                self.generation = received.generation;
+                self.master_address = Some(received.from);
+                self.publish();
+                tracing::info!(
+                    master = %received.from,
+                    generation = received.generation,
+                    added = summary.added,
+                    removed = summary.removed,
+                    changed = summary.changed,
+                    "services taken from the master"
+                );
+            }
+            Err(error) => {
+                tracing::error!(master = %received.from, "services from the master could not be applied: {error}")
+            }
+        }
+    }
+
+    /// Why an admin change is refused before it is looked at: on the backup of an HA pair
+    /// that takes its services from the master, changes belong on the master (unless forced).
+    pub(crate) fn refusal(&self, force: bool) -> Option<control::ControlError> {
+        let syncs_config = self
+            .config
+            .ha
+            .as_ref()
+            .and_then(|ha| ha.sync.as_ref())
+            .is_some_and(|sync| !sync.peers.is_empty());
+        (syncs_config && !self.master && !force).then(|| control::ControlError::Backup {
+            master: self.master_address.map(|address| address.ip().to_string()),
+        })
     }
 
     /// Takes the role keepalived gave: a master draws the VIPs' traffic (their routes into the
@@ -554,10 +627,18 @@ pub async fn serve(source: ConfigSource, config: Config) -> Result<(), StartErro
     loop {
         tokio::select! {
             () = health_changes.notified() => director.publish_health(),
-            Some(role) = next_role(&mut director.ha) => director.set_role(role),
+            event = next_ha_event(&mut director.ha) => match event {
+                HaEvent::Role(role) => director.set_role(role),
+                HaEvent::Received(received) => director.apply_received(received),
+            },
             Some((request, reply)) = next_request(&mut admin) => match request {
-                control::Request::Change { change: control::Change::Reload, client } => {
-                    reloads.wanted(director.source(), Some((reply, client)));
+                control::Request::Change { change: control::Change::Reload, client, force } => {
+                    match director.refusal(force) {
+                        Some(refused) => {
+                            let _ = reply.send(Err(refused));
+                        }
+                        None => reloads.wanted(director.source(), Some((reply, client))),
+                    }
                 }
                 request => {
                     let _ = reply.send(director.handle(request));
@@ -667,14 +748,24 @@ async fn next_request(admin: &mut Option<crate::admin::AdminHandle>) -> Option<c
     }
 }
 
-/// The next role keepalived gives (never, without `ha:`).
-async fn next_role(ha: &mut Option<crate::ha::Ha>) -> Option<crate::ha::Role> {
-    match ha {
-        Some(ha) => match ha.roles.changed().await {
-            Ok(()) => Some(*ha.roles.borrow_and_update()),
-            Err(_) => std::future::pending().await,
-        },
-        None => std::future::pending().await,
+/// What the HA side asks of the control loop.
+enum HaEvent {
+    /// keepalived gave a role.
+    Role(crate::ha::Role),
+    /// The master sent its services.
+    Received(crate::ha::Received),
+}
+
+/// The next HA event (never, without `ha:`).
+async fn next_ha_event(ha: &mut Option<crate::ha::Ha>) -> HaEvent {
+    let Some(ha) = ha else {
+        return std::future::pending().await;
+    };
+    let crate::ha::Ha { roles, received, .. } = ha;
+    tokio::select! {
+        Ok(()) = roles.changed() => HaEvent::Role(*roles.borrow_and_update()),
+        Some(services) = received.recv() => HaEvent::Received(services),
+        else => std::future::pending().await,
     }
 }
 

@@ -19,7 +19,7 @@ use crate::{
     config::SyncConfig,
     log::Throttle,
     lvs::plane::PacketShared,
-    packet::sync::{MAX_MESSAGE_LEN, MessageWriter, decode},
+    packet::sync::{MAX_MESSAGE_LEN, Message, MessageWriter, decode},
     table::TableHandle,
 };
 
@@ -151,26 +151,47 @@ pub(crate) async fn receive(
             }
             continue;
         }
-        let message = match decode(&buffer[..len], config.syncid) {
-            Ok(message) => message,
-            Err(error) => {
-                counters.messages_refused.fetch_add(1, Relaxed);
-                if let Some(suppressed) = REFUSED.ready() {
-                    tracing::warn!(%from, %error, suppressed, "sync message dropped");
-                }
-                continue;
+        if let Err(error) =
+            decode(&buffer[..len], config.syncid).map(|message| install(&message, &packets, &table))
+        {
+            counters.messages_refused.fetch_add(1, Relaxed);
+            if let Some(suppressed) = REFUSED.ready() {
+                tracing::warn!(%from, %error, suppressed, "sync message dropped");
             }
-        };
-        counters.messages_received.fetch_add(1, Relaxed);
-        let now = Millis::now();
-        counters.last_received.store(now.0.max(1), Relaxed);
-        let services = table.snapshot();
-        for conn in &message.conns {
-            match packets.flows.install(conn, &services, now) {
-                Ok(()) => counters.flows_received.fetch_add(1, Relaxed),
-                Err(_) => counters.flows_unbound.fetch_add(1, Relaxed),
-            };
         }
-        counters.flows_unbound.fetch_add(message.skipped as u64, Relaxed);
     }
+}
+
+/// Takes one sync message (of any sync id) into the flow table; how many entries it installed.
+/// A malformed message is counted as refused and nothing of it is taken.
+pub(crate) fn take(datagram: &[u8], syncid: u8, packets: &PacketShared, table: &TableHandle) -> usize {
+    match decode(datagram, syncid) {
+        Ok(message) => install(&message, packets, table),
+        Err(error) => {
+            packets.flows.sync.counters.messages_refused.fetch_add(1, Relaxed);
+            tracing::warn!(%error, "sync message dropped");
+            0
+        }
+    }
+}
+
+/// Installs a checked message's entries; how many were taken.
+fn install(message: &Message, packets: &PacketShared, table: &TableHandle) -> usize {
+    let counters = &packets.flows.sync.counters;
+    counters.messages_received.fetch_add(1, Relaxed);
+    let now = Millis::now();
+    counters.last_received.store(now.0.max(1), Relaxed);
+    let services = table.snapshot();
+    let mut taken = 0;
+    for conn in &message.conns {
+        match packets.flows.install(conn, &services, now) {
+            Ok(()) => taken += 1,
+            Err(_) => {
+                counters.flows_unbound.fetch_add(1, Relaxed);
+            }
+        }
+    }
+    counters.flows_received.fetch_add(taken as u64, Relaxed);
+    counters.flows_unbound.fetch_add(message.skipped as u64, Relaxed);
+    taken
 }

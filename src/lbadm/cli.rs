@@ -23,6 +23,10 @@ pub struct Cli {
     /// Print JSON instead of text (reads), or the new state (changes).
     #[arg(long, global = true)]
     pub(super) json: bool,
+    /// Change the backup of an HA pair anyway (changes belong on the master, which passes
+    /// them on; a backup refuses them without this).
+    #[arg(long, global = true)]
+    pub(super) force: bool,
     #[command(subcommand)]
     pub(super) command: Command,
 }
@@ -60,8 +64,13 @@ pub(super) enum Command {
     },
     /// Re-read lbd's config file, replacing runtime changes (as SIGHUP).
     Reload,
-    /// Version, uptime, config file, counts of services, reals and flows.
-    Status,
+    /// Version, uptime, config file, counts of services, reals and flows; the HA role.
+    Status {
+        /// Exit 1 unless this director may take over (keepalived's check): it is the master,
+        /// or it holds the master's table, or no peer is master.
+        #[arg(long)]
+        ready: bool,
+    },
 }
 
 /// Names a service: -t / -u VIP:PORT, or --service NAME (one of them; required by every

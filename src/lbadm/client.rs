@@ -72,6 +72,7 @@ pub enum ClientError {
 /// A client of one director.
 #[derive(Debug, Clone)]
 pub struct Client {
+    force: bool,
     endpoint: Endpoint,
     token: Option<String>,
 }
@@ -79,7 +80,16 @@ pub struct Client {
 impl Client {
     /// A client of the director at `endpoint`, sending `token` if given.
     pub fn new(endpoint: Endpoint, token: Option<String>) -> Self {
-        Self { endpoint, token }
+        Self {
+            endpoint,
+            token,
+            force: false,
+        }
+    }
+
+    /// The same client, asking a backup to take changes anyway (`lbadm --force`).
+    pub fn forced(self, force: bool) -> Self {
+        Self { force, ..self }
     }
 
     /// Sends one request; returns the body of a 2xx answer.
@@ -144,6 +154,9 @@ impl Client {
         }
         if body.is_some() {
             request = request.header(CONTENT_TYPE, "application/yaml");
+        }
+        if self.force {
+            request = request.header(crate::api::routes::FORCE_HEADER, "yes");
         }
         let request = request
             .body(Full::new(Bytes::from(body.unwrap_or_default())))

@@ -82,7 +82,7 @@ async fn execute(cli: Cli) -> Result<String, Failure> {
         ),
         None => None,
     };
-    let client = Client::new(Endpoint::parse(&cli.admin), token);
+    let client = Client::new(Endpoint::parse(&cli.admin), token).forced(cli.force);
     let json_out = cli.json;
     let changed =
         |bytes: hyper::body::Bytes| -> String { if json_out { pretty(&bytes) } else { String::new() } };
@@ -162,12 +162,21 @@ async fn execute(cli: Cli) -> Result<String, Failure> {
             })?))
         }
         Command::Reload => Ok(changed(client.call(Method::POST, routes::RELOAD, None).await?)),
-        Command::Status => {
+        Command::Status { ready } => {
             let bytes = client.call(Method::GET, routes::STATUS, None).await?;
+            let status: api::Status = parse(&bytes)?;
+            if ready && let Some(ha) = status.ha.as_ref().filter(|ha| !ha.ready) {
+                return Err(Failure {
+                    status: 1,
+                    message: format!(
+                        "not ready to take over: this {} has not yet received the master's table",
+                        ha.role
+                    ),
+                });
+            }
             if json_out {
                 return Ok(pretty(&bytes));
             }
-            let status: api::Status = parse(&bytes)?;
             let mut text = format!(
                 "lbd {} up {}s\nconfig file: {}\nstate file: {}\nworkers: {}\nservices: {}  reals: {}  flows: {}\n",
                 status.version,
@@ -188,9 +197,11 @@ async fn execute(cli: Cli) -> Result<String, Failure> {
                 let last = ha
                     .last_sync_seconds
                     .map_or_else(|| "never".to_owned(), |seconds| format!("{seconds}s ago"));
+                let master = ha.master.as_deref().unwrap_or("-");
+                let ready = if ha.ready { "ready" } else { "not ready" };
                 text.push_str(&format!(
-                    "ha: {} of {}  sync peers: {peers}  sent: {}  received: {}  last sync: {last}  synced flows: {}\n",
-                    ha.role, ha.instance, ha.messages_sent, ha.messages_received, ha.synced_flows
+                    "ha: {} of {} ({ready})  generation: {}  master: {master}  sync peers: {peers}  sent: {}  received: {}  last sync: {last}  synced flows: {}\n",
+                    ha.role, ha.instance, ha.generation, ha.messages_sent, ha.messages_received, ha.synced_flows
                 ));
             }
             Ok(text)

@@ -279,45 +279,26 @@ impl FlowTable {
         if !entry.mark.packet_in(entry.state, self.sync.is_master()) {
             return;
         }
-        let forward = forward_flags(entry.scheduled.forward);
-        let inactive = match entry.state {
-            State::Tcp(state) if !state.is_active() => sync_flags::INACTIVE,
-            _ => 0,
-        };
-        let (protocol, state) = match entry.state {
-            State::Tcp(state) => (6, state.number()),
-            State::Udp => (17, 0),
-        };
-        let timeout = u32::try_from(entry.state.timeout_ms(timeouts) / 1000).unwrap_or(u32::MAX);
-        self.sync.push(SyncConn {
-            protocol,
-            flags: forward | inactive,
-            state,
-            client: key.client,
-            vip: key.vip,
-            real: entry.scheduled.address,
-            fwmark: 0,
-            timeout,
-            persistence_engine: None,
-        });
-        if let Some(template) = &entry.scheduled.template {
-            let assured = entry.state == State::Tcp(TcpState::Established) || entry.state == State::Udp;
-            self.sync.push(SyncConn {
-                protocol,
-                flags: forward | sync_flags::TEMPLATE,
-                state: if assured {
-                    template_state::ASSURED
-                } else {
-                    template_state::NONE
-                },
-                client: SocketAddr::new(template.network(), 0),
-                vip: key.vip,
-                real: entry.scheduled.address,
-                fwmark: 0,
-                timeout: template.timeout_secs(),
-                persistence_engine: None,
-            });
+        let (conn, template) = sync_conns(key, entry, timeouts);
+        self.sync.push(conn);
+        if let Some(template) = template {
+            self.sync.push(template);
         }
+    }
+
+    /// Every flow and persistence template, as a master sends them: a full dump for a backup
+    /// that joins. Takes each shard's lock in turn, never two at once.
+    pub fn export(&self, timeouts: &Timeouts, now: Millis) -> Vec<SyncConn> {
+        let mut conns = Vec::new();
+        for shard in &self.shards {
+            let shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            for (key, entry) in shard.flows.iter().filter(|(_, entry)| entry.expires > now) {
+                let (conn, template) = sync_conns(key, entry, timeouts);
+                conns.push(conn);
+                conns.extend(template);
+            }
+        }
+        conns
     }
 
     /// Takes a flow or a persistence template that the master sent: bound to the real of
@@ -625,6 +606,50 @@ fn input_direction(forward: ForwardMethod) -> Direction {
 
 /// Moves an entry to its next state and re-arms its deadline; the real's ActiveConn /
 /// InActConn follow.
+/// A flow as the sync protocol carries it, and its persistence template if it has one.
+fn sync_conns(key: &FlowKey, entry: &Entry, timeouts: &Timeouts) -> (SyncConn, Option<SyncConn>) {
+    let forward = forward_flags(entry.scheduled.forward);
+    let inactive = match entry.state {
+        State::Tcp(state) if !state.is_active() => sync_flags::INACTIVE,
+        _ => 0,
+    };
+    let (protocol, state) = match entry.state {
+        State::Tcp(state) => (6, state.number()),
+        State::Udp => (17, 0),
+    };
+    let timeout = u32::try_from(entry.state.timeout_ms(timeouts) / 1000).unwrap_or(u32::MAX);
+    let conn = SyncConn {
+        protocol,
+        flags: forward | inactive,
+        state,
+        client: key.client,
+        vip: key.vip,
+        real: entry.scheduled.address,
+        fwmark: 0,
+        timeout,
+        persistence_engine: None,
+    };
+    let template = entry.scheduled.template.as_ref().map(|template| {
+        let assured = entry.state == State::Tcp(TcpState::Established) || entry.state == State::Udp;
+        SyncConn {
+            protocol,
+            flags: forward | sync_flags::TEMPLATE,
+            state: if assured {
+                template_state::ASSURED
+            } else {
+                template_state::NONE
+            },
+            client: SocketAddr::new(template.network(), 0),
+            vip: key.vip,
+            real: entry.scheduled.address,
+            fwmark: 0,
+            timeout: template.timeout_secs(),
+            persistence_engine: None,
+        }
+    });
+    (conn, template)
+}
+
 fn advance(
     entry: &mut Entry,
     flags: Option<TcpFlags>,

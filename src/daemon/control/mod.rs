@@ -42,7 +42,14 @@ impl Director {
             }
             Request::Save => Ok(Answer::Yaml(config::services_yaml(&self.config.services))),
             Request::Connections => Ok(json(&self.connections())),
-            Request::Change { change, client } => self.change(change, &client),
+            Request::Change {
+                change,
+                client,
+                force,
+            } => match self.refusal(force) {
+                Some(refused) => Err(refused),
+                None => self.change(change, &client),
+            },
         }
     }
 

@@ -56,6 +56,9 @@ impl Director {
                         .load(std::sync::atomic::Ordering::Relaxed),
                     last_sync_seconds: (last != 0).then(|| Millis::now().0.saturating_sub(last) / 1000),
                     synced_flows: self.packet.flows.synced(),
+                    ready: self.master || self.ha.as_ref().is_some_and(crate::ha::Ha::ready),
+                    generation: self.generation,
+                    master: self.master_address.map(|address| address.ip().to_string()),
                 }
             }),
         }
