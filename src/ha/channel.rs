@@ -6,7 +6,7 @@
 //!
 //! Frames: kind (1 byte), length (4 bytes, big-endian), payload. Kinds: [`CONFIG`] (generation,
 //! 8 bytes, then the services as YAML), [`FLOWS`] (one IPVS sync message), [`DUMP_END`],
-//! [`NOT_MASTER`]. Only peers may connect; every frame is bounded and every read and write has
+//! [`NOT_MASTER`], [`HEARTBEAT`]. Only peers may connect; every frame is bounded and every read and write has
 //! a deadline.
 
 use std::{
@@ -40,6 +40,11 @@ pub(crate) const FLOWS: u8 = 2;
 pub(crate) const DUMP_END: u8 = 3;
 /// The director asked is not the master.
 pub(crate) const NOT_MASTER: u8 = 4;
+/// Nothing new; the master is alive (every second).
+pub(crate) const HEARTBEAT: u8 = 5;
+
+/// How long a backup waits for the master's next frame (heartbeats come every second).
+const MASTER_SILENCE: Duration = Duration::from_secs(5);
 
 /// The largest frame: a config document and its generation.
 const MAX_FRAME: usize = crate::config::MAX_DOCUMENT_BYTES + 8;
@@ -207,6 +212,7 @@ async fn serve_backup(
                 if !packets.flows.sync.is_master() {
                     return write_frame(&mut stream, NOT_MASTER, &[]).await;
                 }
+                write_frame(&mut stream, HEARTBEAT, &[]).await?;
             }
         }
     }
@@ -262,8 +268,8 @@ async fn from_master(
     let mut master = false;
     let mut flows = 0usize;
     loop {
-        // A master with nothing new says nothing: wait for a long time between frames.
-        let (kind, payload) = match read_frame(&mut stream, Duration::from_secs(3600)).await {
+        // A master that has gone silent (its host down, its link cut) is given up.
+        let (kind, payload) = match read_frame(&mut stream, MASTER_SILENCE).await {
             Ok(frame) => frame,
             Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(master),
             Err(error) => return if master { Ok(true) } else { Err(error) },
@@ -290,6 +296,7 @@ async fn from_master(
                 master = true;
                 flows += super::link::take(&payload, 0, packets, table);
             }
+            HEARTBEAT => {}
             DUMP_END => {
                 ready.store(true, Relaxed);
                 tracing::info!(master = %address, flows, "full table received from the master");

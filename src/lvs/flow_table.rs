@@ -957,6 +957,14 @@ mod tests {
         // A new flow of the same client keeps its real through the synced template.
         let again = client_flow(&backup, &backup_services, "192.168.77.3:40001", 0);
         assert_eq!(again, real);
+        // A full dump carries every flow and template: a backup that joins now has them all.
+        let dump = master.export(&Timeouts::default(), Millis(10));
+        assert_eq!(dump.len(), 4, "two flows, each with its template");
+        let joined = FlowTable::new(10_000, 100, 1);
+        for conn in &dump {
+            joined.install(conn, &services(true), Millis(10)).unwrap();
+        }
+        assert_eq!((joined.len(), joined.synced()), (2, 2));
     }
 
     #[test]
