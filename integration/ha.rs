@@ -63,11 +63,19 @@ impl Drop for Pair {
     }
 }
 
-fn keepalived_present() -> bool {
-    Command::new("keepalived")
+/// Root and keepalived; without them the test says why it skips.
+fn prerequisites() -> bool {
+    if !root() {
+        return false;
+    }
+    let keepalived = Command::new("keepalived")
         .arg("--version")
         .output()
-        .is_ok_and(|output| output.status.success() || !output.stderr.is_empty())
+        .is_ok_and(|output| output.status.success() || !output.stderr.is_empty());
+    if !keepalived {
+        skipped("the HA tests need keepalived (apt-get install keepalived)");
+    }
+    keepalived
 }
 
 /// Connects `namespace`'s interface `inside` to `bridge` of the switch namespace.
@@ -371,6 +379,25 @@ struct Failover {
     tcp_failures: Vec<String>,
 }
 
+impl Failover {
+    /// Every TCP stream went on after the failover, and every UDP flow was answered after it
+    /// by the real it had before.
+    fn assert_every_flow_went_on(&self) {
+        assert_eq!(
+            self.survived, 50,
+            "TCP streams that broke: {:?}",
+            self.tcp_failures
+        );
+        for seen in &self.udp {
+            assert_eq!(seen.reals.len(), 1, "a UDP flow kept its real: {seen:?}");
+            assert!(
+                seen.answers_after > 0,
+                "a UDP flow was answered after the failover: {seen:?}"
+            );
+        }
+    }
+}
+
 /// Starts `director`'s lbd with its config and waits until it answers.
 fn start_lbd(pair: &mut Pair, director: &str, keep: Keep) -> Running {
     let config = pair.dir.path().join(format!("{director}.yaml"));
@@ -544,11 +571,7 @@ fn failover_with(
 
 #[test]
 fn nat_flows_survive_a_master_killed_and_the_backup_answers_for_the_vip() {
-    if !root() {
-        return;
-    }
-    if !keepalived_present() {
-        skipped("the HA tests need keepalived (apt-get install keepalived)");
+    if !prerequisites() {
         return;
     }
     let mut pair = topology();
@@ -557,18 +580,7 @@ fn nat_flows_survive_a_master_killed_and_the_backup_answers_for_the_vip() {
         "HA nat failover, sync on: d2 master {:?} after the kill; {}/50 TCP streams survived; largest gap {:?}",
         report.takeover, report.survived, report.largest_gap
     );
-    assert_eq!(
-        report.survived, 50,
-        "TCP streams that broke: {:?}",
-        report.tcp_failures
-    );
-    for seen in &report.udp {
-        assert_eq!(seen.reals.len(), 1, "a UDP flow kept its real: {seen:?}");
-        assert!(
-            seen.answers_after > 0,
-            "a UDP flow was answered after the failover: {seen:?}"
-        );
-    }
+    report.assert_every_flow_went_on();
     assert!(
         report.largest_gap < Duration::from_secs(8),
         "largest gap {:?}",
@@ -578,11 +590,7 @@ fn nat_flows_survive_a_master_killed_and_the_backup_answers_for_the_vip() {
 
 #[test]
 fn without_flow_sync_established_nat_flows_do_not_survive() {
-    if !root() {
-        return;
-    }
-    if !keepalived_present() {
-        skipped("the HA tests need keepalived (apt-get install keepalived)");
+    if !prerequisites() {
         return;
     }
     let mut pair = topology();
@@ -597,11 +605,7 @@ fn without_flow_sync_established_nat_flows_do_not_survive() {
 
 #[test]
 fn with_sloppy_tcp_and_mh_unsynced_nat_flows_find_their_real_on_the_new_master() {
-    if !root() {
-        return;
-    }
-    if !keepalived_present() {
-        skipped("the HA tests need keepalived (apt-get install keepalived)");
+    if !prerequisites() {
         return;
     }
     let mut pair = topology();
@@ -610,23 +614,12 @@ fn with_sloppy_tcp_and_mh_unsynced_nat_flows_find_their_real_on_the_new_master()
         "HA nat failover, sync off, sloppy_tcp + mh: d2 master {:?} after the kill; {}/50 TCP streams survived; largest gap {:?}",
         report.takeover, report.survived, report.largest_gap
     );
-    assert_eq!(
-        report.survived, 50,
-        "TCP streams that broke: {:?}",
-        report.tcp_failures
-    );
-    for seen in &report.udp {
-        assert_eq!(seen.reals.len(), 1, "a UDP flow kept its real: {seen:?}");
-    }
+    report.assert_every_flow_went_on();
 }
 
 #[test]
 fn proxy_mode_serves_new_connections_from_the_backup_once_keepalived_moves_the_vip() {
-    if !root() {
-        return;
-    }
-    if !keepalived_present() {
-        skipped("the HA tests need keepalived (apt-get install keepalived)");
+    if !prerequisites() {
         return;
     }
     let mut pair = topology();
@@ -770,11 +763,7 @@ fn weight_of_first_real(pair: &Pair, director: &str) -> Option<u64> {
 
 #[test]
 fn with_peers_the_backup_takes_the_masters_changes_and_a_returning_master_its_table() {
-    if !root() {
-        return;
-    }
-    if !keepalived_present() {
-        skipped("the HA tests need keepalived (apt-get install keepalived)");
+    if !prerequisites() {
         return;
     }
     let mut pair = topology();
@@ -853,12 +842,5 @@ fn with_peers_the_backup_takes_the_masters_changes_and_a_returning_master_its_ta
         "HA nat failover and failback, sync to peers: d2 master {:?} after the kill; {}/50 TCP streams survived both; largest gap {:?}",
         report.takeover, report.survived, report.largest_gap
     );
-    assert_eq!(
-        report.survived, 50,
-        "TCP streams that broke: {:?}",
-        report.tcp_failures
-    );
-    for seen in &report.udp {
-        assert_eq!(seen.reals.len(), 1, "a UDP flow kept its real: {seen:?}");
-    }
+    report.assert_every_flow_went_on();
 }

@@ -52,7 +52,7 @@ impl Egress {
                 let index: u32 = read("ifindex").map_err(failed)?.trim().parse().unwrap_or(0);
                 let mac = read("address")
                     .ok()
-                    .and_then(|text| super::neighbours::parse_mac(&text))
+                    .and_then(|text| crate::packet::arp::parse_mac(&text))
                     .unwrap_or_default();
                 let socket = crate::sys::packet_socket(index).map_err(failed)?;
                 Some((socket, mac))

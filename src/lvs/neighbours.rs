@@ -86,19 +86,9 @@ fn parse(text: &str) -> HashMap<Ipv4Addr, Mac> {
             if flags & 0x2 == 0 {
                 return None;
             }
-            Some((ip, parse_mac(fields.get(3)?)?))
+            Some((ip, crate::packet::arp::parse_mac(fields.get(3)?)?))
         })
         .collect()
-}
-
-/// Parses `aa:bb:cc:dd:ee:ff`.
-pub fn parse_mac(text: &str) -> Option<Mac> {
-    let mut mac = [0u8; 6];
-    let mut parts = text.trim().split(':');
-    for byte in &mut mac {
-        *byte = u8::from_str_radix(parts.next()?, 16).ok()?;
-    }
-    parts.next().is_none().then_some(mac)
 }
 
 #[cfg(test)]
@@ -113,6 +103,6 @@ mod tests {
         let table = parse(text);
         assert_eq!(table.len(), 1);
         assert_eq!(table[&Ipv4Addr::new(10, 77, 0, 11)], [2, 0, 0, 0, 0, 0x0b]);
-        assert_eq!(parse_mac("zz:00"), None);
+        assert_eq!(crate::packet::arp::parse_mac("zz:00"), None);
     }
 }

@@ -22,7 +22,8 @@ pub fn gratuitous(mac: [u8; 6], ip: Ipv4Addr) -> [u8; LEN] {
     packet
 }
 
-/// Reads a MAC address written `aa:bb:cc:dd:ee:ff` (as `/sys/class/net/*/address`).
+/// Reads a MAC address written `aa:bb:cc:dd:ee:ff` (as `/sys/class/net/*/address` and
+/// `/proc/net/arp` write them).
 pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
     let mut mac = [0u8; 6];
     let mut parts = text.trim().split(':');

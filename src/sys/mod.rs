@@ -25,23 +25,26 @@ pub(crate) fn ipip_socket() -> io::Result<Socket> {
     )
 }
 
-/// An `AF_PACKET` raw socket bound to interface `ifindex`, for sending whole Ethernet frames
-/// (direct routing). It receives nothing (protocol 0). Every frame sent starts with a
-/// `virtio_net_hdr` (`PACKET_VNET_HDR`), so TCP/UDP super-packets and partial checksums from
-/// the TUN device go out as they came in, segmented (if at all) by the kernel.
-pub(crate) fn packet_socket(ifindex: u32) -> io::Result<Socket> {
-    use std::os::fd::AsRawFd;
-    let socket = Socket::new(
-        socket2::Domain::PACKET,
-        socket2::Type::RAW,
-        Some(socket2::Protocol::from(0)),
-    )?;
+/// An `AF_PACKET` socket of `kind` that receives nothing (protocol 0), and the link-layer
+/// address of interface `ifindex` (for `bind` or `sendto`).
+fn packet_socket_of(kind: socket2::Type, ifindex: u32) -> io::Result<(Socket, libc::sockaddr_ll)> {
+    let socket = Socket::new(socket2::Domain::PACKET, kind, Some(socket2::Protocol::from(0)))?;
     let index =
         i32::try_from(ifindex).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "interface index"))?;
     // SAFETY: an all-zero `sockaddr_ll` is a valid value of that plain C struct.
     let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
     address.sll_family = libc::AF_PACKET as u16;
     address.sll_ifindex = index;
+    Ok((socket, address))
+}
+
+/// An `AF_PACKET` raw socket bound to interface `ifindex`, for sending whole Ethernet frames
+/// (direct routing). It receives nothing (protocol 0). Every frame sent starts with a
+/// `virtio_net_hdr` (`PACKET_VNET_HDR`), so TCP/UDP super-packets and partial checksums from
+/// the TUN device go out as they came in, segmented (if at all) by the kernel.
+pub(crate) fn packet_socket(ifindex: u32) -> io::Result<Socket> {
+    use std::os::fd::AsRawFd;
+    let (socket, address) = packet_socket_of(socket2::Type::RAW, ifindex)?;
     // SAFETY: `address` is a fully initialised `sockaddr_ll` that lives across the call, the
     // length passed is its size, and the descriptor is the open socket owned by `socket`.
     let result = unsafe {
@@ -77,18 +80,8 @@ pub(crate) fn packet_socket(ifindex: u32) -> io::Result<Socket> {
 pub(crate) fn send_arp_broadcast(ifindex: u32, payload: &[u8]) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     const ETH_P_ARP: u16 = 0x0806;
-    let socket = Socket::new(
-        socket2::Domain::PACKET,
-        socket2::Type::DGRAM,
-        Some(socket2::Protocol::from(0)),
-    )?;
-    let index =
-        i32::try_from(ifindex).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "interface index"))?;
-    // SAFETY: an all-zero `sockaddr_ll` is a valid value of that plain C struct.
-    let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    address.sll_family = libc::AF_PACKET as u16;
+    let (socket, mut address) = packet_socket_of(socket2::Type::DGRAM, ifindex)?;
     address.sll_protocol = ETH_P_ARP.to_be();
-    address.sll_ifindex = index;
     address.sll_halen = 6;
     address.sll_addr[..6].copy_from_slice(&[0xff; 6]);
     // SAFETY: `payload` is a live slice for the whole call and its length is passed with it;
