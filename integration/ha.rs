@@ -27,12 +27,42 @@ fn lbadm_binary() -> &'static str {
     env!("CARGO_BIN_EXE_lbadm")
 }
 
+/// How the pair forwards: LVS's nat, dr or tun.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Nat,
+    Dr,
+    Tun,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Nat => "nat",
+            Self::Dr => "dr",
+            Self::Tun => "tun",
+        }
+    }
+
+    /// The TCP and UDP ports of the VIP: nat maps 80 → 8080 and 53 → 5353, dr and tun keep
+    /// the reals' ports.
+    fn ports(self) -> (u16, u16) {
+        match self {
+            Self::Nat => (80, 53),
+            Self::Dr | Self::Tun => (8080, 5353),
+        }
+    }
+}
+
 /// The namespaces and processes of one test; killed and deleted when dropped.
 struct Pair {
     tag: String,
+    mode: Mode,
     dir: tempfile::TempDir,
-    /// keepalived and lbd of each director; killed first.
+    /// lbd of d1 and d2, then keepalived of d1 and d2; killed first.
     processes: Vec<Option<Running>>,
+    /// The reals' helpers (tun's decapsulators).
+    helpers: Vec<Running>,
 }
 
 impl Pair {
@@ -44,6 +74,7 @@ impl Pair {
 impl Drop for Pair {
     fn drop(&mut self) {
         self.processes.clear();
+        self.helpers.clear();
         use std::os::unix::fs::MetadataExt;
         for director in ["d1", "d2"] {
             if let Ok(namespace) = std::fs::metadata(format!("/run/netns/{}", self.ns(director)))
@@ -63,10 +94,12 @@ impl Drop for Pair {
     }
 }
 
-/// Root and keepalived; without them the test says why it skips.
-fn prerequisites() -> bool {
+/// Root and keepalived (without them the test says why it skips), and the HA tests' turn:
+/// they run one at a time, each with its six namespaces and 70 flows.
+fn prerequisites() -> Option<std::sync::MutexGuard<'static, ()>> {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
     if !root() {
-        return false;
+        return None;
     }
     let keepalived = Command::new("keepalived")
         .arg("--version")
@@ -74,8 +107,13 @@ fn prerequisites() -> bool {
         .is_ok_and(|output| output.status.success() || !output.stderr.is_empty());
     if !keepalived {
         skipped("the HA tests need keepalived (apt-get install keepalived)");
+        return None;
     }
-    keepalived
+    Some(
+        ONE_AT_A_TIME
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    )
 }
 
 /// Connects `namespace`'s interface `inside` to `bridge` of the switch namespace.
@@ -91,11 +129,19 @@ fn attach(pair: &Pair, namespace: &str, inside: &str, bridge: &str, port: &str) 
 /// client 192.168.77.2 — front bridge — d1 (.11 / 10.77.0.21), d2 (.12 / .22) — back bridge —
 /// reals 10.77.0.11, .12, whose gateway 10.77.0.1 keepalived moves with the master.
 fn topology() -> Pair {
+    topology_for(Mode::Nat)
+}
+
+/// [`topology`], its reals ready for `mode`: for dr and tun the VIP on `lo` and no ARP answers
+/// for it, and for tun lbd's IPIP decapsulator.
+fn topology_for(mode: Mode) -> Pair {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let pair = Pair {
+    let mut pair = Pair {
         tag: format!("h{}x{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst)),
+        mode,
         dir: tempfile::tempdir().unwrap(),
         processes: Vec::new(),
+        helpers: Vec::new(),
     };
     for name in ["sw", "cl", "d1", "d2", "r1", "r2"] {
         ip(&format!("netns add {}", pair.ns(name)));
@@ -123,6 +169,35 @@ fn topology() -> Pair {
         let ns = pair.ns(real);
         ip(&format!("-n {ns} addr add 10.77.0.1{}/24 dev r0", n + 1));
         ip(&format!("-n {ns} route add default via 10.77.0.1"));
+        if mode == Mode::Nat {
+            continue;
+        }
+        ip(&format!("-n {ns} addr add {VIP}/32 dev lo"));
+        for key in ["all.arp_ignore", "r0.arp_ignore"] {
+            sysctl(&ns, &format!("net.ipv4.conf.{key}"), "1");
+        }
+        for key in ["all.arp_announce", "r0.arp_announce"] {
+            sysctl(&ns, &format!("net.ipv4.conf.{key}"), "2");
+        }
+        sysctl(&ns, "net.ipv4.conf.all.rp_filter", "0");
+        if mode == Mode::Tun {
+            let child = Command::new("ip")
+                .args(["netns", "exec", &ns, lbd_binary(), "ipip-decap", "--vip", VIP])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            pair.helpers.push(Running(child));
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !Command::new("ip")
+                .args(["-n", &ns, "link", "show", "ipipdecap0"])
+                .output()
+                .is_ok_and(|output| output.status.success())
+            {
+                assert!(Instant::now() < deadline, "ipip-decap did not start in {ns}");
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
     }
     pair
 }
@@ -163,6 +238,13 @@ fn lbd_config(pair: &Pair, director: &str, keep: Keep) -> String {
         let start = config.find("  sync:").unwrap();
         let end = config.find("services:").unwrap();
         config.replace_range(start..end, "");
+    }
+    if pair.mode != Mode::Nat {
+        let (tcp, udp) = pair.mode.ports();
+        config = config
+            .replace("forward: nat", &format!("forward: {}", pair.mode.name()))
+            .replace(&format!("listen: {VIP}:80"), &format!("listen: {VIP}:{tcp}"))
+            .replace(&format!("listen: {VIP}:53"), &format!("listen: {VIP}:{udp}"));
     }
     if keep == Keep::SloppyMh {
         config = config
@@ -257,9 +339,9 @@ struct Seen {
 }
 
 /// A TCP stream through the VIP: a byte every 10 ms, each echoed.
-fn tcp_stream(stop: Arc<AtomicBool>, failover: Arc<std::sync::Mutex<Option<Instant>>>) -> Seen {
+fn tcp_stream(port: u16, stop: Arc<AtomicBool>, failover: Arc<std::sync::Mutex<Option<Instant>>>) -> Seen {
     let mut seen = Seen::default();
-    let vip: SocketAddr = format!("{VIP}:80").parse().unwrap();
+    let vip: SocketAddr = format!("{VIP}:{port}").parse().unwrap();
     let mut stream = match TcpStream::connect_timeout(&vip, Duration::from_secs(5)) {
         Ok(stream) => stream,
         Err(error) => {
@@ -298,14 +380,14 @@ fn tcp_stream(stop: Arc<AtomicBool>, failover: Arc<std::sync::Mutex<Option<Insta
 
 /// A UDP flow through the VIP from its own port: a datagram every 50 ms, answered with the
 /// real's name.
-fn udp_flow(stop: Arc<AtomicBool>, failover: Arc<std::sync::Mutex<Option<Instant>>>) -> Seen {
+fn udp_flow(port: u16, stop: Arc<AtomicBool>, failover: Arc<std::sync::Mutex<Option<Instant>>>) -> Seen {
     let mut seen = Seen::default();
     let socket = UdpSocket::bind("192.168.77.2:0").unwrap();
     socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
     let mut last: Option<Instant> = None;
     let mut buffer = [0u8; 64];
     while !stop.load(Ordering::SeqCst) {
-        let _ = socket.send_to(b"q", format!("{VIP}:53"));
+        let _ = socket.send_to(b"q", format!("{VIP}:{port}"));
         if let Ok(len) = socket.recv(&mut buffer) {
             let name = String::from_utf8_lossy(&buffer[..len]).into_owned();
             if !seen.reals.contains(&name) {
@@ -423,11 +505,55 @@ fn failover(pair: &mut Pair, keep: Keep) -> Failover {
     failover_with(pair, keep, |_| {}, |_| {})
 }
 
+/// What happens to the master.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// Its lbd is killed (SIGKILL).
+    KillLbd,
+    /// Its link to the clients goes down (at the switch).
+    LinkDown,
+    /// Its keepalived is stopped (SIGTERM).
+    StopKeepalived,
+}
+
+impl Fault {
+    /// Does it to d1 (whose lbd is process 0 and keepalived process 2).
+    fn strike(self, pair: &mut Pair) {
+        match self {
+            Self::KillLbd => {
+                if let Some(Some(lbd)) = pair.processes.get_mut(0) {
+                    let _ = lbd.0.kill();
+                    let _ = lbd.0.wait();
+                }
+            }
+            Self::LinkDown => ip(&format!("-n {} link set pd1f down", pair.ns("sw"))),
+            Self::StopKeepalived => {
+                if let Some(Some(keepalived)) = pair.processes.get_mut(2) {
+                    let pid = nix::unistd::Pid::from_raw(keepalived.0.id() as i32);
+                    let _ = nix::sys::signal::kill(pid, Signal::SIGTERM);
+                    let _ = keepalived.0.wait();
+                }
+            }
+        }
+    }
+}
+
 /// [`failover`], with `before` run while d1 is master and the flows run, and `after` once d2
 /// has taken over.
 fn failover_with(
     pair: &mut Pair,
     keep: Keep,
+    before: impl FnOnce(&mut Pair),
+    after: impl FnOnce(&mut Pair),
+) -> Failover {
+    failover_by(pair, keep, Fault::KillLbd, before, after)
+}
+
+/// [`failover_with`], the master struck by `fault`.
+fn failover_by(
+    pair: &mut Pair,
+    keep: Keep,
+    fault: Fault,
     before: impl FnOnce(&mut Pair),
     after: impl FnOnce(&mut Pair),
 ) -> Failover {
@@ -489,17 +615,18 @@ fn failover_with(
 
     let stop = Arc::new(AtomicBool::new(false));
     let failover = Arc::new(std::sync::Mutex::new(None));
+    let (tcp_port, udp_port) = pair.mode.ports();
     let flows = {
         let (stop, failover) = (Arc::clone(&stop), Arc::clone(&failover));
         in_netns(&pair.ns("cl"), move || {
             let mut flows = Vec::new();
             for _ in 0..50 {
                 let (stop, failover) = (Arc::clone(&stop), Arc::clone(&failover));
-                flows.push(("tcp", thread::spawn(move || tcp_stream(stop, failover))));
+                flows.push(("tcp", thread::spawn(move || tcp_stream(tcp_port, stop, failover))));
             }
             for _ in 0..20 {
                 let (stop, failover) = (Arc::clone(&stop), Arc::clone(&failover));
-                flows.push(("udp", thread::spawn(move || udp_flow(stop, failover))));
+                flows.push(("udp", thread::spawn(move || udp_flow(udp_port, stop, failover))));
             }
             flows
         })
@@ -516,13 +643,10 @@ fn failover_with(
     }
 
     before(pair);
-    // The master's lbd dies; keepalived's check fails and d2 takes over.
+    // The master is struck; d2 takes over.
     *failover.lock().unwrap() = Some(Instant::now());
     let killed = Instant::now();
-    if let Some(Some(lbd)) = pair.processes.get_mut(0) {
-        let _ = lbd.0.kill();
-        let _ = lbd.0.wait();
-    }
+    fault.strike(pair);
     wait_for("d2 becomes master", pair, Duration::from_secs(15), || {
         status(pair, "d2").is_some_and(|text| text.contains("ha: master"))
     });
@@ -571,9 +695,9 @@ fn failover_with(
 
 #[test]
 fn nat_flows_survive_a_master_killed_and_the_backup_answers_for_the_vip() {
-    if !prerequisites() {
+    let Some(_turn) = prerequisites() else {
         return;
-    }
+    };
     let mut pair = topology();
     let report = failover(&mut pair, Keep::Sync);
     println!(
@@ -590,9 +714,9 @@ fn nat_flows_survive_a_master_killed_and_the_backup_answers_for_the_vip() {
 
 #[test]
 fn without_flow_sync_established_nat_flows_do_not_survive() {
-    if !prerequisites() {
+    let Some(_turn) = prerequisites() else {
         return;
-    }
+    };
     let mut pair = topology();
     let report = failover(&mut pair, Keep::Nothing);
     println!(
@@ -605,9 +729,9 @@ fn without_flow_sync_established_nat_flows_do_not_survive() {
 
 #[test]
 fn with_sloppy_tcp_and_mh_unsynced_nat_flows_find_their_real_on_the_new_master() {
-    if !prerequisites() {
+    let Some(_turn) = prerequisites() else {
         return;
-    }
+    };
     let mut pair = topology();
     let report = failover(&mut pair, Keep::SloppyMh);
     println!(
@@ -619,9 +743,9 @@ fn with_sloppy_tcp_and_mh_unsynced_nat_flows_find_their_real_on_the_new_master()
 
 #[test]
 fn proxy_mode_serves_new_connections_from_the_backup_once_keepalived_moves_the_vip() {
-    if !prerequisites() {
+    let Some(_turn) = prerequisites() else {
         return;
-    }
+    };
     let mut pair = topology();
     let _stops = [
         start_servers(&pair.ns("r1"), "real1", "0.0.0.0"),
@@ -763,9 +887,9 @@ fn weight_of_first_real(pair: &Pair, director: &str) -> Option<u64> {
 
 #[test]
 fn with_peers_the_backup_takes_the_masters_changes_and_a_returning_master_its_table() {
-    if !prerequisites() {
+    let Some(_turn) = prerequisites() else {
         return;
-    }
+    };
     let mut pair = topology();
     let report = failover_with(
         &mut pair,
@@ -840,6 +964,62 @@ fn with_peers_the_backup_takes_the_masters_changes_and_a_returning_master_its_ta
     );
     println!(
         "HA nat failover and failback, sync to peers: d2 master {:?} after the kill; {}/50 TCP streams survived both; largest gap {:?}",
+        report.takeover, report.survived, report.largest_gap
+    );
+    report.assert_every_flow_went_on();
+}
+
+#[test]
+fn nat_flows_survive_the_masters_link_going_down() {
+    let Some(_turn) = prerequisites() else {
+        return;
+    };
+    let mut pair = topology();
+    let report = failover_by(&mut pair, Keep::Sync, Fault::LinkDown, |_| {}, |_| {});
+    println!(
+        "HA nat failover, master's link down: d2 master {:?} after; {}/50 TCP streams survived; largest gap {:?}",
+        report.takeover, report.survived, report.largest_gap
+    );
+    report.assert_every_flow_went_on();
+}
+
+#[test]
+fn nat_flows_survive_the_masters_keepalived_stopped() {
+    let Some(_turn) = prerequisites() else {
+        return;
+    };
+    let mut pair = topology();
+    let report = failover_by(&mut pair, Keep::Sync, Fault::StopKeepalived, |_| {}, |_| {});
+    println!(
+        "HA nat failover, master's keepalived stopped: d2 master {:?} after; {}/50 TCP streams survived; largest gap {:?}",
+        report.takeover, report.survived, report.largest_gap
+    );
+    report.assert_every_flow_went_on();
+}
+
+#[test]
+fn dr_flows_survive_a_master_killed() {
+    let Some(_turn) = prerequisites() else {
+        return;
+    };
+    let mut pair = topology_for(Mode::Dr);
+    let report = failover(&mut pair, Keep::Sync);
+    println!(
+        "HA dr failover, sync on: d2 master {:?} after the kill; {}/50 TCP streams survived; largest gap {:?}",
+        report.takeover, report.survived, report.largest_gap
+    );
+    report.assert_every_flow_went_on();
+}
+
+#[test]
+fn tun_flows_survive_a_master_killed() {
+    let Some(_turn) = prerequisites() else {
+        return;
+    };
+    let mut pair = topology_for(Mode::Tun);
+    let report = failover(&mut pair, Keep::Sync);
+    println!(
+        "HA tun failover, sync on: d2 master {:?} after the kill; {}/50 TCP streams survived; largest gap {:?}",
         report.takeover, report.survived, report.largest_gap
     );
     report.assert_every_flow_went_on();
