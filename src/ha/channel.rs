@@ -181,23 +181,25 @@ async fn serve_backup(
     )
     .await?;
     let timeouts = table.snapshot().timeouts;
-    let conns = packets.flows.export(&timeouts, Millis::now());
+    let mut flows = 0;
     let mut writer = MessageWriter::new(0, MAX_MESSAGE_LEN);
-    let mut messages = Vec::new();
-    for conn in &conns {
-        if !writer.push(conn) {
-            messages.push(writer.take());
-            writer.push(conn);
+    // Shard by shard, yielding between them: the control loop shares this thread.
+    for shard in 0..packets.flows.shard_count() {
+        let conns = packets.flows.export(shard, &timeouts, Millis::now());
+        flows += conns.len();
+        for conn in &conns {
+            if !writer.push(conn) {
+                write_frame(&mut stream, FLOWS, &[&writer.take()]).await?;
+                writer.push(conn);
+            }
         }
+        tokio::task::yield_now().await;
     }
     if !writer.is_empty() {
-        messages.push(writer.take());
-    }
-    for message in &messages {
-        write_frame(&mut stream, FLOWS, &[message]).await?;
+        write_frame(&mut stream, FLOWS, &[&writer.take()]).await?;
     }
     write_frame(&mut stream, DUMP_END, &[]).await?;
-    tracing::info!(flows = conns.len(), "full table sent to a backup");
+    tracing::info!(flows, "full table sent to a backup");
     let mut check = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -295,6 +297,8 @@ async fn from_master(
             FLOWS => {
                 master = true;
                 flows += super::link::take(&payload, 0, packets, table);
+                // A full dump is many frames: the control loop shares this thread.
+                tokio::task::yield_now().await;
             }
             HEARTBEAT => {}
             DUMP_END => {

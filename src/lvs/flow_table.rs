@@ -286,17 +286,24 @@ impl FlowTable {
         }
     }
 
-    /// Every flow and persistence template, as a master sends them: a full dump for a backup
-    /// that joins. Takes each shard's lock in turn, never two at once.
-    pub fn export(&self, timeouts: &Timeouts, now: Millis) -> Vec<SyncConn> {
+    /// How many shards [`export`](Self::export) walks.
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// The flows and persistence templates of shard `index`, as a master sends them: a full
+    /// dump for a backup that joins is every shard's, taken one at a time (so it holds one
+    /// shard's lock, and one shard's entries, at once).
+    pub fn export(&self, index: usize, timeouts: &Timeouts, now: Millis) -> Vec<SyncConn> {
         let mut conns = Vec::new();
-        for shard in &self.shards {
-            let shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
-            for (key, entry) in shard.flows.iter().filter(|(_, entry)| entry.expires > now) {
-                let (conn, template) = sync_conns(key, entry, timeouts);
-                conns.push(conn);
-                conns.extend(template);
-            }
+        let Some(shard) = self.shards.get(index) else {
+            return conns;
+        };
+        let shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+        for (key, entry) in shard.flows.iter().filter(|(_, entry)| entry.expires > now) {
+            let (conn, template) = sync_conns(key, entry, timeouts);
+            conns.push(conn);
+            conns.extend(template);
         }
         conns
     }
@@ -958,7 +965,9 @@ mod tests {
         let again = client_flow(&backup, &backup_services, "192.168.77.3:40001", 0);
         assert_eq!(again, real);
         // A full dump carries every flow and template: a backup that joins now has them all.
-        let dump = master.export(&Timeouts::default(), Millis(10));
+        let dump: Vec<SyncConn> = (0..master.shard_count())
+            .flat_map(|shard| master.export(shard, &Timeouts::default(), Millis(10)))
+            .collect();
         assert_eq!(dump.len(), 4, "two flows, each with its template");
         let joined = FlowTable::new(10_000, 100, 1);
         for conn in &dump {
