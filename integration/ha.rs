@@ -710,18 +710,33 @@ fn failover_by(
     }
 }
 
+/// The tests that only check that every flow went on: `fault` strikes the master of a pair
+/// of `mode` directors keeping flows by `keep` (adverts every 0.1 s when `fast`); prints what
+/// the client saw, under `label`.
+fn every_flow_goes_on(label: &str, mode: Mode, keep: Keep, fault: Fault, fast: bool) -> Failover {
+    let mut pair = topology_for(mode);
+    pair.fast = fast;
+    let report = failover_by(&mut pair, keep, fault, |_| {}, |_| {});
+    println!(
+        "HA {label}: d2 master {:?} after; {}/50 TCP streams survived; largest gap {:?}",
+        report.takeover, report.survived, report.largest_gap
+    );
+    report.assert_every_flow_went_on();
+    report
+}
+
 #[test]
 fn nat_flows_survive_a_master_killed_and_the_backup_answers_for_the_vip() {
     let Some(_turn) = prerequisites() else {
         return;
     };
-    let mut pair = topology();
-    let report = failover(&mut pair, Keep::Sync);
-    println!(
-        "HA nat failover, sync on: d2 master {:?} after the kill; {}/50 TCP streams survived; largest gap {:?}",
-        report.takeover, report.survived, report.largest_gap
+    let report = every_flow_goes_on(
+        "nat failover, sync on",
+        Mode::Nat,
+        Keep::Sync,
+        Fault::KillLbd,
+        false,
     );
-    report.assert_every_flow_went_on();
     assert!(
         report.largest_gap < Duration::from_secs(8),
         "largest gap {:?}",
@@ -749,13 +764,13 @@ fn with_sloppy_tcp_and_mh_unsynced_nat_flows_find_their_real_on_the_new_master()
     let Some(_turn) = prerequisites() else {
         return;
     };
-    let mut pair = topology();
-    let report = failover(&mut pair, Keep::SloppyMh);
-    println!(
-        "HA nat failover, sync off, sloppy_tcp + mh: d2 master {:?} after the kill; {}/50 TCP streams survived; largest gap {:?}",
-        report.takeover, report.survived, report.largest_gap
+    every_flow_goes_on(
+        "nat failover, sync off, sloppy_tcp + mh",
+        Mode::Nat,
+        Keep::SloppyMh,
+        Fault::KillLbd,
+        false,
     );
-    report.assert_every_flow_went_on();
 }
 
 #[test]
@@ -991,13 +1006,13 @@ fn nat_flows_survive_the_masters_link_going_down() {
     let Some(_turn) = prerequisites() else {
         return;
     };
-    let mut pair = topology();
-    let report = failover_by(&mut pair, Keep::Sync, Fault::LinkDown, |_| {}, |_| {});
-    println!(
-        "HA nat failover, master's link down: d2 master {:?} after; {}/50 TCP streams survived; largest gap {:?}",
-        report.takeover, report.survived, report.largest_gap
+    every_flow_goes_on(
+        "nat failover, master's link down",
+        Mode::Nat,
+        Keep::Sync,
+        Fault::LinkDown,
+        false,
     );
-    report.assert_every_flow_went_on();
 }
 
 #[test]
@@ -1005,13 +1020,13 @@ fn nat_flows_survive_the_masters_keepalived_stopped() {
     let Some(_turn) = prerequisites() else {
         return;
     };
-    let mut pair = topology();
-    let report = failover_by(&mut pair, Keep::Sync, Fault::StopKeepalived, |_| {}, |_| {});
-    println!(
-        "HA nat failover, master's keepalived stopped: d2 master {:?} after; {}/50 TCP streams survived; largest gap {:?}",
-        report.takeover, report.survived, report.largest_gap
+    every_flow_goes_on(
+        "nat failover, master's keepalived stopped",
+        Mode::Nat,
+        Keep::Sync,
+        Fault::StopKeepalived,
+        false,
     );
-    report.assert_every_flow_went_on();
 }
 
 #[test]
@@ -1019,13 +1034,13 @@ fn dr_flows_survive_a_master_killed() {
     let Some(_turn) = prerequisites() else {
         return;
     };
-    let mut pair = topology_for(Mode::Dr);
-    let report = failover(&mut pair, Keep::Sync);
-    println!(
-        "HA dr failover, sync on: d2 master {:?} after the kill; {}/50 TCP streams survived; largest gap {:?}",
-        report.takeover, report.survived, report.largest_gap
+    every_flow_goes_on(
+        "dr failover, sync on",
+        Mode::Dr,
+        Keep::Sync,
+        Fault::KillLbd,
+        false,
     );
-    report.assert_every_flow_went_on();
 }
 
 #[test]
@@ -1033,13 +1048,13 @@ fn tun_flows_survive_a_master_killed() {
     let Some(_turn) = prerequisites() else {
         return;
     };
-    let mut pair = topology_for(Mode::Tun);
-    let report = failover(&mut pair, Keep::Sync);
-    println!(
-        "HA tun failover, sync on: d2 master {:?} after the kill; {}/50 TCP streams survived; largest gap {:?}",
-        report.takeover, report.survived, report.largest_gap
+    every_flow_goes_on(
+        "tun failover, sync on",
+        Mode::Tun,
+        Keep::Sync,
+        Fault::KillLbd,
+        false,
     );
-    report.assert_every_flow_went_on();
 }
 
 #[test]
@@ -1047,14 +1062,13 @@ fn with_adverts_every_tenth_of_a_second_a_master_cut_off_costs_a_fraction_of_a_s
     let Some(_turn) = prerequisites() else {
         return;
     };
-    let mut pair = topology();
-    pair.fast = true;
-    let report = failover_by(&mut pair, Keep::Sync, Fault::LinkDown, |_| {}, |_| {});
-    println!(
-        "HA nat failover, advert_int 0.1, the master's link down: d2 master {:?} after; {}/50 TCP streams survived; largest gap {:?}",
-        report.takeover, report.survived, report.largest_gap
+    let report = every_flow_goes_on(
+        "nat failover, advert_int 0.1, master's link down",
+        Mode::Nat,
+        Keep::Sync,
+        Fault::LinkDown,
+        true,
     );
-    report.assert_every_flow_went_on();
     assert!(
         report.largest_gap < Duration::from_secs(1),
         "largest gap {:?}",
