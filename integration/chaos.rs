@@ -121,6 +121,7 @@ fn flood_new_ports(service: SocketAddr, rate: u32, queries: u32) -> u32 {
 
 #[test]
 fn a_udp_flood_of_new_client_ports_beside_a_tcp_service() {
+    let _turn = heavy_turn();
     let web = TcpBackend::start("web");
     let dns = UdpBackend::start("dns");
     let (tcp, udp, stateful, metrics) = (free_addr(), free_addr(), free_addr(), free_addr());
@@ -162,6 +163,7 @@ fn a_udp_flood_of_new_client_ports_beside_a_tcp_service() {
 
 #[test]
 fn descriptor_exhaustion_refuses_new_flows_and_blames_no_real() {
+    let _turn = heavy_turn();
     raise_own_open_files();
     let web = TcpBackend::start("web");
     let (tcp, admin, metrics) = (free_addr(), free_addr(), free_addr());
@@ -215,6 +217,7 @@ fn descriptor_exhaustion_refuses_new_flows_and_blames_no_real() {
 
 #[test]
 fn the_soft_open_file_limit_is_raised_to_the_hard_limit() {
+    let _turn = heavy_turn();
     let web = TcpBackend::start("web");
     let tcp = free_addr();
     let config = format!(
@@ -238,6 +241,7 @@ fn the_soft_open_file_limit_is_raised_to_the_hard_limit() {
 
 #[test]
 fn half_open_admin_and_metrics_connections_are_bounded_and_timed_out() {
+    let _turn = heavy_turn();
     raise_own_open_files();
     let web = TcpBackend::start("web");
     let (tcp, admin, metrics) = (free_addr(), free_addr(), free_addr());
@@ -276,6 +280,7 @@ fn half_open_admin_and_metrics_connections_are_bounded_and_timed_out() {
 
 #[test]
 fn hostile_admin_bodies_are_refused_without_stalling_the_director() {
+    let _turn = heavy_turn();
     let web = TcpBackend::start("web");
     let (tcp, admin, metrics) = (free_addr(), free_addr(), free_addr());
     let config = web_config(1, admin, metrics, tcp, web.address, "");
@@ -420,6 +425,7 @@ impl Load {
 
 #[test]
 fn a_reload_and_lbadm_storm_under_load_drops_no_connection() {
+    let _turn = heavy_turn();
     let (a, b, c) = (
         TcpBackend::start("a"),
         TcpBackend::start("b"),
@@ -472,6 +478,7 @@ fn a_reload_and_lbadm_storm_under_load_drops_no_connection() {
 
 #[test]
 fn a_real_killed_and_restarted_under_load_is_back_within_about_a_second() {
+    let _turn = heavy_turn();
     let (mut a, b) = (TcpBackend::start("a"), TcpBackend::start("b"));
     let web = free_addr();
     let config = format!(

@@ -96,10 +96,9 @@ impl Drop for Pair {
     }
 }
 
-/// Root and keepalived (without them the test says why it skips), and the HA tests' turn:
-/// they run one at a time, each with its six namespaces and 70 flows.
+/// Root and keepalived (without them the test says why it skips), and the test's turn
+/// ([`heavy_turn`]): each HA test runs six namespaces and 70 flows.
 fn prerequisites() -> Option<std::sync::MutexGuard<'static, ()>> {
-    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
     if !root() {
         return None;
     }
@@ -111,11 +110,7 @@ fn prerequisites() -> Option<std::sync::MutexGuard<'static, ()>> {
         skipped("the HA tests need keepalived (apt-get install keepalived)");
         return None;
     }
-    Some(
-        ONE_AT_A_TIME
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner),
-    )
+    Some(heavy_turn())
 }
 
 /// Connects `namespace`'s interface `inside` to `bridge` of the switch namespace.

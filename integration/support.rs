@@ -579,3 +579,12 @@ pub fn skipped(why: &str) {
     let test = thread::current().name().unwrap_or("a test").to_owned();
     let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
 }
+
+/// A turn for a test that loads the machine or measures timing (the HA and chaos tests):
+/// such tests run one at a time, so that one's load does not skew another's timing.
+pub fn heavy_turn() -> std::sync::MutexGuard<'static, ()> {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
