@@ -663,17 +663,6 @@ fn failover_by(
         status(pair, "d2").is_some_and(|text| text.contains("ha: master"))
     });
     let takeover = killed.elapsed();
-    if std::env::var_os("HA_DEBUG").is_some() {
-        for log in ["ka-d1.log", "ka-d2.log", "lbd-d2.log"] {
-            let text = std::fs::read_to_string(pair.dir.path().join(log)).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(12).collect();
-            eprintln!(
-                "--- {log}\n{}",
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            );
-        }
-        eprintln!("killed at {:?}", std::time::SystemTime::now() - takeover);
-    }
     after(pair);
     thread::sleep(Duration::from_secs(6));
     stop.store(true, Ordering::SeqCst);
