@@ -419,6 +419,35 @@ fn udp_flow(port: u16, stop: Arc<AtomicBool>, failover: Arc<std::sync::Mutex<Opt
     seen
 }
 
+/// New TCP connections to the VIP, one every 20 ms (each given 100 ms to be answered), until
+/// `stop`: when each began and whether it was answered.
+fn new_connections(port: u16, stop: Arc<AtomicBool>) -> Vec<(Instant, Option<Instant>)> {
+    let vip: SocketAddr = format!("{VIP}:{port}").parse().unwrap();
+    let mut attempts = Vec::new();
+    while !stop.load(Ordering::SeqCst) {
+        let began = Instant::now();
+        let answered = TcpStream::connect_timeout(&vip, Duration::from_millis(100))
+            .ok()
+            .map(|_| Instant::now());
+        attempts.push((began, answered));
+        thread::sleep(Duration::from_millis(20));
+    }
+    attempts
+}
+
+/// The new-flow outage the attempts of [`new_connections`] saw after `fault`: from the first
+/// unanswered attempt that began after it to the answer of the first answered one after that
+/// (zero when none went unanswered).
+fn new_flow_outage(attempts: &[(Instant, Option<Instant>)], fault: Instant) -> Duration {
+    let mut after = attempts.iter().skip_while(|(began, _)| *began < fault);
+    let Some((first_failed, _)) = after.find(|(_, answered)| answered.is_none()) else {
+        return Duration::ZERO;
+    };
+    after
+        .find_map(|(_, answered)| *answered)
+        .map_or(Duration::MAX, |answered| answered - *first_failed)
+}
+
 /// The MACs that answer an ARP request for the VIP from the client within a second.
 fn arp_answers(pair: &Pair) -> Vec<String> {
     let script = format!(
@@ -469,6 +498,8 @@ struct Failover {
     takeover: Duration,
     survived: usize,
     largest_gap: Duration,
+    /// How long new connections went unanswered.
+    new_flow_outage: Duration,
     udp: Vec<Seen>,
     tcp_failures: Vec<String>,
 }
@@ -643,6 +674,12 @@ fn failover_by(
             flows
         })
     };
+    let prober = {
+        let stop = Arc::clone(&stop);
+        in_netns(&pair.ns("cl"), move || {
+            thread::spawn(move || new_connections(tcp_port, stop))
+        })
+    };
     if matches!(keep, Keep::Sync | Keep::SyncPeers) {
         wait_for(
             "the backup holds the master's 70 flows",
@@ -676,6 +713,7 @@ fn failover_by(
         [mac_of(pair, master)],
         "only the master ({master}) answers for the VIP"
     );
+    let attempts = prober.join().unwrap();
     let results: Vec<(&str, Seen)> = flows
         .into_iter()
         .map(|(kind, flow)| (kind, flow.join().unwrap()))
@@ -689,6 +727,7 @@ fn failover_by(
             .filter(|(_, seen)| seen.failed.is_none() && seen.answers_after > 0)
             .count(),
         largest_gap,
+        new_flow_outage: new_flow_outage(&attempts, killed),
         tcp_failures: tcp.iter().filter_map(|(_, seen)| seen.failed.clone()).collect(),
         udp: udp.into_iter().map(|(_, seen)| seen).collect(),
     }
@@ -702,8 +741,8 @@ fn every_flow_goes_on(label: &str, mode: Mode, keep: Keep, fault: Fault, fast: b
     pair.fast = fast;
     let report = failover_by(&mut pair, keep, fault, |_| {}, |_| {});
     println!(
-        "HA {label}: d2 master {:?} after; {}/50 TCP streams survived; largest gap {:?}",
-        report.takeover, report.survived, report.largest_gap
+        "HA {label}: d2 master {:?} after; {}/50 TCP streams survived; largest gap {:?}; new connections unanswered for {:?}",
+        report.takeover, report.survived, report.largest_gap, report.new_flow_outage
     );
     report.assert_every_flow_went_on();
     report
@@ -1057,5 +1096,10 @@ fn with_adverts_every_tenth_of_a_second_a_master_cut_off_costs_a_fraction_of_a_s
         report.largest_gap < Duration::from_secs(1),
         "largest gap {:?}",
         report.largest_gap
+    );
+    assert!(
+        report.new_flow_outage < Duration::from_secs(1),
+        "new connections unanswered for {:?}",
+        report.new_flow_outage
     );
 }
