@@ -6,6 +6,7 @@
 
 mod admin;
 mod chaos;
+mod cluster;
 mod config_files;
 mod ha;
 mod health;

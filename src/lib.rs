@@ -13,6 +13,8 @@
 //! - `health`: health checks (control plane).
 //! - [`daemon`]: the director's lifecycle and control loop: start, reload, admin requests.
 //! - [`ha`]: active/backup: the role keepalived gives, the flow sync sockets.
+//! - [`cluster`]: many directors sharing their table through etcd; reals that register
+//!   themselves (`lbd register`).
 //! - [`api`]: the admin API's routes, requests, answers and JSON documents, shared by the
 //!   admin server, the control loop and `lbadm`.
 //! - `admin`: the admin API's HTTP server.
@@ -33,6 +35,7 @@
 mod admin;
 pub mod api;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod ha;

@@ -247,6 +247,10 @@ fn router(state: AppState) -> Router {
             get(|s: State<AppState>| ask(s, Request::Connections)),
         )
         .route(routes::SAVE, get(|s: State<AppState>| ask(s, Request::Save)))
+        .route(
+            routes::DIRECTORS,
+            get(|s: State<AppState>| ask(s, Request::Directors)),
+        )
         .fallback(|| async {
             problem(
                 StatusCode::NOT_FOUND,

@@ -79,6 +79,53 @@ pub struct Status {
     /// The HA side, for a director of an `ha:` pair.
     #[serde(default)]
     pub ha: Option<HaStatus>,
+    /// The cluster side, for a director of a `cluster:`.
+    #[serde(default)]
+    pub cluster: Option<ClusterStatus>,
+}
+
+/// A director's place in its cluster (`cluster:`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// This director's node name.
+    pub node: String,
+    /// The cluster's key prefix in etcd.
+    pub prefix: String,
+    /// etcd's client URLs.
+    pub etcd: Vec<String>,
+    /// Whether etcd answers now (changes are refused while it does not).
+    pub connected: bool,
+    /// The etcd revision this director has seen.
+    pub revision: i64,
+    /// The etcd revision of the service table in force (its last change applied here).
+    pub table_revision: i64,
+    /// Directors registered now.
+    pub directors: usize,
+    /// Reals in the table that registered themselves.
+    pub registered_reals: usize,
+    /// Why the stored table was last refused, while it is.
+    #[serde(default)]
+    pub refused: Option<String>,
+    /// Why etcd cannot be reached, while it cannot.
+    #[serde(default)]
+    pub unreachable: Option<String>,
+}
+
+/// A director's registration in its cluster: the value of `PREFIX/directors/NODE` in etcd
+/// and a line of `lbadm directors`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Director {
+    /// Its node name.
+    pub node: String,
+    /// The etcd revision of the service table it applied last.
+    pub revision: i64,
+    /// `master` or `backup` (of an HA pair), or `active`.
+    pub role: String,
+    /// Its admin API, if it serves one on TCP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<String>,
+    /// The lbd version it runs.
+    pub version: String,
 }
 
 /// A director's place in its HA pair.
@@ -169,6 +216,9 @@ pub struct Real {
     pub inactive: u32,
     /// Above its upper threshold.
     pub overloaded: bool,
+    /// It registered itself in the cluster (`lbd register`) rather than being configured.
+    #[serde(default)]
+    pub registered: bool,
     /// Health: absent when the service has no health check.
     pub health: Option<Health>,
     /// Totals.

@@ -8,6 +8,9 @@ mod requests;
 pub mod routes;
 
 pub use self::{
-    documents::{Connection, Counters, HaStatus, Health, Persistence, Problem, Rates, Real, Service, Status},
+    documents::{
+        ClusterStatus, Connection, Counters, Director, HaStatus, Health, Persistence, Problem, Rates, Real,
+        Service, Status,
+    },
     requests::{Answer, Change, ControlError, Request},
 };

@@ -21,6 +21,8 @@ pub enum Request {
     Save,
     /// Flows in progress.
     Connections,
+    /// The directors registered in the cluster.
+    Directors,
     /// A change, and who asked for it (for the log).
     Change {
         /// What to change.
@@ -136,6 +138,13 @@ pub enum ControlError {
         /// The master it takes its services from, when known.
         master: Option<String>,
     },
+    /// A director of a cluster: another change to what this one touches came first (409).
+    #[error("{0}")]
+    Conflict(String),
+    /// A director of a cluster: the cluster store cannot be reached, or the change was
+    /// written but not applied here in time (503).
+    #[error("{0}")]
+    Store(String),
     /// The change could not be applied to the host: an address in use, the state file, the
     /// host setup (500). Nothing of it stays applied.
     #[error("{0}")]
@@ -147,7 +156,8 @@ impl ControlError {
     pub fn status(&self) -> u16 {
         match self {
             Self::NoService(_) | Self::NoReal { .. } => 404,
-            Self::RealExists { .. } | Self::Backup { .. } => 409,
+            Self::RealExists { .. } | Self::Backup { .. } | Self::Conflict(_) => 409,
+            Self::Store(_) => 503,
             Self::Body(_) | Self::FixedKey(_) | Self::Invalid(_) => 400,
             Self::Failed(_) => 500,
         }

@@ -24,6 +24,8 @@ pub const ZERO: &str = "/v1/zero";
 pub const RELOAD: &str = "/v1/reload";
 /// `GET`: flows in progress.
 pub const CONNECTIONS: &str = "/v1/connections";
+/// `GET`: the directors registered in the cluster.
+pub const DIRECTORS: &str = "/v1/directors";
 /// `GET`: the services as config YAML.
 pub const SAVE: &str = "/v1/save";
 

@@ -34,6 +34,32 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9901")]
         metrics: SocketAddr,
     },
+    /// Run on a real server: register it in a cluster service's reals (in etcd) for as long
+    /// as this runs and its check passes; on SIGTERM or SIGINT it is withdrawn at once.
+    Register {
+        /// etcd's client URLs (comma-separated or repeated).
+        #[arg(long, value_delimiter = ',', required = true)]
+        etcd: Vec<String>,
+        /// The cluster's prefix (its directors' `cluster.prefix`).
+        #[arg(long)]
+        prefix: String,
+        /// The service's name.
+        #[arg(long)]
+        service: String,
+        /// This real server's IP:PORT, as the directors reach it.
+        #[arg(long)]
+        address: SocketAddr,
+        /// Its weight (0..65535).
+        #[arg(long, short = 'w', default_value_t = 1)]
+        weight: u32,
+        /// How long the registration outlives this process or host (1s to 1h).
+        #[arg(long, default_value = "5s", value_parser = ulvs::config::parse_duration)]
+        ttl: std::time::Duration,
+        /// A shell command that must exit 0 for the real to stay registered (run every third
+        /// of the TTL).
+        #[arg(long)]
+        check: Option<String>,
+    },
     /// Real-server helper for tun mode on kernels without an ipip device.
     IpipDecap {
         /// The VIP carried by the real server.
@@ -79,12 +105,43 @@ fn check(path: &std::path::Path) -> Result<(), (u8, String)> {
     let config = &ConfigSource::File(path.to_owned())
         .load()
         .map_err(|error| (1, error.to_string()))?;
-    let reals: usize = config.services.iter().map(|service| service.reals.len()).sum();
+    let (mut stored, mut left_out) = (String::new(), Vec::new());
+    let mut services = config.services.clone();
+    let mut unread = None;
+    if let Some(cluster) = &config.cluster {
+        // The table is the cluster's: read it and check it as the director would take it.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|error| (1, format!("cannot start a runtime: {error}")))?;
+        match runtime.block_on(ulvs::cluster::stored_table(config)) {
+            Ok((revision, table, skipped)) => {
+                stored = format!(" in etcd under {} at revision {revision}", cluster.prefix);
+                left_out = skipped;
+                services = table;
+            }
+            Err(error @ ulvs::cluster::StoredError::Unreachable { .. }) => {
+                stored = format!(" in etcd under {}: not read", cluster.prefix);
+                unread = Some(format!("the cluster's stored table: {error}"));
+            }
+            Err(error) => {
+                return Err((
+                    1,
+                    format!("the cluster's stored table ({}): {error}", cluster.prefix),
+                ));
+            }
+        }
+    }
+    let reals: usize = services.iter().map(|service| service.reals.len()).sum();
     let count = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
-    let (services, reals) = (count(config.services.len(), "service"), count(reals, "real"));
-    let problems = daemon::preflight::check(config);
+    let (services, reals) = (count(services.len(), "service"), count(reals, "real"));
+    let mut problems = daemon::preflight::check(config);
+    problems.extend(unread);
     let verdict = if problems.is_empty() { "OK" } else { "valid" };
-    let mut text = format!("{}: {verdict} ({services}, {reals})\n", path.display());
+    let mut text = format!("{}: {verdict} ({services}, {reals}{stored})\n", path.display());
+    for why in left_out {
+        let _ = writeln!(text, "  registered real left out: {why}");
+    }
     if let Some(dataplane) = config
         .dataplane
         .as_ref()
@@ -130,6 +187,25 @@ fn run(args: Args) -> Result<(), String> {
         }) => runtime
             .block_on(daemon::demo::run(listen, admin, metrics))
             .map_err(|e| e.to_string()),
+        Some(Command::Register {
+            etcd,
+            prefix,
+            service,
+            address,
+            weight,
+            ttl,
+            check,
+        }) => runtime.block_on(ulvs::cluster::register::run(
+            ulvs::cluster::register::Registration {
+                etcd,
+                prefix,
+                service,
+                address,
+                weight,
+                ttl,
+                check,
+            },
+        )),
         Some(Command::IpipDecap { vip, dev }) => match vip {
             std::net::IpAddr::V4(vip) => ulvs::lvs::decap::run(vip, &dev).map_err(|error| error.to_string()),
             std::net::IpAddr::V6(_) => Err("ipip-decap: IPv6 VIPs are not handled yet".to_owned()),

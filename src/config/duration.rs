@@ -55,6 +55,13 @@ pub(crate) const CHECK_TIMEOUT: Range = Range {
     max: secs(3_600),
 };
 
+/// etcd lease times to live (`cluster.ttl`, `lbd register --ttl`): 1 second to 1 hour (etcd
+/// itself raises a time to live below its minimum, 3 s with its default election timeout).
+pub(crate) const LEASE: Range = Range {
+    min: secs(1),
+    max: secs(3_600),
+};
+
 impl Range {
     /// Parses `text` and checks it is within the range; the error names both limits.
     pub(crate) fn parse(self, text: &str) -> Result<Duration, String> {
@@ -181,6 +188,7 @@ serde_range! {
     connect => CONNECT,
     drain => DRAIN,
     persistence => PERSISTENCE,
+    lease => LEASE,
 }
 
 #[cfg(test)]

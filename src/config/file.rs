@@ -40,6 +40,10 @@ pub struct Config {
     /// Active/backup with keepalived, and flow sync; absent = a director on its own.
     #[serde(default)]
     pub ha: Option<super::HaConfig>,
+    /// Several directors sharing their service table through etcd; absent = the table is
+    /// this file's `services:` (and the admin API's changes).
+    #[serde(default)]
+    pub cluster: Option<super::ClusterConfig>,
     /// The virtual services.
     #[serde(default)]
     pub services: Vec<ServiceConfig>,
@@ -56,6 +60,7 @@ impl Default for Config {
             workers: 0,
             dataplane: None,
             ha: None,
+            cluster: None,
             services: Vec::new(),
         }
     }
@@ -73,6 +78,7 @@ impl Config {
             workers: self.workers,
             dataplane: self.dataplane.clone(),
             ha: self.ha.clone(),
+            cluster: self.cluster.clone(),
             services: Vec::new(),
         }
     }

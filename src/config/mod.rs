@@ -6,6 +6,7 @@
 //! socket and never touches the running service table.
 
 mod address;
+mod cluster;
 mod duration;
 mod edit;
 mod error;
@@ -18,7 +19,7 @@ mod service;
 
 use std::{collections::HashSet, path::Path};
 
-pub use self::{address::*, edit::*, file::*, ha::*, health_check::*, service::*};
+pub use self::{address::*, cluster::*, edit::*, file::*, ha::*, health_check::*, service::*};
 pub use duration::{format as format_duration, parse as parse_duration};
 pub use error::ConfigError;
 pub use save::services_yaml;
@@ -105,8 +106,27 @@ pub fn parse(source: &str, origin: &str) -> Result<Config, ConfigError> {
     let config: Config = serde_yaml::from_str(source).map_err(|error| yaml_error(&error, source, origin))?;
     validate(&config)
         .and_then(|()| supported(&config))
+        .and_then(|()| services_in_one_place(&config))
         .map_err(|problem| problem.into_error(source, origin))?;
     Ok(config)
+}
+
+/// With `cluster:`, the services live in etcd: a file that also lists some would hold a
+/// second, silently ignored table.
+fn services_in_one_place(config: &Config) -> Result<(), Problem> {
+    match &config.cluster {
+        Some(cluster) if !config.services.is_empty() => Err(Problem {
+            message: format!(
+                "services: with `cluster:` the service table lives in etcd under {}/services/, \
+                 not in this file; remove `services:` here and load them once with \
+                 `lbadm restore` (or `lbadm add-service`)",
+                cluster.prefix
+            ),
+            needle: "services:".to_owned(),
+            occurrence: 0,
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Parses a `services:` list on its own (the format of `lbadm save` and the state file), and

@@ -388,6 +388,14 @@ impl PartialEq for ServiceConfig {
 }
 
 impl ServiceConfig {
+    /// This service with only its configured reals (not those that registered themselves):
+    /// what `lbadm save` prints and the cluster's store holds.
+    pub fn configured(&self) -> Self {
+        let mut service = self.clone();
+        service.reals.retain(|real| !real.registered);
+        service
+    }
+
     /// The service's identity.
     pub fn key(&self) -> ServiceKey {
         ServiceKey {
@@ -418,6 +426,9 @@ pub struct RealConfig {
     pub min_conns: u32,
     /// Per-real forwarding override.
     pub forward: Option<ForwardMethod>,
+    /// It registered itself in the cluster's etcd (`lbd register`) rather than being
+    /// configured; it goes when its registration does, and `lbadm save` leaves it out.
+    pub registered: bool,
 }
 
 impl RealConfig {
@@ -730,6 +741,7 @@ impl TryFrom<ServiceSpec> for ServiceConfig {
                     max_conns: raw_real.max_conns,
                     min_conns: raw_real.min_conns,
                     forward: raw_real.forward,
+                    registered: false,
                 });
             }
         }

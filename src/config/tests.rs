@@ -459,3 +459,34 @@ fn deep_or_huge_documents_are_refused_before_parsing() {
     assert!(check_shape(sneaky.as_bytes()).is_err());
     assert!(check_shape(&vec![b' '; MAX_DOCUMENT_BYTES + 1]).is_err());
 }
+
+#[test]
+fn with_a_cluster_the_services_are_not_in_the_file() {
+    let cluster = "cluster: { etcd: ['http://127.0.0.1:2379'], prefix: /ulvs/web, node: d1 }\n";
+    let config = parse(cluster, "lbd.yaml").unwrap();
+    let settings = config.cluster.as_ref().unwrap();
+    assert_eq!(
+        (settings.node.as_str(), settings.ttl),
+        ("d1", std::time::Duration::from_secs(5))
+    );
+    let both = format!("{cluster}services:\n  - {{ protocol: tcp, listen: '127.0.0.1:80' }}\n");
+    let message = error_of(&both);
+    assert!(
+        message.contains("lives in etcd under /ulvs/web/services/"),
+        "{message}"
+    );
+    assert!(message.starts_with("lbd.yaml:2:"), "{message}");
+    // The services the cluster holds are checked as the running configuration's.
+    assert_eq!(
+        parse_services(
+            "services:\n  - { protocol: tcp, listen: '127.0.0.1:80' }\n",
+            "etcd",
+            &config
+        )
+        .unwrap()
+        .len(),
+        1
+    );
+    let message = error_of("cluster: { etcd: ['https://h:2379'], prefix: /u, node: d1 }\n");
+    assert!(message.contains("TLS"), "{message}");
+}

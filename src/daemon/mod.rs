@@ -4,6 +4,7 @@
 //! A reload is all or nothing: if the new file is invalid or a new service address cannot be
 //! bound, the running table and sockets stay exactly as they were.
 
+mod cluster;
 pub mod control;
 pub mod demo;
 pub mod plan;
@@ -161,6 +162,8 @@ pub struct Director {
     generation: u64,
     /// The master whose services were taken last.
     master_address: Option<std::net::SocketAddr>,
+    /// With `cluster:`, the session with etcd and what it did with the stored table.
+    cluster: Option<cluster::ClusterSide>,
 }
 
 impl Director {
@@ -231,7 +234,7 @@ impl Director {
             .map(|index| Worker::spawn(index, shared.clone()))
             .collect::<Result<Vec<_>, _>>()
             .map_err(StartError::Workers)?;
-        let director = Self {
+        let mut director = Self {
             source,
             config,
             shared,
@@ -246,7 +249,12 @@ impl Director {
             ha,
             generation: 1,
             master_address: None,
+            cluster: None,
         };
+        if let Some(settings) = &director.config.cluster {
+            let info = director.cluster_registration(0);
+            director.cluster = Some(cluster::ClusterSide::start(settings, info));
+        }
         director.publish();
         for (key, listeners) in bound {
             director.hand_out(key, listeners);
@@ -300,6 +308,14 @@ impl Director {
         if config.ha != self.config.ha {
             tracing::warn!("a change of `ha` takes effect at the next start");
             config.ha.clone_from(&self.config.ha);
+        }
+        if config.cluster != self.config.cluster {
+            tracing::warn!("a change of `cluster` takes effect at the next start");
+            config.cluster.clone_from(&self.config.cluster);
+        }
+        if config.cluster.is_some() {
+            // The table is the cluster's, not the file's (which has none).
+            config.services.clone_from(&self.config.services);
         }
         if config.worker_count() != self.workers.len() {
             tracing::warn!(
@@ -410,7 +426,9 @@ impl Director {
     /// Applies the services the master sent, as a reload does (all or nothing, the state file
     /// written), and takes the master's generation. A master takes nothing.
     fn apply_received(&mut self, received: crate::ha::Received) {
-        if self.master || received.generation == self.generation && Some(received.from) == self.master_address
+        if self.master
+            || self.cluster.is_some()
+            || received.generation == self.generation && Some(received.from) == self.master_address
         {
             return;
         }
@@ -455,6 +473,8 @@ impl Director {
             .as_ref()
             .and_then(|ha| ha.sync.as_ref())
             .is_some_and(|sync| !sync.peers.is_empty());
+        // In a cluster every director takes changes: they go to etcd and come back to all.
+        let syncs_config = syncs_config && self.cluster.is_none();
         (syncs_config && !self.master && !force).then(|| control::ControlError::Backup {
             master: self.master_address.map(|address| address.ip().to_string()),
         })
@@ -491,6 +511,7 @@ impl Director {
         self.packet.flows.sync.set_master(master);
         crate::telemetry::count_ha_transition(master);
         tracing::info!(role = role.name(), "HA role taken");
+        self.register_in_cluster();
         if master && self.packets.is_some() {
             let vips: Vec<std::net::Ipv4Addr> = plan
                 .vips
@@ -631,6 +652,7 @@ pub async fn serve(source: ConfigSource, config: Config) -> Result<(), StartErro
                 HaEvent::Role(role) => director.set_role(role),
                 HaEvent::Received(received) => director.apply_received(received),
             },
+            input = cluster::ClusterSide::next(&mut director.cluster) => director.on_cluster(input),
             Some((request, reply)) = next_request(&mut admin) => match request {
                 control::Request::Change { change: control::Change::Reload, client, force } => {
                     match director.refusal(force) {
@@ -640,13 +662,12 @@ pub async fn serve(source: ConfigSource, config: Config) -> Result<(), StartErro
                         None => reloads.wanted(director.source(), Some((reply, client))),
                     }
                 }
-                request => {
-                    let _ = reply.send(director.handle(request));
-                }
+                request => director.answer(request, reply),
             },
             _ = rate_clock.tick() => {
                 director.sample_rates(last_sample.elapsed());
                 last_sample = Instant::now();
+                director.cluster_tick();
             }
             _ = hangup.recv() => reloads.wanted(director.source(), None),
             loaded = reloads.loaded(), if reloads.loading() => {

@@ -64,7 +64,11 @@ pub(super) enum Command {
     },
     /// Re-read lbd's config file, replacing runtime changes (as SIGHUP).
     Reload,
-    /// Version, uptime, config file, counts of services, reals and flows; the HA role.
+    /// The directors registered in the cluster (`cluster:`), with the table revision each
+    /// has applied and its role.
+    Directors,
+    /// Version, uptime, config file, counts of services, reals and flows; the HA role and
+    /// the cluster's state.
     Status {
         /// Exit 1 unless this director may take over (keepalived's check): it is the master,
         /// or it holds the master's table, or no peer is master.

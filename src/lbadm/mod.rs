@@ -204,7 +204,37 @@ async fn execute(cli: Cli) -> Result<String, Failure> {
                     ha.role, ha.instance, ha.generation, ha.messages_sent, ha.messages_received, ha.synced_flows
                 ));
             }
+            if let Some(cluster) = &status.cluster {
+                let store = if cluster.connected {
+                    "connected"
+                } else {
+                    "UNREACHABLE"
+                };
+                text.push_str(&format!(
+                    "cluster: node {} of {}  etcd: {store}  revision: {} (table {})  directors: {}  registered reals: {}\n",
+                    cluster.node,
+                    cluster.prefix,
+                    cluster.revision,
+                    cluster.table_revision,
+                    cluster.directors,
+                    cluster.registered_reals
+                ));
+                if let Some(why) = &cluster.unreachable {
+                    text.push_str(&format!("  etcd ({}): {why}\n", cluster.etcd.join(", ")));
+                }
+                if let Some(why) = &cluster.refused {
+                    text.push_str(&format!("  stored table refused: {why}\n"));
+                }
+            }
             Ok(text)
+        }
+        Command::Directors => {
+            let bytes = client.call(Method::GET, routes::DIRECTORS, None).await?;
+            if json_out {
+                return Ok(pretty(&bytes));
+            }
+            let directors: Vec<api::Director> = parse(&bytes)?;
+            Ok(render::directors(&directors))
         }
     }
 }

@@ -3,7 +3,38 @@
 
 use std::fmt::Write;
 
-use crate::api::{Connection, Counters, Rates, Service};
+use crate::api::{Connection, Counters, Director, Rates, Service};
+
+/// `lbadm directors`: one line per registered director; a director whose table revision is
+/// behind the newest is marked `behind`.
+pub fn directors(directors: &[Director]) -> String {
+    let newest = directors
+        .iter()
+        .map(|director| director.revision)
+        .max()
+        .unwrap_or(0);
+    let mut out = format!(
+        "{:<16} {:<8} {:>10}  {:<22} {}\n",
+        "Node", "Role", "Revision", "Admin", "Version"
+    );
+    for director in directors {
+        let behind = if director.revision < newest {
+            "  behind"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            out,
+            "{:<16} {:<8} {:>10}  {:<22} {}{behind}",
+            director.node,
+            director.role,
+            director.revision,
+            director.admin.as_deref().unwrap_or("-"),
+            director.version
+        );
+    }
+    out
+}
 
 /// Which columns `list` shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,12 +122,13 @@ pub fn services(version: &str, flows: usize, services: &[Service], options: Opti
                 Columns::Table => push_line(
                     &mut out,
                     &format!(
-                        "  -> {:<28} {:<7} {:<6} {:<10} {:<10}",
+                        "  -> {:<28} {:<7} {:<6} {:<10} {:<10}{}",
                         address,
                         forward_label(&real.forward),
                         real.weight,
                         real.active,
-                        real.inactive
+                        real.inactive,
+                        if real.registered { " REG" } else { "" }
                     ),
                 ),
                 Columns::Stats | Columns::Rate => {
@@ -267,6 +299,7 @@ mod tests {
             active,
             inactive,
             overloaded: false,
+            registered: false,
             health: None,
             stats: Counters::default(),
             rate: Rates::default(),
@@ -412,6 +445,46 @@ mod tests {
                 "TCP 14:58  ESTABLISHED 203.0.113.7:51234  10.0.0.1:80        192.168.10.1:80",
                 "TCP 14:58  ESTABLISHED 203.0.113.7:51234  10.0.0.1:80        192.168.10.1:80 SYNC"
             ]
+        );
+    }
+
+    #[test]
+    fn registered_reals_are_marked_and_directors_behind_are_named() {
+        let mut registered = real("10.0.0.7:8080", "proxy", 3, 0, 0);
+        registered.registered = true;
+        let listing = services(
+            "0.1.0",
+            0,
+            &[service(
+                "tcp",
+                "10.0.0.100:80",
+                "wlc",
+                vec![real("10.0.0.1:80", "proxy", 1, 0, 0), registered],
+            )],
+            Options {
+                columns: Columns::Table,
+                exact: false,
+            },
+        );
+        let lines: Vec<&str> = listing.lines().collect();
+        assert!(!lines[4].ends_with("REG"), "{listing}");
+        assert!(
+            lines[5].starts_with("  -> 10.0.0.7:8080") && lines[5].ends_with(" REG"),
+            "{listing}"
+        );
+        let director = |node: &str, revision| Director {
+            node: node.to_owned(),
+            revision,
+            role: "active".to_owned(),
+            admin: Some("10.0.0.21:9900".to_owned()),
+            version: "0.1.0".to_owned(),
+        };
+        let table = directors(&[director("d1", 42), director("d2", 40)]);
+        assert_eq!(
+            table,
+            "Node             Role       Revision  Admin                  Version\n\
+             d1               active           42  10.0.0.21:9900         0.1.0\n\
+             d2               active           40  10.0.0.21:9900         0.1.0  behind\n"
         );
     }
 }

@@ -87,6 +87,41 @@ pub(crate) fn set_ha_master(master: bool) {
     }
 }
 
+/// `lbd_cluster_connected`.
+pub(crate) const CLUSTER_CONNECTED: &str = "lbd_cluster_connected";
+/// `lbd_cluster_revision`.
+pub(crate) const CLUSTER_REVISION: &str = "lbd_cluster_revision";
+/// `lbd_cluster_changes_total`.
+pub(crate) const CLUSTER_CHANGES: &str = "lbd_cluster_changes_total";
+
+/// Sets `lbd_cluster_connected` and `lbd_cluster_revision` (a director of a cluster only).
+pub(crate) fn set_cluster(connected: bool, revision: i64) {
+    metrics::describe_gauge!(
+        CLUSTER_CONNECTED,
+        "1 while the cluster store (etcd) answers, else 0 (changes are refused)."
+    );
+    metrics::describe_gauge!(
+        CLUSTER_REVISION,
+        "The etcd revision of the service table in force on this director."
+    );
+    metrics::gauge!(CLUSTER_CONNECTED).set(if connected { 1.0 } else { 0.0 });
+    metrics::gauge!(CLUSTER_REVISION).set(revision as f64);
+}
+
+/// Counts a stored table taken (`applied`) or refused (`refused`: it fails the config
+/// file's rules, or could not be applied here).
+pub(crate) fn count_cluster_change(applied: bool) {
+    metrics::describe_counter!(
+        CLUSTER_CHANGES,
+        "Changes of the cluster's stored service table, by whether this director applied them."
+    );
+    for result in ["applied", "refused"] {
+        metrics::counter!(CLUSTER_CHANGES, "result" => result).increment(0);
+    }
+    let result = if applied { "applied" } else { "refused" };
+    metrics::counter!(CLUSTER_CHANGES, "result" => result).increment(1);
+}
+
 /// Counts a change of HA role.
 pub(crate) fn count_ha_transition(master: bool) {
     set_ha_master(master);

@@ -15,6 +15,9 @@ use super::{ApplyError, Director, ReloadError};
 pub use crate::api::{Answer, Change, ControlError, Request};
 use crate::config::{self, ServiceConfig};
 
+/// Where the control loop answers an admin request.
+pub(crate) type Reply = tokio::sync::oneshot::Sender<Result<Answer, ControlError>>;
+
 impl From<ApplyError> for ControlError {
     fn from(error: ApplyError) -> Self {
         Self::Failed(error.to_string())
@@ -40,8 +43,17 @@ impl Director {
                 let index = find(&self.config.services, &id)?;
                 Ok(json(&self.service_view(index)))
             }
-            Request::Save => Ok(Answer::Yaml(config::services_yaml(&self.config.services))),
+            Request::Save => {
+                let configured: Vec<ServiceConfig> = self
+                    .config
+                    .services
+                    .iter()
+                    .map(ServiceConfig::configured)
+                    .collect();
+                Ok(Answer::Yaml(config::services_yaml(&configured)))
+            }
             Request::Connections => Ok(json(&self.connections())),
+            Request::Directors => self.directors().map(|directors| json(&directors)),
             // Zeroing counters changes no configuration: a backup does it too.
             Request::Change {
                 change,
@@ -75,20 +87,40 @@ impl Director {
                     changed = summary.changed,
                     "admin change applied: {what}"
                 );
-                let index = key.and_then(|key| {
-                    self.config
-                        .services
-                        .iter()
-                        .position(|service| service.key() == key)
-                });
-                return Ok(match index {
-                    Some(index) => json(&self.service_view(index)),
-                    None => json(&self.service_views()),
-                });
+                return Ok(self.service_answer(key));
             }
         };
         tracing::info!(client, "admin change applied: {what}");
         Ok(answer)
+    }
+
+    /// What a change answers: the service it made or changed (`key`), or every service.
+    pub(crate) fn service_answer(&self, key: Option<config::ServiceKey>) -> Answer {
+        let index = key.and_then(|key| {
+            self.config
+                .services
+                .iter()
+                .position(|service| service.key() == key)
+        });
+        match index {
+            Some(index) => json(&self.service_view(index)),
+            None => json(&self.service_views()),
+        }
+    }
+
+    /// Answers one admin request through `reply`: at once, or (a table change of a director
+    /// of a cluster) once the change is written to etcd and applied here.
+    pub(crate) fn answer(&mut self, request: Request, reply: Reply) {
+        match request {
+            Request::Change { change, client, .. }
+                if self.cluster.is_some() && !matches!(change, Change::Zero(_) | Change::Reload) =>
+            {
+                self.commit_change(change, client, reply);
+            }
+            request => {
+                let _ = reply.send(self.handle(request));
+            }
+        }
     }
 
     /// The answer to `lbadm reload` once the reload is done (or refused), logged once.

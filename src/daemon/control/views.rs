@@ -61,6 +61,12 @@ impl Director {
                     master: self.master_address.map(|address| address.ip().to_string()),
                 }
             }),
+            cluster: self
+                .config
+                .cluster
+                .as_ref()
+                .zip(self.cluster.as_ref())
+                .map(|(config, side)| side.status(config, &self.config.services)),
         }
     }
 
@@ -133,6 +139,7 @@ fn service_view(config: &ServiceConfig, table: &ServiceTable, rates: &rates::Est
                 active: current.map_or(0, |current| current.state.active()),
                 inactive: current.map_or(0, |current| current.state.inactive()),
                 overloaded: current.is_some_and(|current| current.state.is_overloaded()),
+                registered: real.registered,
                 health: current.and_then(health_view),
                 stats: current.map_or_else(Counters::default, |current| real_counters(&current.state)),
                 rate: rates.rates(&key, Some(real.address)),
