@@ -214,7 +214,7 @@ fn kill_member(farm: &mut Farm, n: usize) {
 
 fn director_config(farm: &Farm, director: &str) -> String {
     format!(
-        "admin: {{ listen: '127.0.0.1:9900' }}\nworkers: 1\ndrain_timeout: 1s\nstate_file: {dir}/state-{director}.yaml\n\
+        "admin: {{ listen: '0.0.0.0:9900', token_file: {dir}/token }}\nworkers: 1\ndrain_timeout: 1s\nstate_file: {dir}/state-{director}.yaml\n\
          cluster: {{ etcd: [{endpoints}], prefix: {PREFIX}, node: {director}, ttl: 3s }}\n",
         dir = farm.dir.path().display(),
         endpoints = farm.endpoints()
@@ -223,6 +223,7 @@ fn director_config(farm: &Farm, director: &str) -> String {
 
 fn start_director(farm: &mut Farm, n: usize) {
     let director = DIRECTORS[n];
+    std::fs::write(farm.dir.path().join("token"), "cluster-test-token\n").unwrap();
     let config = farm.dir.path().join(format!("{director}.yaml"));
     std::fs::write(&config, director_config(farm, director)).unwrap();
     let lbd = spawn_in(
@@ -261,7 +262,8 @@ fn start_directors(farm: &mut Farm) {
 fn lbadm(farm: &Farm, director: &str, args: &[&str]) -> (i32, String, String) {
     let output = Command::new("ip")
         .args(["netns", "exec", &farm.ns(director), lbadm_binary()])
-        .args(["--admin", "127.0.0.1:9900"])
+        .args(["--admin", "127.0.0.1:9900", "--token-file"])
+        .arg(farm.dir.path().join("token"))
         .args(args)
         .output()
         .unwrap();
@@ -566,10 +568,12 @@ fn a_change_on_one_director_reaches_every_director_and_conflicting_changes_are_r
             .into_iter()
             .map(|(director, scheduler)| {
                 let (barrier, ns) = (Arc::clone(&barrier), farm.ns(director));
+                let token = farm.dir.path().join("token").display().to_string();
                 thread::spawn(move || {
                     barrier.wait();
                     let output = Command::new("ip")
                         .args(["netns", "exec", &ns, lbadm_binary(), "--admin", "127.0.0.1:9900"])
+                        .args(["--token-file", &token])
                         .args(["edit-service", "--service", "web", "-s", scheduler])
                         .output()
                         .unwrap();
@@ -624,6 +628,46 @@ fn a_change_on_one_director_reaches_every_director_and_conflicting_changes_are_r
     }
     println!("cluster: concurrent changes to one service: {conflicts} refused as conflicts");
     assert!(conflicts > 0, "no round raced (30 rounds)");
+
+    // One lbadm, every director: identical answers once (clush -b), a director that does not
+    // answer on its own, and the exit status says so.
+    let every = |farm: &Farm| {
+        let output = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &farm.ns("cl"),
+                lbadm_binary(),
+                "-w",
+                "10.66.0.[21-23]:9900",
+            ])
+            .arg("--token-file")
+            .arg(farm.dir.path().join("token"))
+            .args(["list", "-n"])
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    };
+    let (code, text) = every(&farm);
+    assert_eq!(code, Some(0), "{text}");
+    let title = "10.66.0.[21-23]:9900 (3)";
+    let rule = "-".repeat(title.len());
+    assert!(text.starts_with(&format!("{rule}\n{title}\n{rule}\n")), "{text}");
+    assert_eq!(text.matches("10.66.0.31:8080").count(), 1, "{text}");
+    farm.lbd[2] = None;
+    let (code, text) = every(&farm);
+    assert_eq!(code, Some(3), "{text}");
+    assert!(
+        text.contains("10.66.0.[21-22]:9900 (2)") && text.contains("10.66.0.23:9900 (1)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("cannot reach the director at 10.66.0.23:9900"),
+        "{text}"
+    );
 }
 
 /// New TCP connections through the VIP (via d1) every 20 ms until `stop`: (answered, failed).

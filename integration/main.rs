@@ -8,6 +8,7 @@ mod admin;
 mod chaos;
 mod cluster;
 mod config_files;
+mod ecmp;
 mod ha;
 mod health;
 mod lvs;

@@ -158,6 +158,14 @@ fn check(path: &std::path::Path) -> Result<(), (u8, String)> {
             let when = if master_only { "   (while master)" } else { "" };
             let _ = writeln!(text, "  {step}{when}");
         }
+        if let Some(announce) = &dataplane.announce {
+            let _ = writeln!(
+                text,
+                "  ip route replace VIP/32 dev {} table {}   (each VIP while it has a real that can \
+                 take flows: route health injection)",
+                dataplane.tun, announce.table
+            );
+        }
     }
     // A reader that stops early (`lbd --check | head -1`) is not an error.
     let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes());

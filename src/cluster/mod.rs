@@ -1,7 +1,7 @@
 //! Several directors sharing one service table through etcd (`cluster:`), and real servers
 //! that register themselves in it (`lbd register`).
 //!
-//! The table lives under the cluster's prefix, one key per service ([`keys`]). Each director
+//! The table lives under the cluster's prefix, one key per service (the `keys` module). Each director
 //! reads it whole, then watches from the revision of that read, so no change falls between
 //! the two; the control loop applies each watch response as a reload applies a file (all or
 //! nothing). Admin changes are written as etcd transactions guarded by the revision of every

@@ -62,6 +62,12 @@ pub(crate) const LEASE: Range = Range {
     max: secs(3_600),
 };
 
+/// `dataplane.announce.withdraw_wait`: 0 to 1 minute.
+pub(crate) const WITHDRAW: Range = Range {
+    min: Duration::ZERO,
+    max: secs(60),
+};
+
 impl Range {
     /// Parses `text` and checks it is within the range; the error names both limits.
     pub(crate) fn parse(self, text: &str) -> Result<Duration, String> {
@@ -189,6 +195,7 @@ serde_range! {
     drain => DRAIN,
     persistence => PERSISTENCE,
     lease => LEASE,
+    withdraw => WITHDRAW,
 }
 
 #[cfg(test)]

@@ -190,6 +190,44 @@ pub struct DataplaneConfig {
     /// still finds a real (the same one with `sh`, `dh` or `mh`). Default false.
     #[serde(default)]
     pub sloppy_tcp: bool,
+    /// Route health injection: each VIP is put, as `VIP/32` through the TUN device, into a
+    /// routing table that a BGP speaker (BIRD) exports, while this director is ready and the
+    /// VIP has a service with an available real. Absent = no announcements.
+    #[serde(default)]
+    pub announce: Option<AnnounceConfig>,
+}
+
+/// The routing table that sends nat replies into the TUN device (lbd's own; `announce` may
+/// not use it).
+pub const REPLY_TABLE: u32 = 100;
+
+/// `dataplane.announce`: route health injection for a BGP speaker.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnnounceConfig {
+    /// The routing table the speaker exports (1 to 252, not lbd's reply table 100).
+    #[serde(deserialize_with = "announce_table")]
+    pub table: u32,
+    /// At shutdown, how long lbd goes on forwarding after withdrawing its routes, for the
+    /// routers to move the flows elsewhere. Default 1s.
+    #[serde(default = "default_withdraw_wait", with = "duration::withdraw")]
+    pub withdraw_wait: Duration,
+}
+
+fn default_withdraw_wait() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn announce_table<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+    let table = u32::deserialize(deserializer)?;
+    if !(1..=252).contains(&table) || table == REPLY_TABLE {
+        return Err(de::Error::custom(format!(
+            "table {table}: the routing table to announce in must be 1 to 252 (253 to 255 are \
+             the kernel's) and not {}, lbd's table for nat replies",
+            REPLY_TABLE
+        )));
+    }
+    Ok(table)
 }
 
 /// The largest `dataplane.max_flows` (some 13 GB of table).

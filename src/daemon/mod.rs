@@ -4,6 +4,7 @@
 //! A reload is all or nothing: if the new file is invalid or a new service address cannot be
 //! bound, the running table and sockets stay exactly as they were.
 
+mod announce;
 mod cluster;
 pub mod control;
 pub mod demo;
@@ -164,6 +165,10 @@ pub struct Director {
     master_address: Option<std::net::SocketAddr>,
     /// With `cluster:`, the session with etcd and what it did with the stored table.
     cluster: Option<cluster::ClusterSide>,
+    /// With `dataplane.announce`, the routes that announce the VIPs.
+    announcer: Option<announce::Announcer>,
+    /// Stopping: the VIPs are withdrawn and stay so.
+    draining: bool,
 }
 
 impl Director {
@@ -250,12 +255,24 @@ impl Director {
             generation: 1,
             master_address: None,
             cluster: None,
+            announcer: None,
+            draining: false,
         };
+        if let Some(dataplane) = director
+            .config
+            .dataplane
+            .as_ref()
+            .filter(|_| director.packets.is_some())
+            && let Some(announce) = &dataplane.announce
+        {
+            director.announcer = Some(announce::Announcer::start(announce, &dataplane.tun));
+        }
         if let Some(settings) = &director.config.cluster {
             let info = director.cluster_registration(0);
             director.cluster = Some(cluster::ClusterSide::start(settings, info));
         }
         director.publish();
+        director.refresh_announcements();
         for (key, listeners) in bound {
             director.hand_out(key, listeners);
         }
@@ -308,6 +325,18 @@ impl Director {
         if config.ha != self.config.ha {
             tracing::warn!("a change of `ha` takes effect at the next start");
             config.ha.clone_from(&self.config.ha);
+        }
+        let announce = |config: &Config| {
+            config
+                .dataplane
+                .as_ref()
+                .and_then(|dataplane| dataplane.announce.clone())
+        };
+        if announce(&config) != announce(&self.config) {
+            tracing::warn!("a change of `dataplane.announce` takes effect at the next start");
+            if let Some(dataplane) = config.dataplane.as_mut() {
+                dataplane.announce = announce(&self.config);
+            }
         }
         if config.cluster != self.config.cluster {
             tracing::warn!("a change of `cluster` takes effect at the next start");
@@ -410,6 +439,7 @@ impl Director {
         self.config = config;
         self.generation += 1;
         self.publish();
+        self.refresh_announcements();
         Ok(plan.summary)
     }
 
@@ -512,6 +542,7 @@ impl Director {
         crate::telemetry::count_ha_transition(master);
         tracing::info!(role = role.name(), "HA role taken");
         self.register_in_cluster();
+        self.refresh_announcements();
         if master && self.packets.is_some() {
             let vips: Vec<std::net::Ipv4Addr> = plan
                 .vips
@@ -546,6 +577,40 @@ impl Director {
             Some(&previous),
             self.health.view(),
         ));
+        self.refresh_announcements();
+    }
+
+    /// Tells the announcer which VIPs to announce now: those with a real that can take
+    /// flows, while this director draws the VIPs' traffic (the master of an HA pair) and is
+    /// not stopping.
+    fn refresh_announcements(&self) {
+        if let Some(announcer) = &self.announcer {
+            let ready = self.master && !self.draining && self.packets.is_some();
+            let table = self.shared.table.snapshot();
+            announcer.want(crate::lvs::inject::wanted(
+                &table,
+                ready,
+                crate::clock::Millis::now(),
+            ));
+        }
+    }
+
+    /// Stopping: withdraws every announced VIP first, then goes on forwarding for
+    /// `withdraw_wait`, so that the routers move the flows before this director goes.
+    async fn withdraw(&mut self) {
+        self.draining = true;
+        let Some(announcer) = self.announcer.as_mut() else {
+            return;
+        };
+        if announcer.withdraw_all(Duration::from_secs(5)).await {
+            tracing::info!(
+                "stopping: VIPs withdrawn; forwarding for another {:?} while the routers move the flows",
+                announcer.withdraw_wait
+            );
+        } else {
+            tracing::warn!("stopping: the VIPs' routes could not all be withdrawn within 5 s");
+        }
+        tokio::time::sleep(announcer.withdraw_wait).await;
     }
 
     /// Notified when a health verdict changes; then call
@@ -668,6 +733,8 @@ pub async fn serve(source: ConfigSource, config: Config) -> Result<(), StartErro
                 director.sample_rates(last_sample.elapsed());
                 last_sample = Instant::now();
                 director.cluster_tick();
+                // A real's passive back-off ends with time, not with an event.
+                director.refresh_announcements();
             }
             _ = hangup.recv() => reloads.wanted(director.source(), None),
             loaded = reloads.loaded(), if reloads.loading() => {
@@ -685,6 +752,7 @@ pub async fn serve(source: ConfigSource, config: Config) -> Result<(), StartErro
             _ = interrupt.recv() => break,
         }
     }
+    director.withdraw().await;
     drain(&director).await;
     Ok(())
 }

@@ -11,12 +11,22 @@ use crate::{
 };
 
 /// lbadm: administer a running lbd, the way ipvsadm administers IPVS.
-#[derive(Debug, Parser)]
+#[derive(Debug, Clone, Parser)]
 #[command(name = "lbadm", version)]
 pub struct Cli {
     /// The director's admin API: IP:PORT or unix:/path.
     #[arg(long, global = true, env = "LBADM_ADMIN", default_value = "127.0.0.1:9900")]
     pub(super) admin: String,
+    /// Several directors at once, as a node set of admin addresses (`10.0.0.[21-23]:9900`,
+    /// `d[1-3]:9900`): the command runs on each in parallel and identical answers are shown
+    /// once, with the directors that gave them (as `clush -b`). Before the command.
+    #[arg(
+        short = 'w',
+        long = "directors",
+        value_name = "NODESET",
+        conflicts_with = "admin"
+    )]
+    pub(super) directors: Option<String>,
     /// A file holding the admin API's bearer token.
     #[arg(long, global = true, value_name = "FILE")]
     pub(super) token_file: Option<PathBuf>,
@@ -31,7 +41,7 @@ pub struct Cli {
     pub(super) command: Command,
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub(super) enum Command {
     /// List the table (ipvsadm -L).
     #[command(visible_alias = "ls")]
@@ -133,7 +143,7 @@ impl Target {
     }
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub(super) struct ListArgs {
     #[command(flatten)]
     pub(super) target: Target,
@@ -189,7 +199,7 @@ impl Forward {
     }
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub(super) struct ServiceArgs {
     #[command(flatten)]
     pub(super) target: Target,
@@ -219,7 +229,7 @@ pub(super) struct ServiceArgs {
 }
 
 /// Names real servers of a service.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub(super) struct RealTarget {
     #[command(flatten)]
     pub(super) target: Target,
@@ -228,7 +238,7 @@ pub(super) struct RealTarget {
     pub(super) real: String,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub(super) struct RealArgs {
     #[command(flatten)]
     pub(super) real: RealTarget,

@@ -6,6 +6,7 @@
 mod bodies;
 mod cli;
 mod client;
+mod fan_out;
 pub mod render;
 
 use std::process::ExitCode;
@@ -59,6 +60,18 @@ pub fn run(cli: Cli) -> ExitCode {
             return ExitCode::from(3);
         }
     };
+    if let Some(nodeset) = cli.directors.clone() {
+        return match runtime.block_on(fan_out(cli, &nodeset)) {
+            Ok((output, status)) => {
+                let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), output.as_bytes());
+                ExitCode::from(status)
+            }
+            Err(failure) => {
+                eprintln!("lbadm: {}", failure.message);
+                ExitCode::from(failure.status)
+            }
+        };
+    }
     match runtime.block_on(execute(cli)) {
         Ok(output) => {
             // A reader that stops early (`lbadm list | head -1`) is not an error.
@@ -70,6 +83,34 @@ pub fn run(cli: Cli) -> ExitCode {
             ExitCode::from(failure.status)
         }
     }
+}
+
+/// `lbadm -w NODESET …`: the command on every director named, in parallel; the answers
+/// gathered, and the exit status.
+async fn fan_out(cli: Cli, nodeset: &str) -> Result<(String, u8), Failure> {
+    let endpoints = fan_out::endpoints(nodeset)?;
+    if matches!(&cli.command, Command::Restore { file } if file == "-") {
+        return Err(usage(
+            "-w: give `restore` a file (standard input can be read once only)".to_owned(),
+        ));
+    }
+    let mut running = tokio::task::JoinSet::new();
+    for (index, endpoint) in endpoints.iter().enumerate() {
+        let mut one = cli.clone();
+        one.admin.clone_from(endpoint);
+        one.directors = None;
+        running.spawn(async move { (index, execute(one).await) });
+    }
+    let mut answers: Vec<(String, fan_out::Outcome)> = endpoints
+        .iter()
+        .map(|endpoint| (endpoint.clone(), Err((3, "no answer".to_owned()))))
+        .collect();
+    while let Some(done) = running.join_next().await {
+        if let Ok((index, outcome)) = done {
+            answers[index].1 = outcome.map_err(|failure| (failure.status, failure.message));
+        }
+    }
+    Ok(fan_out::gather(&answers))
 }
 
 async fn execute(cli: Cli) -> Result<String, Failure> {

@@ -9,6 +9,7 @@ pub mod decap;
 mod egress;
 mod error;
 pub mod flow_table;
+pub mod inject;
 pub mod neighbours;
 pub mod path;
 pub mod plane;

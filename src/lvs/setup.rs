@@ -14,8 +14,7 @@ use std::{
 
 use crate::config::{Config, ForwardMethod, Protocol};
 
-/// The routing table that sends NAT replies into the TUN device.
-pub const REPLY_TABLE: u32 = 100;
+pub use crate::config::REPLY_TABLE;
 /// Preference of the first reply-steering rule.
 const RULE_PREF: u32 = 1000;
 /// The MTU of a tunnelled VIP's route: an Ethernet MTU less the outer IPv4 header.

@@ -3,6 +3,11 @@
 //! the real's address and port), `turns` slots per real per round in proportion to its last
 //! non-zero weight. The client's address (and port, with `mh-port`) picks a slot. A quiesced
 //! real keeps its slots: lookups landing on them fail, unless `mh-fallback` searches on.
+//!
+//! The table is filled in the order of the reals' addresses, not of the service's list (IPVS
+//! fills in list order, which follows the order reals were added): directors with the same
+//! reals build the same table whatever their history, so a flow that ECMP or a failover moves
+//! to another director finds the same real there.
 
 use super::{
     Flow, Scheduler,
@@ -29,7 +34,8 @@ pub(super) struct Maglev {
 impl Maglev {
     /// Builds the table. A service may have at most [`TABLE_SIZE`] reals (checked in config).
     pub(super) fn new(reals: &[Real], fallback: bool, port: bool) -> Self {
-        let members = up_members(reals);
+        let mut members = up_members(reals);
+        members.sort_by_key(|&i| reals[i].address);
         let last_weight = |i: usize| reals[i].state.last_weight(reals[i].weight);
         let gcd = members
             .iter()
@@ -200,6 +206,22 @@ mod tests {
         // The published SipHash-2-4 vector for key 00..0f and message 00 01 02 03.
         let key = (0x0706_0504_0302_0100, 0x0f0e_0d0c_0b0a_0908);
         assert_eq!(siphash_u32(0x0302_0100, key, 2, 4), 0xcf27_94e0_2771_87b7);
+    }
+
+    #[test]
+    fn the_table_does_not_depend_on_the_order_of_the_reals() {
+        let reals = reals(&[1, 2, 1, 3]);
+        let mut reversed = reals.clone();
+        reversed.reverse();
+        let (forward, backward) = (
+            Maglev::new(&reals, false, false),
+            Maglev::new(&reversed, false, false),
+        );
+        for client in 0..2000u32 {
+            let flow = from(client.wrapping_mul(2_654_435_761));
+            let (a, b) = (forward.pick(&reals, &flow), backward.pick(&reversed, &flow));
+            assert_eq!(a.map(|i| reals[i].address), b.map(|i| reversed[i].address));
+        }
     }
 
     #[test]
