@@ -7,7 +7,7 @@
 use std::{
     io::{BufRead, BufReader, Write},
     net::{SocketAddr, TcpStream},
-    process::{Command, Stdio},
+    process::Command,
     sync::{
         Arc, Barrier,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -18,6 +18,7 @@ use std::{
 
 use crate::{
     lvs::{Running, in_netns, ip, root, start_servers},
+    netns::{delete_namespaces, spawn_logged, wait_or_show},
     support::*,
 };
 
@@ -48,11 +49,12 @@ impl Farm {
         format!("{}{name}", self.tag)
     }
 
+    /// etcd's client URLs, comma-separated.
     fn endpoints(&self) -> String {
         (0..MEMBERS.len())
-            .map(|n| format!("'http://10.66.0.{}:2379'", 5 + n))
+            .map(|n| format!("http://10.66.0.{}:2379", 5 + n))
             .collect::<Vec<_>>()
-            .join(", ")
+            .join(",")
     }
 }
 
@@ -61,9 +63,11 @@ impl Drop for Farm {
         self.registrants.clear();
         self.lbd.clear();
         self.etcd.clear();
-        for name in ["cl", "et", "d1", "d2", "d3", "r1", "sw"] {
-            let _ = Command::new("ip").args(["netns", "del", &self.ns(name)]).output();
-        }
+        let names: Vec<String> = ["cl", "et", "d1", "d2", "d3", "r1", "sw"]
+            .iter()
+            .map(|name| self.ns(name))
+            .collect();
+        delete_namespaces(&names, &[]);
     }
 }
 
@@ -127,20 +131,7 @@ fn attach(farm: &Farm, name: &str, address: &str) {
 }
 
 fn spawn_in(farm: &Farm, namespace: &str, log: &str, command: &[&str]) -> Running {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(farm.dir.path().join(log))
-        .unwrap();
-    let child = Command::new("ip")
-        .args(["netns", "exec", &farm.ns(namespace)])
-        .args(command)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    Running(child)
+    spawn_logged(&farm.ns(namespace), &farm.dir.path().join(log), command)
 }
 
 /// Starts etcd member `n` (a new cluster the first time, its data kept after that).
@@ -187,10 +178,7 @@ fn start_etcd(farm: &mut Farm) {
     for n in 0..MEMBERS.len() {
         start_member(farm, n);
     }
-    let endpoints = (0..MEMBERS.len())
-        .map(|n| format!("http://10.66.0.{}:2379", 5 + n))
-        .collect::<Vec<_>>()
-        .join(",");
+    let endpoints = farm.endpoints();
     wait_for("etcd has a leader", farm, Duration::from_secs(20), || {
         Command::new("ip")
             .args([
@@ -217,7 +205,12 @@ fn director_config(farm: &Farm, director: &str) -> String {
         "admin: {{ listen: '0.0.0.0:9900', token_file: {dir}/token }}\nworkers: 1\ndrain_timeout: 1s\nstate_file: {dir}/state-{director}.yaml\n\
          cluster: {{ etcd: [{endpoints}], prefix: {PREFIX}, node: {director}, ttl: 3s }}\n",
         dir = farm.dir.path().display(),
-        endpoints = farm.endpoints()
+        endpoints = farm
+            .endpoints()
+            .split(',')
+            .map(|url| format!("'{url}'"))
+            .collect::<Vec<_>>()
+            .join(", ")
     )
 }
 
@@ -248,14 +241,9 @@ fn start_directors(farm: &mut Farm) {
     for n in 0..DIRECTORS.len() {
         start_director(farm, n);
     }
-    for director in DIRECTORS {
-        wait_for(
-            &format!("{director} reaches etcd"),
-            farm,
-            Duration::from_secs(15),
-            || status(farm, director).is_some_and(|status| status["cluster"]["connected"] == true),
-        );
-    }
+    on_every_director(farm, "reaches etcd", Duration::from_secs(15), |director| {
+        status(farm, director).is_some_and(|status| status["cluster"]["connected"] == true)
+    });
 }
 
 /// Runs lbadm in `director`'s namespace: exit code, stdout, stderr.
@@ -305,25 +293,27 @@ fn scheduler(farm: &Farm, director: &str) -> Option<String> {
     service["scheduler"].as_str().map(str::to_owned)
 }
 
-fn wait_for(what: &str, farm: &Farm, limit: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        if Instant::now() > deadline {
-            let logs: String = ["lbd-d1.log", "lbd-d2.log", "lbd-d3.log", "etcd-e1.log"]
-                .iter()
-                .map(|log| {
-                    let text = std::fs::read_to_string(farm.dir.path().join(log)).unwrap_or_default();
-                    let tail: Vec<&str> = text.lines().rev().take(12).collect();
-                    format!(
-                        "--- {log}\n{}\n",
-                        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-                    )
-                })
-                .collect();
-            panic!("{what} within {limit:?}\n{logs}");
-        }
-        thread::sleep(Duration::from_millis(50));
+fn wait_for(what: &str, farm: &Farm, limit: Duration, done: impl FnMut() -> bool) {
+    let logs = ["lbd-d1.log", "lbd-d2.log", "lbd-d3.log", "etcd-e1.log"];
+    wait_or_show(what, limit, farm.dir.path(), &logs, done);
+}
+
+/// Waits until `holds` for each director in turn (`what` names it in the failure).
+fn on_every_director(farm: &Farm, what: &str, limit: Duration, mut holds: impl FnMut(&str) -> bool) {
+    for director in DIRECTORS {
+        wait_for(&format!("{director}: {what}"), farm, limit, || holds(director));
     }
+}
+
+/// The test's turn and a farm with etcd and the directors running and the table loaded;
+/// `None` when the test skips.
+fn running_farm() -> Option<(std::sync::MutexGuard<'static, ()>, Farm)> {
+    let turn = prerequisites()?;
+    let mut farm = farm();
+    start_etcd(&mut farm);
+    start_directors(&mut farm);
+    load_table(&farm);
+    Some((turn, farm))
 }
 
 /// Loads the table through d1: service `web` (proxy, rr) with the real's echo server.
@@ -338,14 +328,9 @@ fn load_table(farm: &Farm) {
     .unwrap();
     let (code, _, err) = lbadm(farm, "d1", &["restore", table.to_str().unwrap()]);
     assert_eq!(code, 0, "restore: {err}");
-    for director in DIRECTORS {
-        wait_for(
-            &format!("{director} has the table"),
-            farm,
-            Duration::from_secs(5),
-            || reals(farm, director).is_some_and(|reals| reals.len() == 1),
-        );
-    }
+    on_every_director(farm, "has the table", Duration::from_secs(5), |director| {
+        reals(farm, director).is_some_and(|reals| reals.len() == 1)
+    });
 }
 
 /// When each director applied each table revision, from its log.
@@ -399,13 +384,9 @@ fn percentile(values: &mut [Duration], p: f64) -> Duration {
 
 #[test]
 fn a_change_on_one_director_reaches_every_director_and_conflicting_changes_are_refused() {
-    let Some(_turn) = prerequisites() else {
+    let Some((_turn, mut farm)) = running_farm() else {
         return;
     };
-    let mut farm = farm();
-    start_etcd(&mut farm);
-    start_directors(&mut farm);
-    load_table(&farm);
     let (code, out, _) = lbadm(&farm, "d2", &["directors"]);
     assert_eq!(code, 0);
     for director in DIRECTORS {
@@ -427,7 +408,7 @@ fn a_change_on_one_director_reaches_every_director_and_conflicting_changes_are_r
     // A service written by hand that fails the config file's rules refuses the whole stored
     // table: every director keeps its own and says why; so does `lbd --check`.
     let etcdctl = |args: &[&str]| {
-        let endpoints = farm.endpoints().replace(['\'', ' '], "");
+        let endpoints = farm.endpoints();
         let output = Command::new("ip")
             .args([
                 "netns",
@@ -483,14 +464,12 @@ fn a_change_on_one_director_reaches_every_director_and_conflicting_changes_are_r
     let (code, _, err) = lbadm(&farm, "d1", &["edit-service", "--service", "web", "-s", "wlc"]);
     assert!(code != 0 && err.contains("stored table is refused"), "{err}");
     etcdctl(&["del", &bad]);
-    for director in DIRECTORS {
-        wait_for(
-            &format!("{director} takes the table again"),
-            &farm,
-            Duration::from_secs(5),
-            || status(&farm, director).is_some_and(|status| status["cluster"]["refused"].is_null()),
-        );
-    }
+    on_every_director(
+        &farm,
+        "takes the table again",
+        Duration::from_secs(5),
+        |director| status(&farm, director).is_some_and(|status| status["cluster"]["refused"].is_null()),
+    );
 
     // 100 changes, made on each director in turn: when is each applied everywhere?
     let mut started = Vec::new();
@@ -513,14 +492,9 @@ fn a_change_on_one_director_reaches_every_director_and_conflicting_changes_are_r
         );
         assert_eq!(code, 0, "change {n} on {origin}: {err}");
     }
-    for director in DIRECTORS {
-        wait_for(
-            &format!("{director} has the last change"),
-            &farm,
-            Duration::from_secs(5),
-            || reals(&farm, director).is_some_and(|reals| reals[0].1 == 101),
-        );
-    }
+    on_every_director(&farm, "has the last change", Duration::from_secs(5), |director| {
+        reals(&farm, director).is_some_and(|reals| reals[0].1 == 101)
+    });
     let logs: Vec<Vec<(i64, SystemTime)>> = DIRECTORS
         .iter()
         .map(|director| applied_at(&farm, director))
@@ -617,11 +591,9 @@ fn a_change_on_one_director_reaches_every_director_and_conflicting_changes_are_r
             lbadm(&farm, "d1", &["edit-service", "--service", "web", "-s", "rr"]).0,
             0
         );
-        for director in DIRECTORS {
-            wait_for("rr again", &farm, Duration::from_secs(5), || {
-                scheduler(&farm, director).as_deref() == Some("rr")
-            });
-        }
+        on_every_director(&farm, "rr again", Duration::from_secs(5), |director| {
+            scheduler(&farm, director).as_deref() == Some("rr")
+        });
         if conflicts >= 3 {
             break;
         }
@@ -699,14 +671,10 @@ fn client_traffic(farm: &Farm, stop: Arc<AtomicBool>) -> thread::JoinHandle<(usi
 
 #[test]
 fn directors_keep_serving_through_an_etcd_outage_and_catch_up_after_it() {
-    let Some(_turn) = prerequisites() else {
+    let Some((_turn, mut farm)) = running_farm() else {
         return;
     };
-    let mut farm = farm();
     let _servers = start_servers(&farm.ns("r1"), "real1", "0.0.0.0");
-    start_etcd(&mut farm);
-    start_directors(&mut farm);
-    load_table(&farm);
     let stop = Arc::new(AtomicBool::new(false));
     let traffic = client_traffic(&farm, Arc::clone(&stop));
 
@@ -736,23 +704,19 @@ fn directors_keep_serving_through_an_etcd_outage_and_catch_up_after_it() {
             .0 == 0
         },
     );
-    for director in DIRECTORS {
-        wait_for("every director has it", &farm, Duration::from_secs(10), || {
-            weight_is(&farm, director, 2)
-        });
-    }
+    on_every_director(
+        &farm,
+        "every director has it",
+        Duration::from_secs(10),
+        |director| weight_is(&farm, director, 2),
+    );
 
     // Every member down: the directors keep their table and serve; changes are refused.
     kill_member(&mut farm, 0);
     kill_member(&mut farm, 1);
-    for director in DIRECTORS {
-        wait_for(
-            &format!("{director} sees etcd gone"),
-            &farm,
-            Duration::from_secs(15),
-            || status(&farm, director).is_some_and(|status| status["cluster"]["connected"] == false),
-        );
-    }
+    on_every_director(&farm, "sees etcd gone", Duration::from_secs(15), |director| {
+        status(&farm, director).is_some_and(|status| status["cluster"]["connected"] == false)
+    });
     let (code, _, err) = lbadm(
         &farm,
         "d1",
@@ -785,14 +749,9 @@ fn directors_keep_serving_through_an_etcd_outage_and_catch_up_after_it() {
     for n in 0..MEMBERS.len() {
         start_member(&mut farm, n);
     }
-    for director in DIRECTORS {
-        wait_for(
-            &format!("{director} reconnects"),
-            &farm,
-            Duration::from_secs(30),
-            || status(&farm, director).is_some_and(|status| status["cluster"]["connected"] == true),
-        );
-    }
+    on_every_director(&farm, "reconnects", Duration::from_secs(30), |director| {
+        status(&farm, director).is_some_and(|status| status["cluster"]["connected"] == true)
+    });
     farm.lbd[2] = None;
     wait_for(
         "a change after the outage",
@@ -816,14 +775,9 @@ fn directors_keep_serving_through_an_etcd_outage_and_catch_up_after_it() {
         },
     );
     start_director(&mut farm, 2);
-    for director in DIRECTORS {
-        wait_for(
-            &format!("{director} caught up"),
-            &farm,
-            Duration::from_secs(10),
-            || weight_is(&farm, director, 4),
-        );
-    }
+    on_every_director(&farm, "caught up", Duration::from_secs(10), |director| {
+        weight_is(&farm, director, 4)
+    });
     stop.store(true, Ordering::SeqCst);
     let (answered, failed) = traffic.join().unwrap();
     println!(
@@ -836,17 +790,10 @@ fn directors_keep_serving_through_an_etcd_outage_and_catch_up_after_it() {
 
 #[test]
 fn reals_that_register_themselves_come_and_go_with_their_registration() {
-    let Some(_turn) = prerequisites() else {
+    let Some((_turn, mut farm)) = running_farm() else {
         return;
     };
-    let mut farm = farm();
-    start_etcd(&mut farm);
-    start_directors(&mut farm);
-    load_table(&farm);
-    let endpoints: Vec<String> = (0..MEMBERS.len())
-        .map(|n| format!("http://10.66.0.{}:2379", 5 + n))
-        .collect();
-    let endpoints = endpoints.join(",");
+    let endpoints = farm.endpoints();
     let ok = |n: usize| farm.dir.path().join(format!("ok-{n}"));
     for n in 0..20 {
         let address = format!("{REAL}:{}", 9000 + n);
@@ -875,14 +822,12 @@ fn reals_that_register_themselves_come_and_go_with_their_registration() {
     let registered = |farm: &Farm, director: &str| {
         reals(farm, director).map(|reals| reals.iter().filter(|(_, _, registered)| *registered).count())
     };
-    for director in DIRECTORS {
-        wait_for(
-            &format!("{director} lists 20 registered reals"),
-            &farm,
-            Duration::from_secs(15),
-            || registered(&farm, director) == Some(20),
-        );
-    }
+    on_every_director(
+        &farm,
+        "lists 20 registered reals",
+        Duration::from_secs(15),
+        |director| registered(&farm, director) == Some(20),
+    );
     let (_, listing, _) = lbadm(&farm, "d2", &["list"]);
     assert_eq!(listing.matches(" REG").count(), 20, "{listing}");
     assert!(
@@ -913,37 +858,31 @@ fn reals_that_register_themselves_come_and_go_with_their_registration() {
     // A failing check withdraws its real the same way; SIGTERM withdraws at once.
     let failed = Instant::now();
     std::fs::remove_file(ok(18)).unwrap();
-    for director in DIRECTORS {
-        wait_for(
-            &format!("{director} drops the failing real"),
-            &farm,
-            Duration::from_secs(10),
-            || registered(&farm, director) == Some(14),
-        );
-    }
+    on_every_director(
+        &farm,
+        "drops the failing real",
+        Duration::from_secs(10),
+        |director| registered(&farm, director) == Some(14),
+    );
     let check_gone = failed.elapsed();
     let stopped = Instant::now();
     let pid = nix::unistd::Pid::from_raw(farm.registrants[19].as_ref().unwrap().0.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    for director in DIRECTORS {
-        wait_for(
-            &format!("{director} drops the stopped real"),
-            &farm,
-            Duration::from_secs(10),
-            || registered(&farm, director) == Some(13),
-        );
-    }
+    on_every_director(
+        &farm,
+        "drops the stopped real",
+        Duration::from_secs(10),
+        |director| registered(&farm, director) == Some(13),
+    );
     let withdrawn = stopped.elapsed();
     // The check passes again: the real comes back.
     std::fs::write(ok(18), "").unwrap();
-    for director in DIRECTORS {
-        wait_for(
-            &format!("{director} takes the real back"),
-            &farm,
-            Duration::from_secs(10),
-            || registered(&farm, director) == Some(14),
-        );
-    }
+    on_every_director(
+        &farm,
+        "takes the real back",
+        Duration::from_secs(10),
+        |director| registered(&farm, director) == Some(14),
+    );
     println!("cluster: failing check withdrawn after {check_gone:?}; SIGTERM withdrawn after {withdrawn:?}");
     assert!(check_gone <= Duration::from_secs(4), "{check_gone:?}");
     assert!(

@@ -9,7 +9,7 @@
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpStream},
-    process::{Command, Stdio},
+    process::Command,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -20,6 +20,7 @@ use std::{
 
 use crate::{
     lvs::{Running, in_netns, ip, root, start_servers, sysctl},
+    netns::{delete_namespaces, spawn_logged},
     support::*,
 };
 
@@ -46,36 +47,16 @@ impl Drop for Net {
     fn drop(&mut self) {
         self.lbd.clear();
         self.bird.clear();
-        use std::os::unix::fs::MetadataExt;
-        for director in DIRECTORS {
-            if let Ok(namespace) = std::fs::metadata(format!("/run/netns/{}", self.ns(director)))
-                && let Ok(entries) = std::fs::read_dir("/run/lbd")
-            {
-                let suffix = format!("-net{}", namespace.ino());
-                for entry in entries.flatten() {
-                    if entry.file_name().to_string_lossy().ends_with(&suffix) {
-                        let _ = std::fs::remove_file(entry.path());
-                    }
-                }
-            }
-        }
-        for name in ["cl", "rt", "sw", "d1", "d2", "d3", "r1", "r2"] {
-            let _ = Command::new("ip").args(["netns", "del", &self.ns(name)]).output();
-        }
+        let names = |names: &[&str]| names.iter().map(|name| self.ns(name)).collect::<Vec<_>>();
+        delete_namespaces(
+            &names(&["cl", "rt", "sw", "d1", "d2", "d3", "r1", "r2"]),
+            &names(&DIRECTORS),
+        );
     }
 }
 
 fn spawn_in(net: &Net, namespace: &str, log: &str, command: &[&str]) -> Running {
-    let log = std::fs::File::create(net.dir.path().join(log)).unwrap();
-    let child = Command::new("ip")
-        .args(["netns", "exec", &net.ns(namespace)])
-        .args(command)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    Running(child)
+    spawn_logged(&net.ns(namespace), &net.dir.path().join(log), command)
 }
 
 /// client 10.71.0.2 — router (10.71.0.1 / 10.70.0.1) — core bridge: directors 10.70.0.11-13,
@@ -401,4 +382,25 @@ fn directors_behind_ecmp_withdraw_first_and_moved_flows_keep_their_real() {
         "mh-port spread the streams over both reals: {reals:?}"
     );
     assert!(withdrawn < Duration::from_secs(2), "{withdrawn:?}");
+
+    // d1 keeps announcing only while the VIP has a real that can take flows.
+    let lbadm = |args: &[&str]| {
+        let output = Command::new("ip")
+            .args(["netns", "exec", &net.ns("d1"), env!("CARGO_BIN_EXE_lbadm")])
+            .args(["--admin", "127.0.0.1:9900"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "lbadm {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    let service = format!("{VIP}:8080");
+    lbadm(&["drain-real", "-t", &service, "-r", "10.70.0.[21-22]:8080"]);
+    let gone = wait_for_hops(&net, 0, Duration::from_secs(5));
+    lbadm(&["edit-real", "-t", &service, "-r", "10.70.0.21:8080", "-w", "1"]);
+    let back = wait_for_hops(&net, 1, Duration::from_secs(5));
+    println!("ECMP: d1's reals drained: withdrawn after {gone:?}; one back: announced after {back:?}");
 }

@@ -18,6 +18,7 @@ use std::{
 
 use crate::{
     lvs::{Running, in_netns, ip, root, start_servers, sysctl},
+    netns::{delete_namespaces, spawn_logged, wait_or_show},
     support::*,
 };
 
@@ -77,22 +78,11 @@ impl Drop for Pair {
     fn drop(&mut self) {
         self.processes.clear();
         self.helpers.clear();
-        use std::os::unix::fs::MetadataExt;
-        for director in ["d1", "d2"] {
-            if let Ok(namespace) = std::fs::metadata(format!("/run/netns/{}", self.ns(director)))
-                && let Ok(entries) = std::fs::read_dir("/run/lbd")
-            {
-                let suffix = format!("-net{}", namespace.ino());
-                for entry in entries.flatten() {
-                    if entry.file_name().to_string_lossy().ends_with(&suffix) {
-                        let _ = std::fs::remove_file(entry.path());
-                    }
-                }
-            }
-        }
-        for name in ["cl", "d1", "d2", "r1", "r2", "sw"] {
-            let _ = Command::new("ip").args(["netns", "del", &self.ns(name)]).output();
-        }
+        let names = |names: &[&str]| names.iter().map(|name| self.ns(name)).collect::<Vec<_>>();
+        delete_namespaces(
+            &names(&["cl", "d1", "d2", "r1", "r2", "sw"]),
+            &names(&["d1", "d2"]),
+        );
     }
 }
 
@@ -282,16 +272,7 @@ fn keepalived_config(pair: &Pair, director: &str, priority: u32) -> String {
 
 /// Starts `command` in `director`'s namespace, its output to `log` in the test's directory.
 fn spawn_in(pair: &Pair, director: &str, log: &str, command: &[&str]) -> Running {
-    let log = std::fs::File::create(pair.dir.path().join(log)).unwrap();
-    let child = Command::new("ip")
-        .args(["netns", "exec", &pair.ns(director)])
-        .args(command)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    Running(child)
+    spawn_logged(&pair.ns(director), &pair.dir.path().join(log), command)
 }
 
 /// `lbadm status` in `director`'s namespace, or `None` while lbd does not answer.
@@ -307,25 +288,9 @@ fn status(pair: &Pair, director: &str) -> Option<String> {
         .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-fn wait_for(what: &str, pair: &Pair, limit: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        if Instant::now() > deadline {
-            let logs: String = ["lbd-d1.log", "lbd-d2.log", "ka-d1.log", "ka-d2.log"]
-                .iter()
-                .map(|log| {
-                    let text = std::fs::read_to_string(pair.dir.path().join(log)).unwrap_or_default();
-                    let tail: Vec<&str> = text.lines().rev().take(15).collect();
-                    format!(
-                        "--- {log}\n{}\n",
-                        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-                    )
-                })
-                .collect();
-            panic!("{what} within {limit:?}\n{logs}");
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
+fn wait_for(what: &str, pair: &Pair, limit: Duration, done: impl FnMut() -> bool) {
+    let logs = ["lbd-d1.log", "lbd-d2.log", "ka-d1.log", "ka-d2.log"];
+    wait_or_show(what, limit, pair.dir.path(), &logs, done);
 }
 
 /// The number in `ha: …  synced flows: N` of a status.

@@ -13,6 +13,7 @@ mod ha;
 mod health;
 mod lvs;
 mod metrics;
+mod netns;
 mod proxy_tcp;
 mod proxy_udp;
 mod schedulers;

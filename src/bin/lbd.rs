@@ -36,30 +36,7 @@ enum Command {
     },
     /// Run on a real server: register it in a cluster service's reals (in etcd) for as long
     /// as this runs and its check passes; on SIGTERM or SIGINT it is withdrawn at once.
-    Register {
-        /// etcd's client URLs (comma-separated or repeated).
-        #[arg(long, value_delimiter = ',', required = true)]
-        etcd: Vec<String>,
-        /// The cluster's prefix (its directors' `cluster.prefix`).
-        #[arg(long)]
-        prefix: String,
-        /// The service's name.
-        #[arg(long)]
-        service: String,
-        /// This real server's IP:PORT, as the directors reach it.
-        #[arg(long)]
-        address: SocketAddr,
-        /// Its weight (0..65535).
-        #[arg(long, short = 'w', default_value_t = 1)]
-        weight: u32,
-        /// How long the registration outlives this process or host (1s to 1h).
-        #[arg(long, default_value = "5s", value_parser = ulvs::config::parse_duration)]
-        ttl: std::time::Duration,
-        /// A shell command that must exit 0 for the real to stay registered (run every third
-        /// of the TTL).
-        #[arg(long)]
-        check: Option<String>,
-    },
+    Register(ulvs::cluster::register::Registration),
     /// Real-server helper for tun mode on kernels without an ipip device.
     IpipDecap {
         /// The VIP carried by the real server.
@@ -195,25 +172,7 @@ fn run(args: Args) -> Result<(), String> {
         }) => runtime
             .block_on(daemon::demo::run(listen, admin, metrics))
             .map_err(|e| e.to_string()),
-        Some(Command::Register {
-            etcd,
-            prefix,
-            service,
-            address,
-            weight,
-            ttl,
-            check,
-        }) => runtime.block_on(ulvs::cluster::register::run(
-            ulvs::cluster::register::Registration {
-                etcd,
-                prefix,
-                service,
-                address,
-                weight,
-                ttl,
-                check,
-            },
-        )),
+        Some(Command::Register(registration)) => runtime.block_on(ulvs::cluster::register::run(registration)),
         Some(Command::IpipDecap { vip, dev }) => match vip {
             std::net::IpAddr::V4(vip) => ulvs::lvs::decap::run(vip, &dev).map_err(|error| error.to_string()),
             std::net::IpAddr::V6(_) => Err("ipip-decap: IPv6 VIPs are not handled yet".to_owned()),

@@ -11,23 +11,30 @@ use tokio::signal::unix::{SignalKind, signal};
 use super::{Keys, REQUEST_TIMEOUT, connect};
 use crate::config::{self, MAX_WEIGHT, RealSpec};
 
-/// What to register, from the command line.
-#[derive(Debug, Clone)]
+/// What to register: `lbd register`'s command line.
+#[derive(Debug, Clone, clap::Args)]
 pub struct Registration {
-    /// etcd's client URLs.
+    /// etcd's client URLs (comma-separated or repeated).
+    #[arg(long, value_delimiter = ',', required = true)]
     pub etcd: Vec<String>,
-    /// The cluster's prefix.
+    /// The cluster's prefix (its directors' `cluster.prefix`).
+    #[arg(long)]
     pub prefix: String,
     /// The service's name.
+    #[arg(long)]
     pub service: String,
-    /// This real server's address (with its port).
+    /// This real server's IP:PORT, as the directors reach it.
+    #[arg(long)]
     pub address: SocketAddr,
-    /// Its weight.
+    /// Its weight (0..65535).
+    #[arg(long, short = 'w', default_value_t = 1)]
     pub weight: u32,
-    /// How long the registration outlives this process.
+    /// How long the registration outlives this process or host (1s to 1h).
+    #[arg(long, default_value = "5s", value_parser = config::parse_duration)]
     pub ttl: Duration,
-    /// A shell command that must succeed for the real to stay registered (run every third of
-    /// the time to live).
+    /// A shell command that must exit 0 for the real to stay registered (run every third of
+    /// the TTL).
+    #[arg(long)]
     pub check: Option<String>,
 }
 

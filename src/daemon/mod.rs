@@ -258,15 +258,7 @@ impl Director {
             announcer: None,
             draining: false,
         };
-        if let Some(dataplane) = director
-            .config
-            .dataplane
-            .as_ref()
-            .filter(|_| director.packets.is_some())
-            && let Some(announce) = &dataplane.announce
-        {
-            director.announcer = Some(announce::Announcer::start(announce, &dataplane.tun));
-        }
+        director.start_announcer();
         if let Some(settings) = &director.config.cluster {
             let info = director.cluster_registration(0);
             director.cluster = Some(cluster::ClusterSide::start(settings, info));
@@ -424,6 +416,7 @@ impl Director {
         }
         if started_plane.is_some() {
             self.packets = started_plane;
+            self.start_announcer();
         }
         self.packet.flows.set_sloppy_tcp(
             config
@@ -578,6 +571,19 @@ impl Director {
             self.health.view(),
         ));
         self.refresh_announcements();
+    }
+
+    /// Starts announcing (`dataplane.announce`) once the packet plane runs: at start, or when
+    /// the first nat, dr or tun service arrives.
+    fn start_announcer(&mut self) {
+        if self.announcer.is_some() || self.packets.is_none() {
+            return;
+        }
+        if let Some(dataplane) = &self.config.dataplane
+            && let Some(announce) = &dataplane.announce
+        {
+            self.announcer = Some(announce::Announcer::start(announce, &dataplane.tun));
+        }
     }
 
     /// Tells the announcer which VIPs to announce now: those with a real that can take
