@@ -262,6 +262,23 @@ fn lbadm(farm: &Farm, director: &str, args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// `lbadm edit-real` of the real of service `web` to `weight`, on `director`.
+fn set_weight(farm: &Farm, director: &str, weight: &str) -> (i32, String, String) {
+    lbadm(
+        farm,
+        director,
+        &[
+            "edit-real",
+            "--service",
+            "web",
+            "-r",
+            &format!("{REAL}:8080"),
+            "-w",
+            weight,
+        ],
+    )
+}
+
 fn status(farm: &Farm, director: &str) -> Option<serde_json::Value> {
     let (code, out, _) = lbadm(farm, director, &["status", "--json"]);
     (code == 0).then(|| serde_json::from_str(&out).ok()).flatten()
@@ -477,19 +494,7 @@ fn a_change_on_one_director_reaches_every_director_and_conflicting_changes_are_r
         let weight = (2 + n).to_string();
         let origin = DIRECTORS[n % 3];
         started.push(SystemTime::now());
-        let (code, _, err) = lbadm(
-            &farm,
-            origin,
-            &[
-                "edit-real",
-                "--service",
-                "web",
-                "-r",
-                &format!("{REAL}:8080"),
-                "-w",
-                &weight,
-            ],
-        );
+        let (code, _, err) = set_weight(&farm, origin, &weight);
         assert_eq!(code, 0, "change {n} on {origin}: {err}");
     }
     on_every_director(&farm, "has the last change", Duration::from_secs(5), |director| {
@@ -687,22 +692,7 @@ fn directors_keep_serving_through_an_etcd_outage_and_catch_up_after_it() {
         "a change with one etcd member down",
         &farm,
         Duration::from_secs(15),
-        || {
-            lbadm(
-                &farm,
-                "d2",
-                &[
-                    "edit-real",
-                    "--service",
-                    "web",
-                    "-r",
-                    &format!("{REAL}:8080"),
-                    "-w",
-                    "2",
-                ],
-            )
-            .0 == 0
-        },
+        || set_weight(&farm, "d2", "2").0 == 0,
     );
     on_every_director(
         &farm,
@@ -717,19 +707,7 @@ fn directors_keep_serving_through_an_etcd_outage_and_catch_up_after_it() {
     on_every_director(&farm, "sees etcd gone", Duration::from_secs(15), |director| {
         status(&farm, director).is_some_and(|status| status["cluster"]["connected"] == false)
     });
-    let (code, _, err) = lbadm(
-        &farm,
-        "d1",
-        &[
-            "edit-real",
-            "--service",
-            "web",
-            "-r",
-            &format!("{REAL}:8080"),
-            "-w",
-            "3",
-        ],
-    );
+    let (code, _, err) = set_weight(&farm, "d1", "3");
     assert_ne!(code, 0);
     assert!(err.contains("cannot be reached"), "{err}");
     let (_, text, _) = lbadm(&farm, "d1", &["status"]);
@@ -757,22 +735,7 @@ fn directors_keep_serving_through_an_etcd_outage_and_catch_up_after_it() {
         "a change after the outage",
         &farm,
         Duration::from_secs(10),
-        || {
-            lbadm(
-                &farm,
-                "d1",
-                &[
-                    "edit-real",
-                    "--service",
-                    "web",
-                    "-r",
-                    &format!("{REAL}:8080"),
-                    "-w",
-                    "4",
-                ],
-            )
-            .0 == 0
-        },
+        || set_weight(&farm, "d1", "4").0 == 0,
     );
     start_director(&mut farm, 2);
     on_every_director(&farm, "caught up", Duration::from_secs(10), |director| {
