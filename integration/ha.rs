@@ -639,12 +639,6 @@ fn failover_by(
             flows
         })
     };
-    let prober = {
-        let stop = Arc::clone(&stop);
-        in_netns(&pair.ns("cl"), move || {
-            thread::spawn(move || new_connections(tcp_port, stop))
-        })
-    };
     if matches!(keep, Keep::Sync | Keep::SyncPeers) {
         wait_for(
             "the backup holds the master's 70 flows",
@@ -656,6 +650,15 @@ fn failover_by(
         thread::sleep(Duration::from_secs(3));
     }
 
+    // New connections from now on (not before: the backup must first hold the 70 flows, and
+    // the prober's own flows would count among them).
+    let prober = {
+        let stop = Arc::clone(&stop);
+        in_netns(&pair.ns("cl"), move || {
+            thread::spawn(move || new_connections(tcp_port, stop))
+        })
+    };
+    thread::sleep(Duration::from_millis(200));
     before(pair);
     // The master is struck; d2 takes over.
     *failover.lock().unwrap() = Some(Instant::now());

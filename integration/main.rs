@@ -11,6 +11,7 @@ mod config_files;
 mod ecmp;
 mod ha;
 mod health;
+mod ipv6;
 mod lvs;
 mod metrics;
 mod netns;

@@ -128,15 +128,19 @@ pub struct ServiceEdit {
     #[serde(default, skip_serializing, deserialize_with = "named")]
     listen: bool,
     #[serde(default, skip_serializing, deserialize_with = "named")]
+    ipv6_only: bool,
+    #[serde(default, skip_serializing, deserialize_with = "named")]
     reals: bool,
 }
 
 impl ServiceEdit {
-    /// The first key of the body that cannot be edited (`protocol`, `listen`, `reals`).
+    /// The first key of the body that cannot be edited (`protocol`, `listen`, `ipv6_only`
+    /// (the listening socket's), `reals`).
     pub fn fixed_key(&self) -> Option<&'static str> {
         [
             ("protocol", self.protocol),
             ("listen", self.listen),
+            ("ipv6_only", self.ipv6_only),
             ("reals", self.reals),
         ]
         .into_iter()

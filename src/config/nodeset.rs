@@ -2,7 +2,10 @@
 //!
 //! Brackets expand like ClusterShell node sets: `10.0.0.[1-4]:80`, `10.0.0.[1,3,7-9]:80`,
 //! `127.0.0.1:[9001-9003]` and `10.0.[1-2].[1-2]:80` (cartesian product, leftmost group varying
-//! slowest). A bracket group that contains a `:` is an IPv6 literal (`[::1]:80`), not a range.
+//! slowest). A bracket group that contains a `:` is an IPv6 literal (`[::1]:80`), not a range;
+//! it may hold ranges itself (`[2001:db8::[1-4]]:80`), and so may a bare IPv6 address
+//! (`2001:db8::[1-4]`, the port then the service's). Ranges count in decimal, as text:
+//! `2001:db8::[9-10]` gives `2001:db8::9` and `2001:db8::10` (hexadecimal 0x10).
 //! This module only expands text; turning each expansion into an address is the caller's job.
 
 use thiserror::Error;
@@ -40,6 +43,14 @@ pub enum NodesetError {
         pattern: String,
         /// The offending element.
         element: String,
+    },
+    /// A range group inside a range group.
+    #[error(
+        "malformed range in `{pattern}`: a range group cannot hold another (only an IPv6 literal's brackets can hold a range, as in [2001:db8::[1-4]]:80)"
+    )]
+    Nested {
+        /// The whole pattern.
+        pattern: String,
     },
     /// The product of all groups is larger than [`MAX_EXPANSION`].
     #[error("range `{pattern}` expands to {count} addresses, more than the limit of {MAX_EXPANSION}")]
@@ -92,7 +103,20 @@ enum Part {
 
 fn split(pattern: &str) -> Result<Vec<Part>, NodesetError> {
     let mut parts = Vec::new();
-    let mut rest = pattern;
+    split_into(pattern, pattern, false, &mut parts)?;
+    Ok(parts)
+}
+
+/// Splits `text` (all or part of `pattern`) into `parts`. Brackets whose content has a `:`
+/// are an IPv6 literal, kept with its brackets, and may hold range groups
+/// (`[2001:db8::[1-4]]:80`); `in_literal` is true inside one.
+fn split_into(
+    pattern: &str,
+    text: &str,
+    in_literal: bool,
+    parts: &mut Vec<Part>,
+) -> Result<(), NodesetError> {
+    let mut rest = text;
     while !rest.is_empty() {
         let Some(open) = rest.find(['[', ']']) else {
             parts.push(Part::Literal(rest.to_owned()));
@@ -103,30 +127,46 @@ fn split(pattern: &str) -> Result<Vec<Part>, NodesetError> {
                 pattern: pattern.to_owned(),
             });
         }
-        let Some(len) = rest[open..].find(']') else {
-            return Err(NodesetError::Unclosed {
-                pattern: pattern.to_owned(),
-            });
-        };
-        let close = open + len;
+        let close = matching(rest, open).ok_or_else(|| NodesetError::Unclosed {
+            pattern: pattern.to_owned(),
+        })?;
         let inner = &rest[open + 1..close];
-        if inner.contains('[') {
-            return Err(NodesetError::Unclosed {
+        if open > 0 {
+            parts.push(Part::Literal(rest[..open].to_owned()));
+        }
+        if inner.contains(':') && !in_literal {
+            // An IPv6 literal such as `[::1]` or `[2001:db8::[1-4]]`.
+            parts.push(Part::Literal("[".to_owned()));
+            split_into(pattern, inner, true, parts)?;
+            parts.push(Part::Literal("]".to_owned()));
+        } else if inner.contains('[') {
+            return Err(NodesetError::Nested {
                 pattern: pattern.to_owned(),
             });
-        }
-        if inner.contains(':') {
-            // An IPv6 literal such as `[::1]`: keep it, brackets included.
-            parts.push(Part::Literal(rest[..=close].to_owned()));
         } else {
-            if open > 0 {
-                parts.push(Part::Literal(rest[..open].to_owned()));
-            }
             parts.push(Part::Range(range_values(pattern, inner)?));
         }
         rest = &rest[close + 1..];
     }
-    Ok(parts)
+    Ok(())
+}
+
+/// The index of the `]` that closes the `[` at `open`, brackets nested between.
+fn matching(text: &str, open: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    for (i, byte) in text.bytes().enumerate().skip(open) {
+        match byte {
+            b'[' => depth += 1,
+            b']' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(i);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 fn range_values(pattern: &str, inner: &str) -> Result<Vec<String>, NodesetError> {
@@ -174,6 +214,25 @@ mod tests {
 
     fn ok(pattern: &str) -> Vec<String> {
         expand(pattern).unwrap()
+    }
+
+    #[test]
+    fn ipv6_literals_hold_ranges() {
+        assert_eq!(ok("[::1]:80"), ["[::1]:80"]);
+        assert_eq!(
+            ok("[2001:db8::[1-3]]:80"),
+            ["[2001:db8::1]:80", "[2001:db8::2]:80", "[2001:db8::3]:80"]
+        );
+        assert_eq!(ok("2001:db8::[9-10]"), ["2001:db8::9", "2001:db8::10"]);
+        assert_eq!(ok("[2001:db8::[1-2]]:[80-81]").len(), 4);
+        assert!(matches!(
+            expand("10.0.0.[1-[2]]"),
+            Err(NodesetError::Nested { .. })
+        ));
+        assert!(matches!(
+            expand("[2001:db8::[1-2]:80"),
+            Err(NodesetError::Unclosed { .. })
+        ));
     }
 
     #[test]
@@ -248,7 +307,7 @@ mod tests {
             ("10.0.0.[]:80", "`` is not a number"),
             ("10.0.0.[1,,2]:80", "`` is not a number"),
             ("10.0.0.[5-3]:80", "runs backwards"),
-            ("10.0.0.[[1-2]]:80", "never closed"),
+            ("10.0.0.[[1-2]]:80", "cannot hold another"),
         ];
         for (pattern, needle) in cases {
             let message = expand(pattern).unwrap_err().to_string();

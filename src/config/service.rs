@@ -337,6 +337,8 @@ pub struct ServiceConfig {
     pub protocol: Protocol,
     /// The VIP and port.
     pub listen: SocketAddr,
+    /// An IPv6 listen address takes IPv6 clients only (false: IPv4 ones too).
+    pub ipv6_only: bool,
     /// The scheduler. Default `wlc`.
     pub scheduler: SchedulerKind,
     /// Scheduler flags.
@@ -372,6 +374,7 @@ impl PartialEq for ServiceConfig {
         self.name == other.name
             && self.protocol == other.protocol
             && self.listen == other.listen
+            && self.ipv6_only == other.ipv6_only
             && self.scheduler == other.scheduler
             && self.scheduler_flags == other.scheduler_flags
             && self.forward == other.forward
@@ -452,6 +455,10 @@ pub struct ServiceSpec {
     pub protocol: Protocol,
     /// `listen`: VIP:PORT as written.
     pub listen: String,
+    /// `ipv6_only`: an IPv6 listen address takes IPv6 clients only (`IPV6_V6ONLY`); false
+    /// takes IPv4 clients too (dual stack, as `[::]:80`). Default true.
+    #[serde(default = "yes", skip_serializing_if = "is_yes")]
+    pub ipv6_only: bool,
     /// `scheduler`.
     #[serde(default)]
     pub scheduler: SchedulerKind,
@@ -509,6 +516,7 @@ impl ServiceSpec {
             name: None,
             protocol,
             listen,
+            ipv6_only: true,
             scheduler: SchedulerKind::default(),
             scheduler_flags: Vec::new(),
             forward: ForwardMethod::default(),
@@ -565,6 +573,7 @@ impl From<&ServiceConfig> for ServiceSpec {
             name: Some(service.name.clone()),
             protocol: service.protocol,
             listen: service.listen.to_string(),
+            ipv6_only: service.ipv6_only,
             scheduler: service.scheduler,
             scheduler_flags: service.scheduler_flags.clone(),
             forward: service.forward,
@@ -591,6 +600,14 @@ impl From<&RealConfig> for RealSpec {
             forward: real.forward,
         }
     }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_yes(value: &bool) -> bool {
+    *value
 }
 
 pub(super) fn is_default<T: Default + PartialEq>(value: &T) -> bool {
@@ -673,6 +690,13 @@ impl TryFrom<ServiceSpec> for ServiceConfig {
                 raw.forward.name()
             ));
         }
+        if !raw.ipv6_only && !listen.is_ipv6() {
+            return Err(format!(
+                "ipv6_only: false applies to an IPv6 listen address (such as [::]:80, which then \
+                 takes IPv4 clients too), not to `{}`",
+                raw.listen
+            ));
+        }
         if raw.one_packet && raw.protocol != Protocol::Udp {
             return Err("one_packet: only valid for udp services (as ipvsadm -o)".to_owned());
         }
@@ -749,6 +773,7 @@ impl TryFrom<ServiceSpec> for ServiceConfig {
             name,
             protocol: raw.protocol,
             listen,
+            ipv6_only: raw.ipv6_only,
             scheduler: raw.scheduler,
             scheduler_flags: raw.scheduler_flags,
             forward: raw.forward,

@@ -490,3 +490,42 @@ fn with_a_cluster_the_services_are_not_in_the_file() {
     let message = error_of("cluster: { etcd: ['https://h:2379'], prefix: /u, node: d1 }\n");
     assert!(message.contains("TLS"), "{message}");
 }
+
+#[test]
+fn ipv6_only_is_for_ipv6_listen_addresses_and_is_saved_when_off() {
+    let dual = parse(
+        "services:\n  - { protocol: tcp, listen: '[::]:80', ipv6_only: false, reals: [{address: '[2001:db8::[1-2]]:8080'}, {address: '10.0.0.1:8080'}] }\n",
+        "lbd.yaml",
+    )
+    .unwrap();
+    let service = &dual.services[0];
+    assert!(!service.ipv6_only);
+    let reals: Vec<String> = service
+        .reals
+        .iter()
+        .map(|real| real.address.to_string())
+        .collect();
+    assert_eq!(
+        reals,
+        ["[2001:db8::1]:8080", "[2001:db8::2]:8080", "10.0.0.1:8080"]
+    );
+    let saved = services_yaml(&dual.services);
+    assert!(saved.contains("ipv6_only: false"), "{saved}");
+    assert_eq!(
+        parse_services(&saved, "saved", &Config::default()).unwrap(),
+        dual.services
+    );
+    // The default is on, and is not written.
+    let v6 = parse(
+        "services:\n  - { protocol: udp, listen: '[2001:db8::100]:53' }\n",
+        "lbd.yaml",
+    )
+    .unwrap();
+    assert!(v6.services[0].ipv6_only);
+    assert!(!services_yaml(&v6.services).contains("ipv6_only"));
+    let message = error_of("services:\n  - { protocol: tcp, listen: '10.0.0.100:80', ipv6_only: false }\n");
+    assert!(
+        message.contains("ipv6_only: false applies to an IPv6 listen address"),
+        "{message}"
+    );
+}

@@ -127,6 +127,9 @@ pub enum ApplyError {
     /// The packet data plane could not start.
     #[error(transparent)]
     Plane(#[from] crate::lvs::plane::PlaneError),
+    /// A setting of a listening socket changed that only binding it anew can change.
+    #[error("{0}")]
+    Rebind(String),
 }
 
 /// What a reload changed.
@@ -215,7 +218,7 @@ impl Director {
             .iter()
             .filter(|service| !service.on_packet_plane())
             .map(|service| {
-                socket::bind(service.key(), count, config.ha.is_some())
+                socket::bind(service.key(), service.ipv6_only, count, config.ha.is_some())
                     .map(|listeners| (service.key(), listeners))
             })
             .collect::<Result<_, _>>()?;
@@ -362,12 +365,31 @@ impl Director {
             &client_interfaces,
             self.master,
         );
+        // A listening socket's IPV6_V6ONLY is set when it is bound.
+        if let Some(service) = config.services.iter().find(|service| {
+            self.config
+                .services
+                .iter()
+                .any(|old| old.key() == service.key() && old.ipv6_only != service.ipv6_only)
+        }) {
+            return Err(ApplyError::Rebind(format!(
+                "service `{}`: ipv6_only changes when the service is deleted and added again \
+                 (its listening socket is bound anew), or at the next start",
+                service.name
+            )));
+        }
         // Bind every new address before changing anything, so a failure leaves all as it was.
         let bound: Vec<_> = plan
             .bind
             .iter()
             .map(|&key| {
-                socket::bind(key, self.workers.len(), config.ha.is_some()).map(|listeners| (key, listeners))
+                let ipv6_only = config
+                    .services
+                    .iter()
+                    .find(|service| service.key() == key)
+                    .is_none_or(|service| service.ipv6_only);
+                socket::bind(key, ipv6_only, self.workers.len(), config.ha.is_some())
+                    .map(|listeners| (key, listeners))
             })
             .collect::<Result<_, _>>()?;
         let problems = preflight::dataplane_problems(&config);

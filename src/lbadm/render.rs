@@ -88,7 +88,8 @@ pub fn services(version: &str, flows: usize, services: &[Service], options: Opti
         let head = format!("{:<4} {}", protocol_label(&service.protocol), service.listen);
         match options.columns {
             Columns::Table | Columns::Health => {
-                let mut line = head.chars().take(33).collect::<String>();
+                // As ipvsadm's printf: columns pad short addresses, long ones (IPv6) push on.
+                let mut line = head.clone();
                 let _ = write!(line, " {}", service.scheduler);
                 if !service.scheduler_flags.is_empty() {
                     let _ = write!(line, " ({})", service.scheduler_flags.join(","));
@@ -117,7 +118,7 @@ pub fn services(version: &str, flows: usize, services: &[Service], options: Opti
             }
         }
         for real in &service.reals {
-            let address: String = real.address.chars().take(28).collect();
+            let address = real.address.as_str();
             match options.columns {
                 Columns::Table => push_line(
                     &mut out,

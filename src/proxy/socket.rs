@@ -35,7 +35,12 @@ pub(crate) enum Listeners {
 
 /// Binds `count` sockets for `key`. With `freebind` (a director of an HA pair), the VIP need
 /// not be local yet: keepalived adds it to the master, and the listeners serve from then on.
-pub(crate) fn bind(key: ServiceKey, count: usize, freebind: bool) -> Result<Listeners, BindError> {
+pub(crate) fn bind(
+    key: ServiceKey,
+    ipv6_only: bool,
+    count: usize,
+    freebind: bool,
+) -> Result<Listeners, BindError> {
     let fail = |error: io::Error| {
         let reason = match error.kind() {
             io::ErrorKind::AddrInUse => {
@@ -53,11 +58,11 @@ pub(crate) fn bind(key: ServiceKey, count: usize, freebind: bool) -> Result<List
     };
     // SO_REUSEPORT would let us join a group that another process of the same user already
     // bound; probe with a plain socket first so "in use" is reported, not silently shared.
-    drop(new_socket(key, false, freebind).map_err(fail)?);
+    drop(new_socket(key, ipv6_only, false, freebind).map_err(fail)?);
     match key.protocol {
         Protocol::Tcp => (0..count)
             .map(|_| {
-                let socket = new_socket(key, true, freebind)?;
+                let socket = new_socket(key, ipv6_only, true, freebind)?;
                 socket.listen(BACKLOG)?;
                 Ok(TcpListener::from(socket))
             })
@@ -65,21 +70,21 @@ pub(crate) fn bind(key: ServiceKey, count: usize, freebind: bool) -> Result<List
             .map(Listeners::Tcp)
             .map_err(fail),
         Protocol::Udp => (0..count)
-            .map(|_| new_socket(key, true, freebind).map(UdpSocket::from))
+            .map(|_| new_socket(key, ipv6_only, true, freebind).map(UdpSocket::from))
             .collect::<io::Result<_>>()
             .map(Listeners::Udp)
             .map_err(fail),
     }
 }
 
-fn new_socket(key: ServiceKey, reuse_port: bool, freebind: bool) -> io::Result<Socket> {
+fn new_socket(key: ServiceKey, ipv6_only: bool, reuse_port: bool, freebind: bool) -> io::Result<Socket> {
     let addr: SocketAddr = key.listen;
     let socket = match key.protocol {
         Protocol::Tcp => Socket::new(Domain::for_address(addr), Type::STREAM, Some(SockProtocol::TCP))?,
         Protocol::Udp => Socket::new(Domain::for_address(addr), Type::DGRAM, Some(SockProtocol::UDP))?,
     };
     if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
+        socket.set_only_v6(ipv6_only)?;
     }
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(reuse_port)?;

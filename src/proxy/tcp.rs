@@ -142,7 +142,9 @@ async fn connect(
                 service.stats.conns.fetch_add(1, Relaxed);
             }
             let flow = Flow {
-                client: peer,
+                // A dual-stack listener's IPv4 client (::ffff:a.b.c.d) is scheduled, persisted
+                // and reported as the IPv4 address it is.
+                client: SocketAddr::new(peer.ip().to_canonical(), peer.port()),
                 destination: key.listen,
                 now,
             };

@@ -174,7 +174,9 @@ fn session_for(
         return None;
     }
     let flow = Flow {
-        client,
+        // A dual-stack socket's IPv4 client (::ffff:a.b.c.d) is scheduled as the IPv4 address
+        // it is; replies still go to the address the socket knows.
+        client: SocketAddr::new(client.ip().to_canonical(), client.port()),
         destination: key.listen,
         now: Millis::now(),
     };
