@@ -2,17 +2,20 @@
 //! rewritten in place with incremental checksum updates (RFC 1624). Pure: no I/O, and nothing
 //! that arrives from the network can make it panic; malformed packets are errors.
 //!
-//! IPv4 only for now; addresses are `IpAddr` at the edges so that IPv6 fits in later.
+//! IPv4 is what the data plane forwards so far; IPv6 packets are parsed and rewritten here
+//! (`ipv6`) for the IPv6 data plane to come. Addresses are `IpAddr` at the edges.
 
 pub mod arp;
 pub mod checksum;
 mod ipv4;
+mod ipv6;
 pub mod offload;
 pub mod sync;
 pub mod udp_join;
 
 pub use self::{
     ipv4::{Icmp, Ipv4Packet, L4, TcpFlags, port_unreachable},
+    ipv6::Ipv6Packet,
     offload::{Offload, VNET_HEADER_LEN},
 };
 
@@ -22,6 +25,12 @@ pub enum PacketError {
     /// Not IPv4 (IPv6 and others are not handled yet).
     #[error("not an IPv4 packet (version {0})")]
     NotIpv4(u8),
+    /// Not IPv6.
+    #[error("not an IPv6 packet (version {0})")]
+    NotIpv6(u8),
+    /// More IPv6 extension headers than are walked.
+    #[error("more than {0} IPv6 extension headers")]
+    Extensions(usize),
     /// The IPv4 header is invalid.
     #[error("malformed IPv4 header: {0}")]
     Header(etherparse::err::ipv4::HeaderSliceError),
