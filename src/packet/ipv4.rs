@@ -163,42 +163,9 @@ impl<'a> Ipv4Packet<'a> {
         if self.fragment_offset() != 0 {
             return Ok(L4::Fragment);
         }
-        let payload = self.payload();
-        match self.protocol() {
-            TCP => {
-                let tcp = etherparse::TcpHeaderSlice::from_slice(payload)
-                    .map_err(|_| PacketError::Truncated("TCP"))?;
-                Ok(L4::Tcp {
-                    source: tcp.source_port(),
-                    destination: tcp.destination_port(),
-                    flags: TcpFlags {
-                        syn: tcp.syn(),
-                        ack: tcp.ack(),
-                        fin: tcp.fin(),
-                        rst: tcp.rst(),
-                    },
-                })
-            }
-            UDP => {
-                let udp = etherparse::UdpHeaderSlice::from_slice(payload)
-                    .map_err(|_| PacketError::Truncated("UDP"))?;
-                Ok(L4::Udp {
-                    source: udp.source_port(),
-                    destination: udp.destination_port(),
-                })
-            }
-            ICMP => {
-                if payload.len() < 8 {
-                    return Err(PacketError::Truncated("ICMP"));
-                }
-                let (kind, code) = (payload[0], payload[1]);
-                Ok(L4::Icmp(match kind {
-                    3 | 11 | 12 => Icmp::Error { kind, code },
-                    _ => Icmp::Other { kind },
-                }))
-            }
-            other => Ok(L4::Other(other)),
-        }
+        super::transport(self.protocol(), self.payload(), ICMP, |kind| {
+            matches!(kind, 3 | 11 | 12)
+        })
     }
 
     /// The packet an ICMP error quotes (its header and first 8 payload bytes), for the flow it

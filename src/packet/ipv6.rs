@@ -5,7 +5,7 @@
 
 use std::net::{Ipv6Addr, SocketAddrV6};
 
-use super::{Icmp, L4, PacketError, TcpFlags, checksum};
+use super::{L4, PacketError, checksum};
 
 /// The fixed header's length.
 pub(crate) const HEADER_LEN: usize = 40;
@@ -119,42 +119,8 @@ impl<'a> Ipv6Packet<'a> {
             return Ok(L4::Fragment);
         }
         let payload = &self.buf[self.l4_at..self.total_len];
-        match self.protocol {
-            TCP => {
-                let tcp = etherparse::TcpHeaderSlice::from_slice(payload)
-                    .map_err(|_| PacketError::Truncated("TCP"))?;
-                Ok(L4::Tcp {
-                    source: tcp.source_port(),
-                    destination: tcp.destination_port(),
-                    flags: TcpFlags {
-                        syn: tcp.syn(),
-                        ack: tcp.ack(),
-                        fin: tcp.fin(),
-                        rst: tcp.rst(),
-                    },
-                })
-            }
-            UDP => {
-                let udp = etherparse::UdpHeaderSlice::from_slice(payload)
-                    .map_err(|_| PacketError::Truncated("UDP"))?;
-                Ok(L4::Udp {
-                    source: udp.source_port(),
-                    destination: udp.destination_port(),
-                })
-            }
-            ICMPV6 => {
-                if payload.len() < 8 {
-                    return Err(PacketError::Truncated("ICMPv6"));
-                }
-                let (kind, code) = (payload[0], payload[1]);
-                // Destination unreachable, packet too big, time exceeded, parameter problem.
-                Ok(L4::Icmp(match kind {
-                    1..=4 => Icmp::Error { kind, code },
-                    _ => Icmp::Other { kind },
-                }))
-            }
-            other => Ok(L4::Other(other)),
-        }
+        // ICMPv6 errors: destination unreachable, packet too big, time exceeded, parameter problem.
+        super::transport(self.protocol, payload, ICMPV6, |kind| (1..=4).contains(&kind))
     }
 
     /// Sets the source address, and the source port when the packet has a TCP or UDP header.

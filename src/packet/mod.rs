@@ -46,3 +46,50 @@ pub enum PacketError {
     #[error("truncated {0} header")]
     Truncated(&'static str),
 }
+
+/// The transport of an IPv4 or IPv6 packet: `payload` starts with its header, `protocol` is
+/// its number, `icmp` the number of this family's ICMP, and `is_error` tells that ICMP's error
+/// types (those that quote a packet) from the others.
+fn transport(
+    protocol: u8,
+    payload: &[u8],
+    icmp: u8,
+    is_error: impl Fn(u8) -> bool,
+) -> Result<L4, PacketError> {
+    match protocol {
+        6 => {
+            let tcp =
+                etherparse::TcpHeaderSlice::from_slice(payload).map_err(|_| PacketError::Truncated("TCP"))?;
+            Ok(L4::Tcp {
+                source: tcp.source_port(),
+                destination: tcp.destination_port(),
+                flags: TcpFlags {
+                    syn: tcp.syn(),
+                    ack: tcp.ack(),
+                    fin: tcp.fin(),
+                    rst: tcp.rst(),
+                },
+            })
+        }
+        17 => {
+            let udp =
+                etherparse::UdpHeaderSlice::from_slice(payload).map_err(|_| PacketError::Truncated("UDP"))?;
+            Ok(L4::Udp {
+                source: udp.source_port(),
+                destination: udp.destination_port(),
+            })
+        }
+        number if number == icmp => {
+            if payload.len() < 8 {
+                return Err(PacketError::Truncated("ICMP"));
+            }
+            let (kind, code) = (payload[0], payload[1]);
+            Ok(L4::Icmp(if is_error(kind) {
+                Icmp::Error { kind, code }
+            } else {
+                Icmp::Other { kind }
+            }))
+        }
+        other => Ok(L4::Other(other)),
+    }
+}
