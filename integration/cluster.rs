@@ -18,7 +18,7 @@ use std::{
 
 use crate::{
     lvs::{Running, in_netns, ip, root, start_servers},
-    netns::{delete_namespaces, spawn_logged, wait_or_show},
+    netns::{delete_namespaces, lbadm_in, run_in, spawn_logged, wait_or_show},
     support::*,
 };
 
@@ -178,21 +178,8 @@ fn start_etcd(farm: &mut Farm) {
     for n in 0..MEMBERS.len() {
         start_member(farm, n);
     }
-    let endpoints = farm.endpoints();
     wait_for("etcd has a leader", farm, Duration::from_secs(20), || {
-        Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &farm.ns("et"),
-                "etcdctl",
-                "--endpoints",
-                &endpoints,
-            ])
-            .args(["endpoint", "health"])
-            .env("ETCDCTL_API", "3")
-            .output()
-            .is_ok_and(|output| output.status.success())
+        etcdctl(farm, &["endpoint", "health"]).0 == 0
     });
 }
 
@@ -248,18 +235,24 @@ fn start_directors(farm: &mut Farm) {
 
 /// Runs lbadm in `director`'s namespace: exit code, stdout, stderr.
 fn lbadm(farm: &Farm, director: &str, args: &[&str]) -> (i32, String, String) {
-    let output = Command::new("ip")
-        .args(["netns", "exec", &farm.ns(director), lbadm_binary()])
-        .args(["--admin", "127.0.0.1:9900", "--token-file"])
-        .arg(farm.dir.path().join("token"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    let token = farm.dir.path().join("token").display().to_string();
+    let mut with_token = vec!["--token-file", token.as_str()];
+    with_token.extend_from_slice(args);
+    lbadm_in(&farm.ns(director), &with_token)
+}
+
+/// `etcdctl ARGS` against the farm's etcd, from its namespace.
+fn etcdctl(farm: &Farm, args: &[&str]) -> (i32, String, String) {
+    let endpoints = farm.endpoints();
+    let mut command = vec![
+        "env",
+        "ETCDCTL_API=3",
+        "etcdctl",
+        "--endpoints",
+        endpoints.as_str(),
+    ];
+    command.extend_from_slice(args);
+    run_in(&farm.ns("et"), &command)
 }
 
 /// `lbadm edit-real` of the real of service `web` to `weight`, on `director`.
@@ -425,25 +418,8 @@ fn a_change_on_one_director_reaches_every_director_and_conflicting_changes_are_r
     // A service written by hand that fails the config file's rules refuses the whole stored
     // table: every director keeps its own and says why; so does `lbd --check`.
     let etcdctl = |args: &[&str]| {
-        let endpoints = farm.endpoints();
-        let output = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &farm.ns("et"),
-                "etcdctl",
-                "--endpoints",
-                &endpoints,
-            ])
-            .args(args)
-            .env("ETCDCTL_API", "3")
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "etcdctl {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        let (code, _, err) = etcdctl(&farm, args);
+        assert_eq!(code, 0, "etcdctl {args:?}: {err}");
     };
     let bad = format!("{PREFIX}/services/bad");
     etcdctl(&[

@@ -18,7 +18,7 @@ use std::{
 
 use crate::{
     lvs::{Running, in_netns, ip, root, start_servers, sysctl},
-    netns::{delete_namespaces, spawn_logged, wait_or_show},
+    netns::{self, delete_namespaces, spawn_logged, wait_or_show},
     support::*,
 };
 
@@ -877,23 +877,7 @@ fn proxy_mode_serves_new_connections_from_the_backup_once_keepalived_moves_the_v
 
 /// `lbadm ARGS` in `director`'s namespace: (exit code, stdout, stderr).
 fn lbadm_in(pair: &Pair, director: &str, args: &[&str]) -> (i32, String, String) {
-    let output = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &pair.ns(director),
-            lbadm_binary(),
-            "--admin",
-            "127.0.0.1:9900",
-        ])
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    netns::lbadm_in(&pair.ns(director), args)
 }
 
 /// The weight of real 10.77.0.11:8080 of the web service, as `director` lists it.

@@ -8,7 +8,6 @@ use std::{
     collections::HashMap,
     io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
-    process::Command,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -19,7 +18,7 @@ use std::{
 
 use crate::{
     lvs::{in_netns, ip, root},
-    netns::delete_namespaces,
+    netns::{delete_namespaces, lbadm_in},
     support::*,
 };
 
@@ -111,26 +110,6 @@ fn spread(service: SocketAddr, n: usize) -> HashMap<String, usize> {
         *counts.entry(name).or_default() += 1;
     }
     counts
-}
-
-fn lbadm(namespace: &str, args: &[&str]) -> (i32, String, String) {
-    let output = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            namespace,
-            env!("CARGO_BIN_EXE_lbadm"),
-            "--admin",
-            "127.0.0.1:9900",
-        ])
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
 }
 
 fn config() -> String {
@@ -270,13 +249,13 @@ fn ipv6_vips_and_reals_work_in_proxy_mode_with_either_family_on_either_side() {
     }
 
     // lbadm: ipvsadm's IPv6 layout, and IPv6 ranges.
-    let (code, listing, err) = lbadm(&ns, &["list", "-n"]);
+    let (code, listing, err) = lbadm_in(&ns, &["list", "-n"]);
     assert_eq!(code, 0, "{err}");
     assert!(listing.contains(&format!("TCP  [{VIP6}]:80 rr")), "{listing}");
     assert!(listing.contains(&format!("  -> [{REAL1}]:8080")), "{listing}");
     assert!(listing.contains("TCP  [::]:90 wlc"), "{listing}");
     let service = format!("[{VIP6}]:80");
-    let (code, _, err) = lbadm(
+    let (code, _, err) = lbadm_in(
         &ns,
         &[
             "add-real",
@@ -289,12 +268,12 @@ fn ipv6_vips_and_reals_work_in_proxy_mode_with_either_family_on_either_side() {
         ],
     );
     assert_eq!(code, 0, "{err}");
-    let (_, listing, _) = lbadm(&ns, &["list", "-n", "-t", &service]);
+    let (_, listing, _) = lbadm_in(&ns, &["list", "-n", "-t", &service]);
     assert!(
         listing.contains("[fd00:77::13]:8080") && listing.contains("[fd00:77::14]:8080"),
         "{listing}"
     );
-    let (code, _, err) = lbadm(
+    let (code, _, err) = lbadm_in(
         &ns,
         &["del-real", "-t", &service, "-r", "[fd00:77::[13-14]]:8080"],
     );

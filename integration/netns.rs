@@ -29,6 +29,27 @@ pub(crate) fn spawn_logged(namespace: &str, log: &Path, command: &[&str]) -> Run
     Running(child)
 }
 
+/// Runs `command` in `namespace` and waits for it: (exit code, stdout, stderr).
+pub(crate) fn run_in(namespace: &str, command: &[&str]) -> (i32, String, String) {
+    let output = Command::new("ip")
+        .args(["netns", "exec", namespace])
+        .args(command)
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// `lbadm` with `args` in `namespace`, against the admin API on 127.0.0.1:9900 there.
+pub(crate) fn lbadm_in(namespace: &str, args: &[&str]) -> (i32, String, String) {
+    let mut command = vec![env!("CARGO_BIN_EXE_lbadm"), "--admin", "127.0.0.1:9900"];
+    command.extend_from_slice(args);
+    run_in(namespace, &command)
+}
+
 /// Polls `done` until it holds; after `limit`, fails with the last lines of each of `logs`
 /// (files in `dir`).
 pub(crate) fn wait_or_show(

@@ -138,65 +138,44 @@ trait Forwardable {
     fn set_destination_to(&mut self, to: SocketAddr) -> bool;
 }
 
-impl Forwardable for Ipv4Packet<'_> {
-    fn len(&self) -> usize {
-        Ipv4Packet::len(self)
-    }
-    fn source_ip(&self) -> IpAddr {
-        IpAddr::V4(self.source())
-    }
-    fn destination_ip(&self) -> IpAddr {
-        IpAddr::V4(self.destination())
-    }
-    fn set_source_to(&mut self, to: SocketAddr) -> bool {
-        match to {
-            SocketAddr::V4(to) => {
-                self.set_source(to);
-                true
+/// `Forwardable` for a family's packet type, whose addresses are `IpAddr::$family` and
+/// `SocketAddr::$family`.
+macro_rules! forwardable {
+    ($packet:ident, $family:ident) => {
+        impl Forwardable for $packet<'_> {
+            fn len(&self) -> usize {
+                $packet::len(self)
             }
-            SocketAddr::V6(_) => false,
-        }
-    }
-    fn set_destination_to(&mut self, to: SocketAddr) -> bool {
-        match to {
-            SocketAddr::V4(to) => {
-                self.set_destination(to);
-                true
+            fn source_ip(&self) -> IpAddr {
+                IpAddr::$family(self.source())
             }
-            SocketAddr::V6(_) => false,
+            fn destination_ip(&self) -> IpAddr {
+                IpAddr::$family(self.destination())
+            }
+            fn set_source_to(&mut self, to: SocketAddr) -> bool {
+                match to {
+                    SocketAddr::$family(to) => {
+                        self.set_source(to);
+                        true
+                    }
+                    _ => false,
+                }
+            }
+            fn set_destination_to(&mut self, to: SocketAddr) -> bool {
+                match to {
+                    SocketAddr::$family(to) => {
+                        self.set_destination(to);
+                        true
+                    }
+                    _ => false,
+                }
+            }
         }
-    }
+    };
 }
 
-impl Forwardable for Ipv6Packet<'_> {
-    fn len(&self) -> usize {
-        Ipv6Packet::len(self)
-    }
-    fn source_ip(&self) -> IpAddr {
-        IpAddr::V6(self.source())
-    }
-    fn destination_ip(&self) -> IpAddr {
-        IpAddr::V6(self.destination())
-    }
-    fn set_source_to(&mut self, to: SocketAddr) -> bool {
-        match to {
-            SocketAddr::V6(to) => {
-                self.set_source(to);
-                true
-            }
-            SocketAddr::V4(_) => false,
-        }
-    }
-    fn set_destination_to(&mut self, to: SocketAddr) -> bool {
-        match to {
-            SocketAddr::V6(to) => {
-                self.set_destination(to);
-                true
-            }
-            SocketAddr::V4(_) => false,
-        }
-    }
-}
+forwardable!(Ipv4Packet, V4);
+forwardable!(Ipv6Packet, V6);
 
 /// A TCP or UDP packet (`l4`, its transport): to a VIP, scheduled (or its flow found) and sent to the real; from a
 /// real, its flow found and sent back from the VIP; anything else dropped.
