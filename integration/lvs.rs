@@ -17,6 +17,51 @@ use crate::support::*;
 const VIP: &str = "192.168.77.100";
 const CLIENT: &str = "192.168.77.2";
 
+/// One address family's addresses in the topology: the client's network (with the VIP in
+/// it, answered by the director's proxy ARP or proxy NDP) and the reals' network.
+#[derive(Debug, Clone, Copy)]
+struct Family {
+    vip: &'static str,
+    client: &'static str,
+    reals: [&'static str; 2],
+    /// The unspecified address (to bind a client's socket).
+    any: &'static str,
+}
+
+const IPV4: Family = Family {
+    vip: VIP,
+    client: CLIENT,
+    reals: ["10.77.0.11", "10.77.0.12"],
+    any: "0.0.0.0",
+};
+
+const IPV6: Family = Family {
+    vip: "fd00:77::100",
+    client: "fd00:77::2",
+    reals: ["fd00:10::11", "fd00:10::12"],
+    any: "::",
+};
+
+impl Family {
+    fn is_ipv6(&self) -> bool {
+        self.vip.contains(':')
+    }
+
+    /// `ip:port` in this family's notation.
+    fn at(&self, ip: &str, port: u16) -> String {
+        if self.is_ipv6() {
+            format!("[{ip}]:{port}")
+        } else {
+            format!("{ip}:{port}")
+        }
+    }
+
+    /// The `ip` command's family option.
+    fn ip_option(&self) -> &'static str {
+        if self.is_ipv6() { "-6" } else { "-4" }
+    }
+}
+
 /// The four namespaces of one test; deleted when dropped.
 struct Topology {
     client: String,
@@ -79,6 +124,13 @@ pub(crate) fn sysctl(namespace: &str, key: &str, value: &str) {
 /// Builds the base topology: client 192.168.77.2 — director (192.168.77.1 / br0 10.77.0.1) —
 /// reals 10.77.0.11 and .12 on the bridge, their gateway the director.
 fn topology() -> Topology {
+    let topology = base_topology();
+    sysctl(&topology.director, "net.ipv6.conf.all.disable_ipv6", "1");
+    topology
+}
+
+/// The namespaces, links and IPv4 addresses of [`topology`].
+fn base_topology() -> Topology {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let tag = format!("u{}x{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst));
     let topology = Topology {
@@ -116,7 +168,39 @@ fn topology() -> Topology {
         ip(&format!("-n {real} link set r0 up"));
         ip(&format!("-n {real} route add default via 10.77.0.1"));
     }
-    sysctl(dir, "net.ipv6.conf.all.disable_ipv6", "1");
+    topology
+}
+
+/// The base topology with IPv6 beside IPv4: client fd00:77::2 — director (fd00:77::1 /
+/// br0 fd00:10::1) — reals fd00:10::11 and ::12, their gateway the director.
+fn dual_stack_topology() -> Topology {
+    let topology = base_topology();
+    let (cl, dir) = (&topology.client, &topology.director);
+    ip(&format!("-n {cl} addr add fd00:77::2/64 dev cl0 nodad"));
+    ip(&format!("-n {cl} -6 route add default via fd00:77::1"));
+    ip(&format!("-n {dir} addr add fd00:77::1/64 dev dcl0 nodad"));
+    ip(&format!("-n {dir} addr add fd00:10::1/64 dev br0 nodad"));
+    for (i, real) in topology.reals.iter().enumerate() {
+        ip(&format!("-n {real} addr add {}/64 dev r0 nodad", IPV6.reals[i]));
+        ip(&format!("-n {real} -6 route add default via fd00:10::1"));
+    }
+    // Link-local addresses are tentative for a second or two (duplicate address detection);
+    // neighbour discovery misbehaves meanwhile (a health check's first connection can time
+    // out), so the test starts once they are settled, as on a host that has been up a while.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    for namespace in [cl, dir, &topology.reals[0], &topology.reals[1]] {
+        while !Command::new("ip")
+            .args(["-n", namespace, "-6", "addr", "show", "tentative"])
+            .output()
+            .is_ok_and(|output| output.stdout.is_empty())
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "IPv6 addresses stay tentative in {namespace}"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
     topology
 }
 
@@ -142,7 +226,8 @@ pub(crate) fn start_servers(
     let stopped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop = std::sync::Arc::clone(&stopped);
     in_netns(namespace, move || {
-        let listener = TcpListener::bind("0.0.0.0:8080").unwrap();
+        // Both families (IPv4 clients appear as v4-mapped, shown canonical).
+        let listener = TcpListener::bind("[::]:8080").unwrap();
         thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { continue };
@@ -152,7 +237,7 @@ pub(crate) fn start_servers(
                     break;
                 }
                 thread::spawn(move || {
-                    let peer = stream.peer_addr().unwrap().ip();
+                    let peer = stream.peer_addr().unwrap().ip().to_canonical();
                     if stream.write_all(format!("{name} {peer}\n").as_bytes()).is_err() {
                         return;
                     }
@@ -166,7 +251,7 @@ pub(crate) fn start_servers(
             }
         });
         // dr and tun: UDP replies must come from the VIP, so the server binds it.
-        let socket = UdpSocket::bind(format!("{udp_ip}:5353")).unwrap();
+        let socket = UdpSocket::bind(SocketAddr::new(udp_ip.parse().unwrap(), 5353)).unwrap();
         thread::spawn(move || {
             let mut buffer = [0u8; 2048];
             while let Ok((_, peer)) = socket.recv_from(&mut buffer) {
@@ -180,9 +265,27 @@ pub(crate) fn start_servers(
 /// The config of one mode: a TCP service (health-checked) and a UDP one over both reals.
 /// nat maps ports (80 → 8080, 53 → 5353); dr and tun keep them.
 fn config(mode: &str) -> String {
+    config_of(mode, IPV4)
+}
+
+/// [`config`] for one address family's VIP and reals.
+fn config_of(mode: &str, family: Family) -> String {
     let (tcp_port, udp_port) = if mode == "nat" { (80, 53) } else { (8080, 5353) };
+    let [rs1, rs2] = family.reals;
+    let (vip_tcp, vip_udp) = (family.at(family.vip, tcp_port), family.at(family.vip, udp_port));
+    let (rs1_tcp, rs2_tcp) = (family.at(rs1, 8080), family.at(rs2, 8080));
+    let (rs1_udp, rs2_udp) = (family.at(rs1, 5353), family.at(rs2, 5353));
     format!(
-        "workers: 2\ndrain_timeout: 1s\ndataplane: {{ tun: lbtun0, server_interface: br0, setup: auto, max_flows: 10000 }}\nservices:\n  - name: web\n    protocol: tcp\n    listen: {VIP}:{tcp_port}\n    scheduler: rr\n    forward: {mode}\n    health_check: {{ type: tcp, port: 8080, interval: 300ms, timeout: 300ms, rise: 1, fall: 1 }}\n    reals:\n      - address: 10.77.0.11:8080\n      - address: 10.77.0.12:8080\n  - name: dns\n    protocol: udp\n    listen: {VIP}:{udp_port}\n    scheduler: rr\n    forward: {mode}\n    reals:\n      - address: 10.77.0.11:5353\n      - address: 10.77.0.12:5353\n"
+        "workers: 2\ndrain_timeout: 1s\ndataplane: {{ tun: lbtun0, server_interface: br0, setup: auto, max_flows: 10000 }}\nservices:\n  - name: web\n    protocol: tcp\n    listen: '{vip_tcp}'\n    scheduler: rr\n    forward: {mode}\n    health_check: {{ type: tcp, port: 8080, interval: 300ms, timeout: 300ms, rise: 1, fall: 1 }}\n    reals:\n      - address: '{rs1_tcp}'\n      - address: '{rs2_tcp}'\n  - name: dns\n    protocol: udp\n    listen: '{vip_udp}'\n    scheduler: rr\n    forward: {mode}\n    reals:\n      - address: '{rs1_udp}'\n      - address: '{rs2_udp}'\n"
+    )
+}
+
+/// A nat UDP service on port 54 whose real does not listen (5454): its ICMP port unreachable
+/// comes back translated.
+fn closed_service(family: Family) -> String {
+    let (vip, real) = (family.at(family.vip, 54), family.at(family.reals[0], 5454));
+    format!(
+        "  - name: closed\n    protocol: udp\n    listen: '{vip}'\n    forward: nat\n    reals:\n      - address: '{real}'\n"
     )
 }
 
@@ -196,15 +299,17 @@ impl Drop for Running {
     }
 }
 
-/// The real-server side of dr and tun: the VIP on `lo`, no ARP answers for it; for tun, the
-/// IPIP decapsulator (`lbd ipip-decap`, this kernel has no ipip device).
-fn prepare_reals(topology: &Topology, mode: &str) -> Vec<Running> {
+/// The real-server side of dr and tun: the VIP on `lo`, no ARP answers for it (IPv6 answers
+/// neighbour solicitations only for addresses of the link they arrive on); for tun, the
+/// decapsulator (`lbd ipip-decap`, this kernel has no ipip or ip6tnl device).
+fn prepare_reals(topology: &Topology, mode: &str, family: Family) -> Vec<Running> {
     let mut helpers = Vec::new();
     if mode == "nat" {
         return helpers;
     }
+    let host_len = if family.is_ipv6() { 128 } else { 32 };
     for real in &topology.reals {
-        ip(&format!("-n {real} addr add {VIP}/32 dev lo"));
+        ip(&format!("-n {real} addr add {}/{host_len} dev lo", family.vip));
         for key in ["all.arp_ignore", "r0.arp_ignore"] {
             sysctl(real, &format!("net.ipv4.conf.{key}"), "1");
         }
@@ -214,7 +319,15 @@ fn prepare_reals(topology: &Topology, mode: &str) -> Vec<Running> {
         sysctl(real, "net.ipv4.conf.all.rp_filter", "0");
         if mode == "tun" {
             let child = Command::new("ip")
-                .args(["netns", "exec", real, lbd_binary(), "ipip-decap", "--vip", VIP])
+                .args([
+                    "netns",
+                    "exec",
+                    real,
+                    lbd_binary(),
+                    "ipip-decap",
+                    "--vip",
+                    family.vip,
+                ])
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
                 .spawn()
@@ -245,8 +358,13 @@ fn prepare_reals(topology: &Topology, mode: &str) -> Vec<Running> {
 /// Connects from the client namespace; returns the greeting (server name and the client
 /// address it saw) and the stream.
 fn greet(client: &str, port: u16) -> (String, TcpStream) {
+    greet_at(client, format!("{VIP}:{port}"))
+}
+
+/// [`greet`] at `vip` (`address:port`).
+fn greet_at(client: &str, vip: String) -> (String, TcpStream) {
     in_netns(client, move || {
-        let vip: SocketAddr = format!("{VIP}:{port}").parse().unwrap();
+        let vip: SocketAddr = vip.parse().unwrap();
         let stream = TcpStream::connect_timeout(&vip, Duration::from_secs(5)).expect("connect to the VIP");
         stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let mut line = String::new();
@@ -259,58 +377,101 @@ fn greet(client: &str, port: u16) -> (String, TcpStream) {
 
 #[test]
 fn nat_balances_tcp_and_udp_keeps_the_client_address_and_follows_health() {
-    forwards("nat");
+    forwards("nat", IPV4);
 }
 
 #[test]
 fn dr_balances_tcp_and_udp_keeps_the_client_address_and_follows_health() {
-    forwards("dr");
+    forwards("dr", IPV4);
 }
 
 #[test]
 fn tun_balances_tcp_and_udp_keeps_the_client_address_and_follows_health() {
-    forwards("tun");
+    forwards("tun", IPV4);
 }
 
-/// Through `mode`: rr over both reals for TCP and UDP, the client's address seen by the real,
-/// 1 MB up and down, and a real stopped mid-test dropped by its health check.
-fn forwards(mode: &str) {
+#[test]
+fn nat_over_ipv6_balances_tcp_and_udp_keeps_the_client_address_and_follows_health() {
+    forwards("nat", IPV6);
+}
+
+#[test]
+fn dr_over_ipv6_balances_tcp_and_udp_keeps_the_client_address_and_follows_health() {
+    forwards("dr", IPV6);
+}
+
+#[test]
+fn tun_over_ipv6_balances_tcp_and_udp_keeps_the_client_address_and_follows_health() {
+    forwards("tun", IPV6);
+}
+
+/// Through `mode` over `family`: rr over both reals for TCP and UDP, the client's address
+/// seen by the real, 1 MB up and down, a real's ICMP error translated back (nat), and a real
+/// stopped mid-test dropped by its health check.
+fn forwards(mode: &str, family: Family) {
     if !root() {
         return;
     }
-    let topology = topology();
-    let _helpers = prepare_reals(&topology, mode);
-    let udp_ip = if mode == "nat" { "0.0.0.0" } else { VIP };
+    let topology = if family.is_ipv6() {
+        dual_stack_topology()
+    } else {
+        topology()
+    };
+    let _helpers = prepare_reals(&topology, mode, family);
+    let udp_ip = if mode == "nat" { family.any } else { family.vip };
+    let udp_ip: &'static str = udp_ip;
     let _rs1 = start_servers(&topology.reals[0], "rs1", udp_ip);
     let rs2 = start_servers(&topology.reals[1], "rs2", udp_ip);
     let (tcp_port, udp_port) = if mode == "nat" { (80, 53) } else { (8080, 5353) };
-    let mut lbd = Lbd::start_in(&topology.director, &config(mode));
+    let mut config = config_of(mode, family);
+    if mode == "nat" {
+        config += &closed_service(family);
+    }
+    let mut lbd = Lbd::start_in(&topology.director, &config);
     lbd.wait_for_log("packet data plane started", 1);
     let route = Command::new("ip")
-        .args(["-n", &topology.director, "route", "show", VIP])
+        .args([
+            "-n",
+            &topology.director,
+            family.ip_option(),
+            "route",
+            "show",
+            family.vip,
+        ])
         .output()
         .unwrap();
     let route = String::from_utf8_lossy(&route.stdout);
-    // Oversize DF packets to a tunnelled VIP are answered with "fragmentation needed".
-    assert_eq!(route.contains("mtu 1480"), mode == "tun", "{route}");
+    // Oversize packets to a tunnelled VIP are answered with "fragmentation needed" or
+    // "packet too big": its route is narrower by the outer header.
+    let narrower = if family.is_ipv6() {
+        "mtu lock 1460"
+    } else {
+        "mtu 1480"
+    };
+    assert_eq!(route.contains(narrower), mode == "tun", "{route}");
+    let vip_tcp = family.at(family.vip, tcp_port);
 
     // rr over both reals; each real sees the client's own address.
-    let greetings: Vec<String> = (0..4).map(|_| greet(&topology.client, tcp_port).0).collect();
+    let greetings: Vec<String> = (0..4)
+        .map(|_| greet_at(&topology.client, vip_tcp.clone()).0)
+        .collect();
     let mut sorted = greetings.clone();
     sorted.sort();
+    let client = family.client;
     assert_eq!(
         sorted,
         [
-            format!("rs1 {CLIENT}"),
-            format!("rs1 {CLIENT}"),
-            format!("rs2 {CLIENT}"),
-            format!("rs2 {CLIENT}")
+            format!("rs1 {client}"),
+            format!("rs1 {client}"),
+            format!("rs2 {client}"),
+            format!("rs2 {client}")
         ],
-        "{greetings:?}"
+        "{greetings:?}\n{}",
+        lbd.log_text()
     );
 
     // 1 MB up and 1 MB back down on one connection.
-    let (_, mut stream) = greet(&topology.client, tcp_port);
+    let (_, mut stream) = greet_at(&topology.client, vip_tcp.clone());
     let payload: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
     let sent = payload.clone();
     let mut reader = stream.try_clone().unwrap();
@@ -323,12 +484,15 @@ fn forwards(mode: &str) {
     assert!(echoed == payload, "the echo differs");
 
     // UDP: new client sockets are spread by rr, and replies come from the VIP.
+    let vip_udp = family.at(family.vip, udp_port);
+    let any = family.at(family.any, 0);
+    let expected_from = vip_udp.clone();
     let answers: Vec<(String, SocketAddr)> = in_netns(&topology.client, move || {
         (0..4)
             .map(|_| {
-                let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+                let socket = UdpSocket::bind(&any).unwrap();
                 socket.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-                socket.send_to(b"ping", format!("{VIP}:{udp_port}")).unwrap();
+                socket.send_to(b"ping", &vip_udp).unwrap();
                 let mut buffer = [0u8; 64];
                 let (n, from) = socket
                     .recv_from(&mut buffer)
@@ -338,9 +502,7 @@ fn forwards(mode: &str) {
             .collect()
     });
     assert!(
-        answers
-            .iter()
-            .all(|(_, from)| from.to_string() == format!("{VIP}:{udp_port}")),
+        answers.iter().all(|(_, from)| from.to_string() == expected_from),
         "{answers:?}"
     );
     assert_eq!(
@@ -349,17 +511,73 @@ fn forwards(mode: &str) {
         "{answers:?}"
     );
 
+    if mode == "nat" {
+        // A real's "port unreachable" (it quotes client → real) reaches the client as the
+        // VIP's: its connected socket sees the refusal.
+        let (any, closed) = (family.at(family.any, 0), family.at(family.vip, 54));
+        let refused = in_netns(&topology.client, move || {
+            let socket = UdpSocket::bind(&any).unwrap();
+            socket.connect(&closed).unwrap();
+            socket.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            socket.send(b"anyone?").unwrap();
+            socket.recv(&mut [0u8; 16]).map_err(|error| error.kind())
+        });
+        assert_eq!(refused, Err(std::io::ErrorKind::ConnectionRefused));
+    }
+
     // rs2 stops: its health check takes it out, new flows go to rs1 only.
     rs2.store(true, Ordering::SeqCst);
     in_netns(&topology.reals[1], || {
         // Wakes the accept loop, which sees the flag and closes the listening socket.
         let _ = TcpStream::connect("127.0.0.1:8080");
     });
-    lbd.wait_for_log("real server 10.77.0.12:8080 of service web: up -> down", 1);
+    let stopped = family.at(family.reals[1], 8080);
+    lbd.wait_for_log(&format!("real server {stopped} of service web: up -> down"), 1);
     thread::sleep(Duration::from_millis(200));
     for _ in 0..4 {
-        assert_eq!(greet(&topology.client, tcp_port).0, format!("rs1 {CLIENT}"));
+        assert_eq!(
+            greet_at(&topology.client, vip_tcp.clone()).0,
+            format!("rs1 {client}")
+        );
     }
+}
+
+/// Packet Too Big: with the reals' links narrowed to IPv6's minimum MTU, a 1 MB upload
+/// through nat completes. The VIP's route is as narrow (`mtu lock 1280`), so the director
+/// answers the client's full-size packets with Packet Too Big quoting the packet it sent,
+/// and the client's path MTU discovery shrinks its segments.
+#[test]
+fn an_upload_through_nat_over_ipv6_completes_when_the_reals_links_are_narrower() {
+    if !root() {
+        return;
+    }
+    let topology = dual_stack_topology();
+    let dir = &topology.director;
+    for (i, real) in topology.reals.iter().enumerate() {
+        ip(&format!("-n {dir} link set d-rs{} mtu 1280", i + 1));
+        ip(&format!("-n {real} link set r0 mtu 1280"));
+    }
+    let _rs1 = start_servers(&topology.reals[0], "rs1", "::");
+    let _rs2 = start_servers(&topology.reals[1], "rs2", "::");
+    let mut lbd = Lbd::start_in(dir, &config_of("nat", IPV6));
+    lbd.wait_for_log("packet data plane started", 1);
+    let route = Command::new("ip")
+        .args(["-n", dir, "-6", "route", "show", IPV6.vip])
+        .output()
+        .unwrap();
+    let route = String::from_utf8_lossy(&route.stdout);
+    assert!(route.contains("mtu lock 1280"), "{route}");
+    let (_, mut stream) = greet_at(&topology.client, IPV6.at(IPV6.vip, 80));
+    let payload: Vec<u8> = (0..1_000_000u32).map(|i| (i % 241) as u8).collect();
+    let sent = payload.clone();
+    let mut reader = stream.try_clone().unwrap();
+    let writer = thread::spawn(move || stream.write_all(&sent).unwrap());
+    let mut echoed = vec![0u8; payload.len()];
+    reader
+        .read_exact(&mut echoed)
+        .expect("1 MB through links narrower than the client's");
+    writer.join().unwrap();
+    assert!(echoed == payload, "the echo differs");
 }
 
 /// Reads `lbd_flows{protocol=…}` from the director's /metrics.
@@ -602,14 +820,14 @@ fn a_reload_whose_host_setup_fails_changes_nothing_and_a_corrected_one_applies()
     let mut lbd = Lbd::start_in(&topology.director, &config);
     lbd.wait_for_log("packet data plane started", 1);
     let before = reply_rules(&topology.director);
-    assert_eq!(before.len(), 4, "{before:?}");
+    assert_eq!(before.len(), 5, "{before:?}");
     // A third nat real moves the UDP rules to prefs 1003 and 1004; one the new plan needs is
     // in the way, so its step fails after the rule for the new real (pref 1002) was added.
     let blocker = "pref 1003 iif br0 from 10.77.0.11 ipproto udp sport 5353 lookup 100";
     ip(&format!("-n {} rule add {blocker}", topology.director));
     let third = config.replace(
-        "      - address: 10.77.0.12:8080\n",
-        "      - address: 10.77.0.12:8080\n      - address: 10.77.0.13:8080\n",
+        "      - address: '10.77.0.12:8080'\n",
+        "      - address: '10.77.0.12:8080'\n      - address: '10.77.0.13:8080'\n",
     );
     std::fs::write(lbd.config_path(), &third).unwrap();
     lbd.signal(Signal::SIGHUP);
@@ -632,7 +850,7 @@ fn a_reload_whose_host_setup_fails_changes_nothing_and_a_corrected_one_applies()
     lbd.signal(Signal::SIGHUP);
     lbd.wait_for_log("configuration reloaded", 1);
     let rules = reply_rules(&topology.director);
-    assert_eq!(rules.len(), 5, "{rules:?}");
+    assert_eq!(rules.len(), 6, "{rules:?}");
     assert!(
         rules
             .iter()
@@ -659,7 +877,8 @@ fn an_lbd_that_was_killed_leaves_nothing_the_next_one_trips_on() {
     let config = config("nat");
     let mut first = Lbd::start_in(&topology.director, &config);
     first.wait_for_log("packet data plane started", 1);
-    assert_eq!(reply_rules(&topology.director).len(), 4);
+    // One per nat real and protocol, and one for ICMP errors from the reals.
+    assert_eq!(reply_rules(&topology.director).len(), 5);
     // A second lbd on the same TUN device in this namespace is refused, naming why.
     let mut second = Lbd::spawn_in_netns(&topology.director, &config);
     let status = second.wait_exit(Duration::from_secs(10));
@@ -673,13 +892,13 @@ fn an_lbd_that_was_killed_leaves_nothing_the_next_one_trips_on() {
     );
     assert_eq!(
         reply_rules(&topology.director).len(),
-        4,
+        5,
         "the second changed nothing"
     );
     // SIGKILL: no undo ran; the rules are still there.
     first.signal(Signal::SIGKILL);
     first.wait_exit(Duration::from_secs(5));
-    assert_eq!(reply_rules(&topology.director).len(), 4);
+    assert_eq!(reply_rules(&topology.director).len(), 5);
     // The next lbd undoes what the dead one left before it applies its own setup.
     let mut third = Lbd::start_in(&topology.director, &config);
     third.wait_for_log("packet data plane started", 1);
@@ -690,7 +909,7 @@ fn an_lbd_that_was_killed_leaves_nothing_the_next_one_trips_on() {
     );
     assert_eq!(
         reply_rules(&topology.director).len(),
-        4,
+        5,
         "{:?}",
         reply_rules(&topology.director)
     );

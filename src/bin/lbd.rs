@@ -37,9 +37,10 @@ enum Command {
     /// Run on a real server: register it in a cluster service's reals (in etcd) for as long
     /// as this runs and its check passes; on SIGTERM or SIGINT it is withdrawn at once.
     Register(ulvs::cluster::register::Registration),
-    /// Real-server helper for tun mode on kernels without an ipip device.
+    /// Real-server helper for tun mode on kernels without an ipip or ip6tnl device: takes
+    /// the tunnelled packets for the VIP (inside IPv4 or IPv6) and hands them to the kernel.
     IpipDecap {
-        /// The VIP carried by the real server.
+        /// The VIP carried by the real server (IPv4 or IPv6).
         #[arg(long)]
         vip: std::net::IpAddr,
         /// The TUN device to create.
@@ -173,10 +174,9 @@ fn run(args: Args) -> Result<(), String> {
             .block_on(daemon::demo::run(listen, admin, metrics))
             .map_err(|e| e.to_string()),
         Some(Command::Register(registration)) => runtime.block_on(ulvs::cluster::register::run(registration)),
-        Some(Command::IpipDecap { vip, dev }) => match vip {
-            std::net::IpAddr::V4(vip) => ulvs::lvs::decap::run(vip, &dev).map_err(|error| error.to_string()),
-            std::net::IpAddr::V6(_) => Err("ipip-decap: IPv6 VIPs are not handled yet".to_owned()),
-        },
+        Some(Command::IpipDecap { vip, dev }) => {
+            ulvs::lvs::decap::run(vip, &dev).map_err(|error| error.to_string())
+        }
         None => {
             let source = ConfigSource::File(args.config.clone());
             let config = source.load().map_err(|error| error.to_string())?;

@@ -1,7 +1,12 @@
 //! A virtual service and its real servers: the keys of one `services:` item, read from their
 //! YAML form (ranges expanded, defaults filled, combinations that cannot work refused).
 
-use std::{fmt, net::SocketAddr, str::FromStr, time::Duration};
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr},
+    str::FromStr,
+    time::Duration,
+};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 
@@ -416,6 +421,13 @@ impl ServiceConfig {
     }
 }
 
+/// Whether a packet-mode VIP can be routed into the TUN device: one unicast address, not
+/// unspecified, multicast, loopback or IPv6 link-local.
+fn is_routable_vip(ip: IpAddr) -> bool {
+    let link_local = matches!(ip, IpAddr::V6(v6) if v6.is_unicast_link_local());
+    !(ip.is_unspecified() || ip.is_multicast() || ip.is_loopback() || link_local)
+}
+
 /// One real server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RealConfig {
@@ -682,12 +694,21 @@ impl TryFrom<ServiceSpec> for ServiceConfig {
             }
         }
         let packets = raw.forward != ForwardMethod::Proxy;
-        if packets && listen.is_ipv6() {
+        if packets && !is_routable_vip(listen.ip()) {
             return Err(format!(
-                "listen: `{}` is IPv6, and forward {} handles IPv4 only so far; use forward: proxy \
-                 for an IPv6 service",
+                "listen: `{}` cannot be a VIP of forward {}: the packet plane routes a VIP's \
+                 packets to itself, so it must be one unicast address (not unspecified, \
+                 multicast, loopback or IPv6 link-local)",
                 raw.listen,
                 raw.forward.name()
+            ));
+        }
+        if packets && !raw.ipv6_only {
+            return Err(format!(
+                "ipv6_only: false applies to proxied services (a listening socket that takes \
+                 IPv4 clients too); forward {} serves the one VIP `{}`",
+                raw.forward.name(),
+                raw.listen
             ));
         }
         if !raw.ipv6_only && !listen.is_ipv6() {
@@ -753,10 +774,14 @@ impl TryFrom<ServiceSpec> for ServiceConfig {
                         raw_real.address
                     ));
                 }
-                if packets && address.is_ipv6() {
+                let forward = raw_real.forward.unwrap_or(raw.forward);
+                if packets && address.is_ipv6() != listen.is_ipv6() && forward != ForwardMethod::Tun {
                     return Err(format!(
-                        "reals: {address} is IPv6, and forward {} handles IPv4 only so far",
-                        raw.forward.name()
+                        "reals: {address} is not of the VIP {}'s address family, which forward {} \
+                         needs (nat rewrites addresses within a family, dr sends on the VIP's own \
+                         link); only forward: tun carries one family inside the other",
+                        listen.ip(),
+                        forward.name()
                     ));
                 }
                 reals.push(RealConfig {

@@ -48,16 +48,16 @@ fn later_features_are_rejected_as_not_supported_yet() {
         );
     }
     // nat, dr and tun need the dataplane section; dr its server interface; dr and tun keep ports.
-    let message = error_of("services:\n  - protocol: tcp\n    listen: 127.0.0.1:80\n    forward: nat\n");
+    let message = error_of("services:\n  - protocol: tcp\n    listen: 192.0.2.1:80\n    forward: nat\n");
     assert!(message.contains("need a `dataplane:` section"), "{message}");
     let message =
-        error_of("dataplane: {}\nservices:\n  - { protocol: tcp, listen: '127.0.0.1:80', forward: dr }\n");
+        error_of("dataplane: {}\nservices:\n  - { protocol: tcp, listen: '192.0.2.1:80', forward: dr }\n");
     assert!(
         message.contains("forward dr needs `dataplane.server_interface`"),
         "{message}"
     );
     let message = error_of(
-        "dataplane: { server_interface: eth1 }\nservices:\n  - { protocol: tcp, listen: '127.0.0.1:80', forward: tun, reals: [{address: '10.0.0.1:8080'}] }\n",
+        "dataplane: { server_interface: eth1 }\nservices:\n  - { protocol: tcp, listen: '192.0.2.1:80', forward: tun, reals: [{address: '10.0.0.1:8080'}] }\n",
     );
     assert!(
         message.contains("the real's port must be the service's (80)"),
@@ -65,7 +65,7 @@ fn later_features_are_rejected_as_not_supported_yet() {
     );
     assert!(
         parse(
-            "dataplane: { tun: lbtun0 }\nservices:\n  - { protocol: tcp, listen: '127.0.0.1:80', forward: nat }\n",
+            "dataplane: { tun: lbtun0 }\nservices:\n  - { protocol: tcp, listen: '192.0.2.1:80', forward: nat }\n",
             "x"
         )
         .is_ok()
@@ -73,7 +73,7 @@ fn later_features_are_rejected_as_not_supported_yet() {
     // Health checks are supported; `type: none` is the same as none at all.
     assert!(
         parse(
-            "services:\n  - { protocol: tcp, listen: '127.0.0.1:80', health_check: { type: tcp } }\n",
+            "services:\n  - { protocol: tcp, listen: '192.0.2.1:80', health_check: { type: tcp } }\n",
             "x"
         )
         .is_ok()
@@ -384,12 +384,24 @@ fn combinations_that_cannot_work_are_refused() {
     let dataplane = "dataplane: { tun: lbtun0, server_interface: br0 }\n";
     for (service, expected) in [
         (
-            "{ protocol: tcp, listen: '[2001:db8::1]:80', forward: nat }",
-            "IPv6",
+            "{ protocol: tcp, listen: '[2001:db8::1]:80', forward: nat, reals: [{address: '10.0.0.1'}] }",
+            "not of the VIP 2001:db8::1's address family",
         ),
         (
             "{ protocol: tcp, listen: '192.0.2.1:80', forward: dr, reals: [{address: '[2001:db8::5]:80'}] }",
-            "IPv6",
+            "only forward: tun carries one family inside the other",
+        ),
+        (
+            "{ protocol: tcp, listen: '[fe80::1]:80', forward: dr }",
+            "link-local",
+        ),
+        (
+            "{ protocol: udp, listen: '0.0.0.0:53', forward: nat }",
+            "cannot be a VIP of forward nat",
+        ),
+        (
+            "{ protocol: tcp, listen: '[2001:db8::1]:80', forward: tun, ipv6_only: false }",
+            "ipv6_only: false applies to proxied services",
         ),
         (
             "{ protocol: tcp, listen: '192.0.2.1:80', reals: [{address: '10.0.0.1', forward: nat}] }",

@@ -355,16 +355,13 @@ impl Director {
     /// the state file, then swaps the table and closes the services that are gone. If binding
     /// or writing fails, nothing changed.
     fn apply(&mut self, config: Config) -> Result<ReloadSummary, ApplyError> {
-        let client_interfaces = config.dataplane.as_ref().map_or_else(Vec::new, |dataplane| {
-            crate::lvs::setup::client_interfaces(&dataplane.tun, dataplane.server_interface.as_deref())
-        });
-        let plan = plan::plan(
-            &self.config,
-            &config,
-            self.workers.len(),
-            &client_interfaces,
-            self.master,
-        );
+        let links = config
+            .dataplane
+            .as_ref()
+            .map_or_else(Default::default, |dataplane| {
+                crate::lvs::setup::links(&dataplane.tun, dataplane.server_interface.as_deref())
+            });
+        let plan = plan::plan(&self.config, &config, self.workers.len(), &links, self.master);
         // A listening socket's IPV6_V6ONLY is set when it is bound.
         if let Some(service) = config.services.iter().find(|service| {
             self.config
@@ -533,16 +530,14 @@ impl Director {
         if master == self.master {
             return;
         }
-        let client_interfaces = self.config.dataplane.as_ref().map_or_else(Vec::new, |dataplane| {
-            crate::lvs::setup::client_interfaces(&dataplane.tun, dataplane.server_interface.as_deref())
-        });
-        let plan = plan::plan(
-            &self.config,
-            &self.config,
-            self.workers.len(),
-            &client_interfaces,
-            master,
-        );
+        let links = self
+            .config
+            .dataplane
+            .as_ref()
+            .map_or_else(Default::default, |dataplane| {
+                crate::lvs::setup::links(&dataplane.tun, dataplane.server_interface.as_deref())
+            });
+        let plan = plan::plan(&self.config, &self.config, self.workers.len(), &links, master);
         if let Some(plane) = &mut self.packets {
             match plane.prepare(plan.setup, plan.vips.clone()) {
                 Ok(pending) => plane.commit(pending),
@@ -571,7 +566,7 @@ impl Director {
                 let started = tokio::time::Instant::now();
                 for delay in crate::lvs::announce::SCHEDULE {
                     tokio::time::sleep_until(started + delay).await;
-                    let (vips, interfaces) = (vips.clone(), client_interfaces.clone());
+                    let (vips, interfaces) = (vips.clone(), links.clients.clone());
                     let sent = tokio::task::spawn_blocking(move || {
                         crate::lvs::announce::announce(&vips, &interfaces)
                     })

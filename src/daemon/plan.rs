@@ -35,15 +35,9 @@ pub struct Plan {
 }
 
 /// The plan that takes `running` to `new` on a director with `workers` workers, whose
-/// client-facing interfaces (for proxy ARP) are `client_interfaces`; a `master` draws the
+/// links (client-facing interfaces for proxy ARP, the server side's MTU) are `links`; a `master` draws the
 /// VIPs' traffic (every director but the backup of an `ha:` pair).
-pub fn plan(
-    running: &Config,
-    new: &Config,
-    workers: usize,
-    client_interfaces: &[String],
-    master: bool,
-) -> Plan {
+pub fn plan(running: &Config, new: &Config, workers: usize, links: &setup::Links, master: bool) -> Plan {
     let proxied = |config: &Config| -> BTreeSet<ServiceKey> {
         config
             .services
@@ -71,7 +65,7 @@ pub fn plan(
         bind: proxied_after.difference(&proxied_before).copied().collect(),
         close: proxied_before.difference(&proxied_after).copied().collect(),
         packet_plane: crate::lvs::plane::needed(new),
-        setup: setup::plan(new, client_interfaces, master),
+        setup: setup::plan(new, links, master),
         vips: crate::table::packet_vips(new),
         control_descriptors: control_descriptors(new, workers),
         summary: ReloadSummary {
@@ -122,7 +116,7 @@ mod tests {
         let new = parsed(
             "  - { name: a, protocol: tcp, listen: '127.0.0.1:80', reals: [{address: '10.0.0.1', weight: 2}] }\n  - { name: c, protocol: tcp, listen: '127.0.0.1:81', reals: [{address: '10.0.0.1'}] }\n",
         );
-        let plan = plan(&running, &new, 2, &["eth0".to_owned()], true);
+        let plan = plan(&running, &new, 2, &eth0(), true);
         let key = |text: &str| ServiceKey::parse(text).unwrap();
         assert_eq!(plan.bind, [key("tcp:127.0.0.1:81")]);
         assert_eq!(plan.close, [key("udp:127.0.0.1:53")]);
@@ -137,9 +131,17 @@ mod tests {
         assert!(!plan.packet_plane && plan.setup.is_empty() && plan.vips.is_empty());
         assert_eq!(plan.control_descriptors, 4, "two services, two workers, no check");
         assert_eq!(
-            self::plan(&new, &running, 2, &[], true).control_descriptors,
+            self::plan(&new, &running, 2, &setup::Links::default(), true).control_descriptors,
             2 + 2 + 3
         );
+    }
+
+    /// A host whose one client-facing interface is eth0.
+    fn eth0() -> setup::Links {
+        setup::Links {
+            clients: vec!["eth0".to_owned()],
+            server_mtu: None,
+        }
     }
 
     #[test]
@@ -150,7 +152,7 @@ mod tests {
         let nat = parsed(
             "  - { name: a, protocol: tcp, listen: '192.0.2.1:80', forward: nat, reals: [{address: '10.0.0.1'}] }\n",
         );
-        let to_nat = plan(&proxied, &nat, 1, &["eth0".to_owned()], true);
+        let to_nat = plan(&proxied, &nat, 1, &eth0(), true);
         let key = ServiceKey::parse("tcp:192.0.2.1:80").unwrap();
         assert_eq!(
             (to_nat.bind.as_slice(), to_nat.close.as_slice()),
@@ -171,7 +173,7 @@ mod tests {
                 .any(|step| step.to_string() == "ip neigh replace proxy 192.0.2.1 dev eth0")
         );
         assert_eq!(to_nat.summary.changed, 1);
-        let back = plan(&nat, &proxied, 1, &[], true);
+        let back = plan(&nat, &proxied, 1, &setup::Links::default(), true);
         assert_eq!(
             (back.bind.as_slice(), back.close.as_slice()),
             (&[key][..], &[][..])

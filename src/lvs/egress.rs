@@ -1,11 +1,13 @@
 //! Where dr and tun packets leave the director: an `AF_PACKET` socket on the server-side
-//! interface (dr frames, built in the room in front of the packet), and a raw IPIP socket (the
-//! kernel builds the outer header; super-packets are cut into wire packets first).
+//! interface (dr frames, built in the room in front of the packet), and raw IP-in-IP sockets
+//! (the kernel builds the outer header; super-packets are cut into wire packets first). A tun
+//! real may be of the other family than its VIP: IPv4 in IPv6 and IPv6 in IPv4 are carried
+//! as IPVS's tunnel carries them.
 
 use std::{
     io,
     net::{IpAddr, SocketAddr},
-    sync::Arc,
+    sync::{Arc, OnceLock},
 };
 
 use super::{
@@ -24,61 +26,115 @@ const SEGMENTS_MAX: usize = 64;
 const SEGMENT_MAX: usize = 9_216;
 
 /// Where dr and tun packets leave: an `AF_PACKET` socket on the server-side interface, and a
-/// raw IPIP socket (the kernel builds the outer header).
+/// raw tunnel socket per outer and inner family (the kernel builds the outer header).
 pub(super) struct Egress {
-    frames: Option<(socket2::Socket, super::neighbours::Mac)>,
+    /// The server-side interface, where dr frames leave.
+    server: Option<String>,
+    /// The socket that sends dr frames there, and the interface's MAC: opened at start when
+    /// a dr service is configured then, on first use when a reload adds one.
+    frames: OnceLock<Option<(socket2::Socket, super::neighbours::Mac)>>,
     neighbours: Arc<Neighbours>,
-    ipip: Option<socket2::Socket>,
+    /// Indexed by [`tunnel_index`]: opened at start for the tun services configured then,
+    /// on first use for those a reload adds.
+    tunnels: [OnceLock<Option<socket2::Socket>>; 4],
+}
+
+/// The tunnel socket for an outer header of the real's family around a packet of
+/// `inner_ipv6`'s.
+fn tunnel_index(real: IpAddr, inner_ipv6: bool) -> usize {
+    usize::from(real.is_ipv6()) * 2 + usize::from(inner_ipv6)
+}
+
+/// An `AF_PACKET` socket on `interface` and the interface's MAC.
+fn frame_socket(interface: &str) -> io::Result<(socket2::Socket, super::neighbours::Mac)> {
+    let read = |what: &str| std::fs::read_to_string(format!("/sys/class/net/{interface}/{what}"));
+    let index: u32 = read("ifindex")?.trim().parse().unwrap_or(0);
+    let mac = read("address")
+        .ok()
+        .and_then(|text| crate::packet::arp::parse_mac(&text))
+        .unwrap_or_default();
+    Ok((crate::sys::packet_socket(index)?, mac))
+}
+
+/// Opens the tunnel socket for `index`, logging a failure (once per socket and worker).
+fn open_tunnel(index: usize) -> Option<socket2::Socket> {
+    let (outer_ipv6, inner_ipv6) = (index >= 2, index % 2 == 1);
+    match crate::sys::tunnel_socket(outer_ipv6, inner_ipv6) {
+        Ok(socket) => Some(socket),
+        Err(error) => {
+            tracing::error!(
+                %error,
+                outer = if outer_ipv6 { "IPv6" } else { "IPv4" },
+                inner = if inner_ipv6 { "IPv6" } else { "IPv4" },
+                "cannot open a raw tunnel socket (it needs CAP_NET_RAW); tun packets of this kind are dropped"
+            );
+            None
+        }
+    }
 }
 
 impl Egress {
     pub(super) fn open(config: &Config, neighbours: Arc<Neighbours>) -> Result<Self, PlaneError> {
-        let methods: Vec<ForwardMethod> = config
+        let routes: Vec<(ForwardMethod, IpAddr, bool)> = config
             .services
             .iter()
             .filter(|service| service.on_packet_plane())
             .flat_map(|service| {
-                std::iter::once(service.forward)
-                    .chain(service.reals.iter().map(|real| real.forward_in(service)))
+                service.reals.iter().map(|real| {
+                    (
+                        real.forward_in(service),
+                        real.address.ip(),
+                        service.listen.is_ipv6(),
+                    )
+                })
             })
             .collect();
-        let frames = match config.dataplane.as_ref().and_then(|d| d.server_interface.clone()) {
-            Some(interface) if methods.contains(&ForwardMethod::Dr) => {
-                let read = |what: &str| std::fs::read_to_string(format!("/sys/class/net/{interface}/{what}"));
-                let failed = |source: io::Error| PlaneError::Interface {
-                    name: interface.clone(),
+        let server = config.dataplane.as_ref().and_then(|d| d.server_interface.clone());
+        let frames = OnceLock::new();
+        if let Some(interface) = server.as_deref()
+            && routes.iter().any(|(method, ..)| *method == ForwardMethod::Dr)
+        {
+            let _ = frames.set(Some(frame_socket(interface).map_err(|source| {
+                PlaneError::Interface {
+                    name: interface.to_owned(),
                     source,
-                };
-                let index: u32 = read("ifindex").map_err(failed)?.trim().parse().unwrap_or(0);
-                let mac = read("address")
-                    .ok()
-                    .and_then(|text| crate::packet::arp::parse_mac(&text))
-                    .unwrap_or_default();
-                let socket = crate::sys::packet_socket(index).map_err(failed)?;
-                Some((socket, mac))
+                }
+            })?));
+        }
+        let tunnels: [OnceLock<Option<socket2::Socket>>; 4] = Default::default();
+        for (_, real, inner_ipv6) in routes.iter().filter(|(method, ..)| *method == ForwardMethod::Tun) {
+            let index = tunnel_index(*real, *inner_ipv6);
+            if tunnels[index].get().is_none() {
+                let (outer_ipv6, inner_ipv6) = (index >= 2, index % 2 == 1);
+                let socket = crate::sys::tunnel_socket(outer_ipv6, inner_ipv6).map_err(|source| {
+                    PlaneError::Interface {
+                        name: "raw tunnel socket".to_owned(),
+                        source,
+                    }
+                })?;
+                let _ = tunnels[index].set(Some(socket));
             }
-            _ => None,
-        };
-        let ipip = if methods.contains(&ForwardMethod::Tun) {
-            let socket = crate::sys::ipip_socket().map_err(|source| PlaneError::Interface {
-                name: "raw IPIP socket".to_owned(),
-                source,
-            })?;
-            Some(socket)
-        } else {
-            None
-        };
+        }
         Ok(Self {
+            server,
             frames,
             neighbours,
-            ipip,
+            tunnels,
         })
     }
 
     /// Sends the packet at [`PACKET_AT`] of `buf` in an Ethernet frame to `real`'s MAC, built
     /// in the room in front of it; false if the MAC is not known yet or sending failed.
     pub(super) fn route(&self, buf: &mut [u8], offload: Offload, real: IpAddr) -> bool {
-        let (Some((socket, source)), Some(destination)) = (&self.frames, self.neighbours.mac(real)) else {
+        let frames = self.frames.get_or_init(|| {
+            let interface = self.server.as_deref()?;
+            frame_socket(interface)
+                .inspect_err(|error| {
+                    tracing::error!(interface, %error, "cannot send dr frames on the server-side interface; dr packets are dropped");
+                })
+                .ok()
+        });
+        let (Some((socket, source)), Some(destination)) = (frames, self.neighbours.mac(real)) else {
             return false;
         };
         let Some((front, packet)) = buf.split_at_mut_checked(PACKET_AT) else {
@@ -92,12 +148,18 @@ impl Egress {
         header.encode(vnet);
         ethernet[..6].copy_from_slice(&destination);
         ethernet[6..12].copy_from_slice(source);
-        ethernet[12..14].copy_from_slice(&[0x08, 0x00]);
+        let ethertype: [u8; 2] = if packet.first().is_some_and(|byte| byte >> 4 == 6) {
+            [0x86, 0xdd]
+        } else {
+            [0x08, 0x00]
+        };
+        ethernet[12..14].copy_from_slice(&ethertype);
         socket.send(buf).is_ok()
     }
 
-    /// Sends `packet` inside IPIP to `real`. The raw socket takes whole wire packets only: a
-    /// partial checksum is finished here, and a super-packet is cut into its wire packets.
+    /// Sends `packet` inside IP-in-IP to `real` (IPIP, IPv6 in IPv6, or one family in the
+    /// other). The raw socket takes whole wire packets only: a partial checksum is finished
+    /// here, and a super-packet is cut into its wire packets.
     pub(super) fn tunnel(
         &self,
         packet: &mut [u8],
@@ -105,7 +167,9 @@ impl Egress {
         real: IpAddr,
         cut: &mut Segments,
     ) -> bool {
-        let Some(socket) = &self.ipip else {
+        let inner_ipv6 = packet.first().is_some_and(|byte| byte >> 4 == 6);
+        let index = tunnel_index(real, inner_ipv6);
+        let Some(socket) = self.tunnels[index].get_or_init(|| open_tunnel(index)) else {
             return false;
         };
         let to = socket2::SockAddr::from(SocketAddr::new(real, 0));

@@ -557,14 +557,17 @@ impl Partition<'_> {
         shard.replies.get(&reply).copied()
     }
 
-    /// The real of a flow, without touching it (ICMP errors).
-    pub fn real_of(&self, key: &FlowKey) -> Option<SocketAddr> {
+    /// The real of a flow and how its packets go there, without touching it (ICMP errors).
+    pub fn real_of(&self, key: &FlowKey) -> Option<(SocketAddr, ForwardMethod)> {
         let table = self.table;
         let shard = table
             .shard(&key.client, self.index)
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        shard.flows.get(key).map(|entry| entry.scheduled.address)
+        shard
+            .flows
+            .get(key)
+            .map(|entry| (entry.scheduled.address, entry.scheduled.forward))
     }
 
     /// Removes the expired flows of this partition's next shard; its worker calls it often

@@ -6,11 +6,11 @@
 //! - **dr**: the packet is left as it is, to be sent in an Ethernet frame to the real's MAC.
 //! - **tun**: the packet is left as it is, to be wrapped in IPIP to the real.
 //!
-//! IPv4 and IPv6 alike (ICMP errors are translated for IPv4 only so far). Anything else is
-//! dropped. Pure apart from the shared tables; never panics on what arrives.
+//! IPv4 and IPv6 alike; tun may carry a flow of one family to a real of the other. Anything
+//! else is dropped. Pure apart from the shared tables; never panics on what arrives.
 
 use std::{
-    net::{IpAddr, SocketAddr, SocketAddrV4},
+    net::{IpAddr, SocketAddr},
     sync::atomic::Ordering::Relaxed,
 };
 
@@ -118,8 +118,7 @@ pub fn handle_offloaded(
                 return Verdict::Drop(DropReason::Malformed);
             };
             match packet.l4() {
-                // ICMPv6 errors about a flow are not translated yet.
-                Ok(L4::Icmp(Icmp::Error { .. })) => Verdict::Drop(DropReason::NoFlow),
+                Ok(L4::Icmp(Icmp::Error { .. })) => icmp_error(&mut packet, table, flows),
                 l4 => forward(&mut packet, l4, offload, table, flows, now),
             }
         }
@@ -136,6 +135,12 @@ trait Forwardable {
     fn set_source_to(&mut self, to: SocketAddr) -> bool;
     /// Sets the destination (address and TCP/UDP port); false when `to` is of the other family.
     fn set_destination_to(&mut self, to: SocketAddr) -> bool;
+    /// For an ICMP error about a TCP or UDP flow: the quoted packet's protocol number, source
+    /// and destination.
+    fn quoted_flow_of(&mut self) -> Option<(u8, SocketAddr, SocketAddr)>;
+    /// Rewrites the quoted packet's source (`quoted_source`) or destination to `to`; false
+    /// when it cannot (not an error about a flow, `to` of the other family).
+    fn rewrite_quoted_to(&mut self, quoted_source: bool, to: SocketAddr) -> bool;
 }
 
 /// `Forwardable` for a family's packet type, whose addresses are `IpAddr::$family` and
@@ -170,6 +175,20 @@ macro_rules! forwardable {
                     _ => false,
                 }
             }
+            fn quoted_flow_of(&mut self) -> Option<(u8, SocketAddr, SocketAddr)> {
+                let (protocol, source, destination) = self.quoted_flow()?;
+                Some((
+                    protocol,
+                    SocketAddr::$family(source),
+                    SocketAddr::$family(destination),
+                ))
+            }
+            fn rewrite_quoted_to(&mut self, quoted_source: bool, to: SocketAddr) -> bool {
+                match to {
+                    SocketAddr::$family(to) => self.rewrite_quoted(quoted_source, to),
+                    _ => false,
+                }
+            }
         }
     };
 }
@@ -197,7 +216,11 @@ fn forward<P: Forwardable>(
         }) => (Protocol::Tcp, source, destination, Some(flags)),
         Ok(L4::Udp { source, destination }) => (Protocol::Udp, source, destination, None),
         Ok(L4::Fragment) => return Verdict::Drop(DropReason::Fragment),
-        Ok(_) | Err(_) => return Verdict::Drop(DropReason::Malformed),
+        // Other ICMP from the server side (a real's echo reply to a client) arrives with the
+        // ICMP errors it is steered with, and goes on as it is.
+        Ok(L4::Icmp(_)) if passes_through(packet.destination_ip(), table) => return Verdict::Send,
+        Ok(L4::Icmp(_) | L4::Other(_)) => return Verdict::Drop(DropReason::NoFlow),
+        Err(_) => return Verdict::Drop(DropReason::Malformed),
     };
     let source = SocketAddr::new(packet.source_ip(), source_port);
     let destination = SocketAddr::new(packet.destination_ip(), destination_port);
@@ -233,7 +256,10 @@ fn forward<P: Forwardable>(
         let live = service
             .real(real)
             .or(service.sorry.as_ref().filter(|sorry| sorry.address == real));
-        let Some(live) = live.filter(|live| live.up && real.is_ipv4() == destination.is_ipv4()) else {
+        // Only tun carries a flow to a real of the other family.
+        let Some(live) = live.filter(|live| {
+            live.up && (real.is_ipv4() == destination.is_ipv4() || forward == ForwardMethod::Tun)
+        }) else {
             return Verdict::Drop(DropReason::NoFlow);
         };
         live.state.packets_in.fetch_add(segments, Relaxed);
@@ -262,11 +288,22 @@ fn forward<P: Forwardable>(
     }
 }
 
-/// An ICMP error about a flow: from the real's side (it quotes client → real) it goes to the
-/// client as if from the VIP; from the client's side (it quotes VIP → client) it goes to the
-/// real.
-fn icmp_error(packet: &mut Ipv4Packet<'_>, table: &ServiceTable, flows: Partition<'_>) -> Verdict {
-    let Some((number, quoted_source, quoted_destination)) = packet.quoted_flow() else {
+/// Whether an ICMP message that is not an error, to `destination`, is written back as it is:
+/// to a unicast address beyond the director, not to a VIP (nor the TUN device's own
+/// multicast and link-local chatter, such as MLD reports).
+fn passes_through(destination: IpAddr, table: &ServiceTable) -> bool {
+    let local = match destination {
+        IpAddr::V4(v4) => v4.is_multicast() || v4.is_broadcast() || v4.is_link_local(),
+        IpAddr::V6(v6) => v6.is_multicast() || v6.is_unicast_link_local(),
+    };
+    !local && !destination.is_unspecified() && !destination.is_loopback() && !table.is_packet_vip(destination)
+}
+
+/// An ICMP or ICMPv6 error about a flow (Packet Too Big included): from the real's side (it
+/// quotes client → real) it goes to the client as if from the VIP; from the client's side
+/// (it quotes VIP → client) it goes to the real.
+fn icmp_error<P: Forwardable>(packet: &mut P, table: &ServiceTable, flows: Partition<'_>) -> Verdict {
+    let Some((number, quoted_source, quoted_destination)) = packet.quoted_flow_of() else {
         return Verdict::Drop(DropReason::Malformed);
     };
     let protocol = match number {
@@ -276,38 +313,45 @@ fn icmp_error(packet: &mut Ipv4Packet<'_>, table: &ServiceTable, flows: Partitio
     };
     let nat = ServiceKey {
         protocol,
-        listen: SocketAddr::V4(quoted_source),
+        listen: quoted_source,
     };
     if table.service(&nat).is_some() {
         // Client side: the quoted packet went VIP → client.
         let key = FlowKey {
             protocol,
-            client: SocketAddr::V4(quoted_destination),
-            vip: SocketAddr::V4(quoted_source),
+            client: quoted_destination,
+            vip: quoted_source,
         };
-        let Some(SocketAddr::V4(real)) = flows.real_of(&key) else {
+        let Some((real, forward)) = flows.real_of(&key) else {
             return Verdict::Drop(DropReason::NoFlow);
         };
-        packet.rewrite_quoted(true, real);
-        packet.set_destination(SocketAddrV4::new(*real.ip(), 0));
+        // dr and tun reals own the VIP and sent the quoted packet themselves: the error goes
+        // to them as it is, the way the flow's packets go (as IPVS does).
+        match forward {
+            ForwardMethod::Dr => return Verdict::Route(real.ip()),
+            ForwardMethod::Tun => return Verdict::Tunnel(real.ip()),
+            ForwardMethod::Nat | ForwardMethod::Proxy => {}
+        }
+        if !packet.rewrite_quoted_to(true, real) {
+            return Verdict::Drop(DropReason::NoFlow);
+        }
+        packet.set_destination_to(SocketAddr::new(real.ip(), 0));
         return Verdict::Send;
     }
     // Real side: the quoted packet went client → real.
     let reply = ReplyKey {
         protocol,
-        real: SocketAddr::V4(quoted_destination),
-        client: SocketAddr::V4(quoted_source),
+        real: quoted_destination,
+        client: quoted_source,
     };
-    let Some(FlowKey {
-        vip: SocketAddr::V4(vip),
-        ..
-    }) = flows.find_reply(reply)
-    else {
+    let Some(FlowKey { vip, .. }) = flows.find_reply(reply) else {
         return Verdict::Drop(DropReason::NoFlow);
     };
-    packet.rewrite_quoted(false, vip);
-    if packet.source() == *quoted_destination.ip() {
-        packet.set_source(SocketAddrV4::new(*vip.ip(), 0));
+    if !packet.rewrite_quoted_to(false, vip) {
+        return Verdict::Drop(DropReason::NoFlow);
+    }
+    if packet.source_ip() == quoted_destination.ip() {
+        packet.set_source_to(SocketAddr::new(vip.ip(), 0));
     }
     Verdict::Send
 }
@@ -417,6 +461,102 @@ mod tests {
             handle(&mut [0x50; 40], &table, flows.partition(0), Millis(4)),
             Verdict::Drop(DropReason::Malformed)
         );
+    }
+
+    /// An ICMPv6 error of `kind` (2: Packet Too Big) from `from` to `to`, quoting `quoted`
+    /// (cut to `quote_len` bytes), its checksum complete.
+    fn icmpv6_error(kind: u8, from: &str, to: &str, quoted: &[u8], quote_len: usize) -> Vec<u8> {
+        let address = |text: &str| text.parse::<std::net::Ipv6Addr>().unwrap().octets();
+        let icmp_type = match kind {
+            2 => etherparse::Icmpv6Type::PacketTooBig { mtu: 1280 },
+            _ => {
+                etherparse::Icmpv6Type::DestinationUnreachable(etherparse::icmpv6::DestUnreachableCode::Port)
+            }
+        };
+        let mut out = Vec::new();
+        PacketBuilder::ipv6(address(from), address(to), 64)
+            .icmpv6(icmp_type)
+            .write(&mut out, &quoted[..quote_len.min(quoted.len())])
+            .unwrap();
+        out
+    }
+
+    /// Whether an ICMPv6 message's checksum is right (a full recompute).
+    fn icmpv6_checksum_ok(packet: &[u8]) -> bool {
+        let mut pseudo = Vec::new();
+        pseudo.extend_from_slice(&packet[8..40]);
+        pseudo.extend_from_slice(&((packet.len() - 40) as u32).to_be_bytes());
+        pseudo.extend_from_slice(&[0, 0, 0, 58]);
+        pseudo.extend_from_slice(&packet[40..]);
+        checksum::compute(&pseudo) == 0
+    }
+
+    #[test]
+    fn icmpv6_errors_about_a_flow_are_translated_both_ways() {
+        let (table, flows) = (ipv6_table(), FlowTable::new(1000, 100, 1));
+        let mut syn = tcp6(("2001:db8::2", 40000), ("2001:db8::100", 80), true, false);
+        let original = syn.clone();
+        assert_eq!(
+            handle(&mut syn, &table, flows.partition(0), Millis(0)),
+            Verdict::Send
+        );
+        let real = Ipv6Packet::parse(&mut syn).unwrap().destination();
+        // From the real's side: a router says the packet sent to the real was too big. The
+        // client must see it about its own packet to the VIP, from the VIP if the real sent it.
+        for (from, quote_len) in [(real.to_string(), 1232), ("2001:db8:1::1".to_owned(), 60)] {
+            let mut error = icmpv6_error(2, &from, "2001:db8::2", &syn, quote_len);
+            assert_eq!(
+                handle(&mut error, &table, flows.partition(0), Millis(1)),
+                Verdict::Send
+            );
+            assert!(icmpv6_checksum_ok(&error), "ICMPv6 checksum after the rewrite");
+            let quote = &error[48..];
+            assert_eq!(
+                quote,
+                &original[..quote.len()],
+                "the quote is the client's own packet"
+            );
+            let source = Ipv6Packet::parse(&mut error).unwrap().source().to_string();
+            let expected = if from == real.to_string() {
+                "2001:db8::100"
+            } else {
+                "2001:db8:1::1"
+            };
+            assert_eq!(source, expected);
+        }
+        // From the client's side: an error about the VIP's reply goes to the real, quoting
+        // the packet the real sent.
+        let mut reply = tcp6((&real.to_string(), 8080), ("2001:db8::2", 40000), true, true);
+        let sent_by_real = reply.clone();
+        assert_eq!(
+            handle(&mut reply, &table, flows.partition(0), Millis(2)),
+            Verdict::Send
+        );
+        let mut error = icmpv6_error(1, "2001:db8::2", "2001:db8::100", &reply, 1232);
+        assert_eq!(
+            handle(&mut error, &table, flows.partition(0), Millis(3)),
+            Verdict::Send
+        );
+        assert!(icmpv6_checksum_ok(&error));
+        let packet = Ipv6Packet::parse(&mut error).unwrap();
+        assert_eq!(packet.destination(), real);
+        assert_eq!(
+            &error[48..],
+            &sent_by_real[..],
+            "the quote is the real's own packet"
+        );
+        // About no flow: dropped; cut inside the quoted header: malformed, never a panic.
+        let mut stranger = tcp6(("2001:db8::9", 1), ("2001:db8::100", 80), true, false);
+        let mut error = icmpv6_error(2, "2001:db8:1::1", "2001:db8::9", &stranger.clone(), 1232);
+        assert_eq!(
+            handle(&mut error, &table, flows.partition(0), Millis(4)),
+            Verdict::Drop(DropReason::NoFlow)
+        );
+        for len in 0..60 {
+            let mut cut = icmpv6_error(2, "2001:db8:1::1", "2001:db8::2", &syn, len);
+            let _ = handle(&mut cut, &table, flows.partition(0), Millis(5));
+        }
+        let _ = handle(&mut stranger, &table, flows.partition(0), Millis(6));
     }
 
     #[test]

@@ -230,6 +230,6 @@ pub fn plan(config: &Config, master: bool) -> Vec<Step> {
     let Some(dataplane) = &config.dataplane else {
         return Vec::new();
     };
-    let clients = setup::client_interfaces(&dataplane.tun, dataplane.server_interface.as_deref());
-    setup::plan(config, &clients, master)
+    let links = setup::links(&dataplane.tun, dataplane.server_interface.as_deref());
+    setup::plan(config, &links, master)
 }

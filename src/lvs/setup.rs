@@ -5,7 +5,7 @@
 //! --check` prints the plan.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     fmt,
     net::{IpAddr, SocketAddr},
     path::PathBuf,
@@ -17,8 +17,6 @@ use crate::config::{Config, ForwardMethod, Protocol};
 pub use crate::config::REPLY_TABLE;
 /// Preference of the first reply-steering rule.
 const RULE_PREF: u32 = 1000;
-/// The MTU of a tunnelled VIP's route: an Ethernet MTU less the outer IPv4 header.
-pub const TUNNEL_MTU: u32 = 1480;
 
 /// One step of the setup: a sysctl or an `ip` command, with how to undo it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -62,90 +60,158 @@ fn sysctl(key: &str, value: &str) -> Step {
     }
 }
 
+/// What the plan needs to know of this host's links.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Links {
+    /// Interfaces that face the clients (proxy ARP and proxy NDP for the VIPs go there).
+    pub clients: Vec<String>,
+    /// The MTU of the server-side interface, when there is one.
+    pub server_mtu: Option<u32>,
+}
+
+/// The MTU a VIP's route gets when nothing narrower is known: an Ethernet MTU (and the TUN
+/// device's own).
+const ETHERNET_MTU: u32 = 1500;
+/// IPv6's minimum link MTU (RFC 8200): a route is never narrower.
+const IPV6_MIN_MTU: u32 = 1280;
+
+/// `-6 ` for IPv6 (an `ip` command's family), nothing for IPv4.
+fn family(ip: &IpAddr) -> &'static str {
+    if ip.is_ipv6() { "-6 " } else { "" }
+}
+
 /// The steps a config needs, in order. The VIPs' routes into the TUN device and their proxy-ARP
-/// entries are the `master`'s only: a backup of an `ha:` pair leaves them out, so that only
-/// the master draws the VIPs' traffic.
-pub fn plan(config: &Config, client_interfaces: &[String], master: bool) -> Vec<Step> {
+/// (proxy-NDP) entries are the `master`'s only: a backup of an `ha:` pair leaves them out, so
+/// that only the master draws the VIPs' traffic.
+///
+/// A VIP's route is as narrow as the way to its reals: the server side's MTU, less the outer
+/// header for tunnelled reals (20 bytes for IPv4, 40 for IPv6). The kernel then answers
+/// oversize packets to the VIP itself, before lbd, with "fragmentation needed" (IPv4) or
+/// "packet too big" (IPv6), quoting the packet the client sent, so the client's path MTU
+/// discovery works, as IPVS's own MTU check does. IPv6 forwarding only honours a route's MTU
+/// when it is locked (`mtu lock`).
+pub fn plan(config: &Config, links: &Links, master: bool) -> Vec<Step> {
     let Some(dataplane) = &config.dataplane else {
         return Vec::new();
     };
     let tun = &dataplane.tun;
     let server = dataplane.server_interface.clone().unwrap_or_default();
-    let mut vips = BTreeSet::new();
-    let mut tunnelled = BTreeSet::new();
+    // Each VIP with its route's MTU.
+    let mut vips: BTreeMap<IpAddr, u32> = BTreeMap::new();
     let mut nat_reals: BTreeSet<(Protocol, SocketAddr)> = BTreeSet::new();
+    let base = links.server_mtu.unwrap_or(ETHERNET_MTU).min(ETHERNET_MTU);
     for service in config.services.iter().filter(|service| service.on_packet_plane()) {
         for real in &service.reals {
-            match real.forward_in(service) {
-                ForwardMethod::Proxy => {}
+            let overhead = match real.forward_in(service) {
+                ForwardMethod::Proxy => continue,
                 ForwardMethod::Nat => {
-                    vips.insert(service.listen.ip());
                     nat_reals.insert((service.protocol, real.address));
+                    0
                 }
-                ForwardMethod::Dr => {
-                    vips.insert(service.listen.ip());
-                }
-                ForwardMethod::Tun => {
-                    vips.insert(service.listen.ip());
-                    tunnelled.insert(service.listen.ip());
-                }
-            }
+                ForwardMethod::Dr => 0,
+                ForwardMethod::Tun if real.address.is_ipv4() => 20,
+                ForwardMethod::Tun => 40,
+            };
+            let mtu = vips.entry(service.listen.ip()).or_insert(ETHERNET_MTU);
+            *mtu = (*mtu).min(base - overhead);
         }
     }
     if vips.is_empty() {
         return Vec::new();
     }
-    let mut steps = vec![
-        sysctl("net.ipv4.ip_forward", "1"),
-        sysctl("net.ipv4.conf.all.rp_filter", "0"),
-        sysctl(&format!("net.ipv4.conf.{tun}.rp_filter"), "0"),
-    ];
-    if !server.is_empty() {
-        // Replies from the VIP (DR, TUN) come back through the server side: loose at most.
-        steps.push(sysctl(&format!("net.ipv4.conf.{server}.rp_filter"), "2"));
+    let (ipv4, ipv6) = (
+        vips.keys().any(IpAddr::is_ipv4) || nat_reals.iter().any(|(_, real)| real.is_ipv4()),
+        vips.keys().any(IpAddr::is_ipv6) || nat_reals.iter().any(|(_, real)| real.is_ipv6()),
+    );
+    let mut steps = Vec::new();
+    if ipv4 {
+        steps.push(sysctl("net.ipv4.ip_forward", "1"));
+        steps.push(sysctl("net.ipv4.conf.all.rp_filter", "0"));
+        steps.push(sysctl(&format!("net.ipv4.conf.{tun}.rp_filter"), "0"));
+        if !server.is_empty() {
+            // Replies from the VIP (DR, TUN) come back through the server side: loose at most.
+            steps.push(sysctl(&format!("net.ipv4.conf.{server}.rp_filter"), "2"));
+        }
     }
-    for address in vips.iter().filter(|_| master) {
+    if ipv6 {
+        // IPv6 has no reverse-path filter of its own; it needs forwarding, and IPv6 on the
+        // TUN device (which some hosts turn off there).
+        steps.push(sysctl("net.ipv6.conf.all.forwarding", "1"));
+        steps.push(sysctl(&format!("net.ipv6.conf.{tun}.disable_ipv6"), "0"));
+    }
+    for (address, mtu) in vips.iter().filter(|_| master) {
         let vip = host(address);
-        // Tunnelled packets grow by the outer header (20 bytes): the VIP's route is that much
-        // narrower, so the kernel answers oversize DF packets with "fragmentation needed" and
-        // the client's path MTU discovery works (as IPVS's tunnel does).
-        let mtu = if tunnelled.contains(address) {
-            format!(" mtu {TUNNEL_MTU}")
-        } else {
-            String::new()
+        let mtu = match address {
+            IpAddr::V4(_) if *mtu < ETHERNET_MTU => format!(" mtu {mtu}"),
+            IpAddr::V6(_) if *mtu < ETHERNET_MTU => format!(" mtu lock {}", (*mtu).max(IPV6_MIN_MTU)),
+            _ => String::new(),
         };
+        let family = family(address);
         steps.push(ip(
-            &format!("route replace {vip} dev {tun}{mtu}"),
-            &format!("route del {vip} dev {tun}"),
+            &format!("{family}route replace {vip} dev {tun}{mtu}"),
+            &format!("{family}route del {vip} dev {tun}"),
         ));
-        for interface in client_interfaces {
+        for interface in &links.clients {
             steps.push(ip(
-                &format!("neigh replace proxy {} dev {interface}", strip(&vip)),
-                &format!("neigh del proxy {} dev {interface}", strip(&vip)),
+                &format!("{family}neigh replace proxy {} dev {interface}", strip(&vip)),
+                &format!("{family}neigh del proxy {} dev {interface}", strip(&vip)),
             ));
         }
     }
-    for interface in client_interfaces {
-        steps.push(sysctl(&format!("net.ipv4.neigh.{interface}.proxy_delay"), "0"));
+    for interface in &links.clients {
+        if ipv4 {
+            steps.push(sysctl(&format!("net.ipv4.neigh.{interface}.proxy_delay"), "0"));
+        }
+        if ipv6 {
+            // Proxy NDP entries are answered only where proxy_ndp is on.
+            steps.push(sysctl(&format!("net.ipv6.conf.{interface}.proxy_ndp"), "1"));
+            steps.push(sysctl(&format!("net.ipv6.neigh.{interface}.proxy_delay"), "0"));
+        }
     }
     if !nat_reals.is_empty() {
-        steps.push(ip(
-            &format!("route replace default dev {tun} table {REPLY_TABLE}"),
-            &format!("route del default dev {tun} table {REPLY_TABLE}"),
-        ));
+        let iif = if server.is_empty() {
+            String::new()
+        } else {
+            format!("iif {server} ")
+        };
+        for (family, icmp, present) in [
+            ("", "icmp", nat_reals.iter().any(|(_, real)| real.is_ipv4())),
+            (
+                "-6 ",
+                "ipv6-icmp",
+                nat_reals.iter().any(|(_, real)| real.is_ipv6()),
+            ),
+        ] {
+            if !present {
+                continue;
+            }
+            steps.push(ip(
+                &format!("{family}route replace default dev {tun} table {REPLY_TABLE}"),
+                &format!("{family}route del default dev {tun} table {REPLY_TABLE}"),
+            ));
+            if !server.is_empty() {
+                // ICMP errors about nat flows (Packet Too Big, unreachables) from the server
+                // side are translated too. Without a server-side interface no rule can tell
+                // them from the packets lbd sends back into the TUN device.
+                let rule = format!("pref {} {iif}ipproto {icmp} lookup {REPLY_TABLE}", RULE_PREF - 1);
+                steps.push(ip(
+                    &format!("{family}rule add {rule}"),
+                    &format!("{family}rule del {rule}"),
+                ));
+            }
+        }
         for (i, (protocol, real)) in nat_reals.iter().enumerate() {
-            let iif = if server.is_empty() {
-                String::new()
-            } else {
-                format!("iif {server} ")
-            };
             let rule = format!(
                 "pref {} {iif}from {} ipproto {protocol} sport {} lookup {REPLY_TABLE}",
                 RULE_PREF + i as u32,
                 host(&real.ip()),
                 real.port()
             );
-            steps.push(ip(&format!("rule add {rule}"), &format!("rule del {rule}")));
+            let family = family(&real.ip());
+            steps.push(ip(
+                &format!("{family}rule add {rule}"),
+                &format!("{family}rule del {rule}"),
+            ));
         }
     }
     steps
@@ -173,9 +239,22 @@ fn strip(cidr: &str) -> &str {
     cidr.split('/').next().unwrap_or(cidr)
 }
 
+/// This host's links as the plan needs them: the client-facing interfaces and the server
+/// side's MTU.
+pub fn links(tun: &str, server: Option<&str>) -> Links {
+    let server_mtu = server.and_then(|server| {
+        let text = std::fs::read_to_string(format!("/sys/class/net/{server}/mtu")).ok()?;
+        text.trim().parse().ok()
+    });
+    Links {
+        clients: client_interfaces(tun, server),
+        server_mtu,
+    }
+}
+
 /// Interfaces that face the clients: every interface but loopback, the TUN device and the
 /// server-side interface (proxy ARP for the VIPs goes there).
-pub fn client_interfaces(tun: &str, server: Option<&str>) -> Vec<String> {
+fn client_interfaces(tun: &str, server: Option<&str>) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir("/sys/class/net") else {
         return Vec::new();
     };
@@ -225,8 +304,18 @@ fn present(step: &Step) -> bool {
 /// For an `ip` step, the `ip … show` command that lists such objects and the fragments its
 /// line for this one contains (`ip rule show` prints the selectors in its own order).
 fn listing_of(args: &[String]) -> Option<(Vec<String>, Vec<String>)> {
-    let words: Vec<&str> = args.iter().map(String::as_str).collect();
-    let owned = |list: &[&str]| list.iter().map(|word| (*word).to_owned()).collect::<Vec<_>>();
+    let mut words: Vec<&str> = args.iter().map(String::as_str).collect();
+    // `ip -6 …` lists with `ip -6 … show`.
+    let family = (words.first() == Some(&"-6")).then(|| words.remove(0));
+    let owned = |list: &[&str]| {
+        family
+            .iter()
+            .chain(list)
+            .map(|word| (*word).to_owned())
+            .collect::<Vec<_>>()
+    };
+    // `ip` lists a host route's or rule's address without its /32 or /128.
+    let bare = |text: String| text.replace("/32", "").replace("/128", "");
     match words.as_slice() {
         ["route", "replace", rest @ ..] => {
             let table = rest
@@ -242,7 +331,7 @@ fn listing_of(args: &[String]) -> Option<(Vec<String>, Vec<String>)> {
                 .take_while(|word| **word != "table" && **word != "mtu")
                 .copied()
                 .collect();
-            Some((list, vec![object.join(" ").replace("/32", "")]))
+            Some((list, vec![bare(object.join(" "))]))
         }
         ["neigh", "replace", "proxy", address, "dev", device] => Some((
             owned(&["neigh", "show", "proxy"]),
@@ -250,7 +339,7 @@ fn listing_of(args: &[String]) -> Option<(Vec<String>, Vec<String>)> {
         )),
         ["rule", "add", "pref", pref, rest @ ..] => {
             let mut fragments = vec![format!("{pref}:")];
-            fragments.extend(rest.chunks(2).map(|pair| pair.join(" ").replace("/32", "")));
+            fragments.extend(rest.chunks(2).map(|pair| bare(pair.join(" "))));
             Some((owned(&["rule", "show"]), fragments))
         }
         _ => None,
@@ -586,7 +675,10 @@ mod tests {
             "t",
         )
         .unwrap();
-        let steps: Vec<String> = plan(&config, &[], true).iter().map(ToString::to_string).collect();
+        let steps: Vec<String> = plan(&config, &Links::default(), true)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         assert!(
             steps.contains(&"ip route replace 192.168.77.100/32 dev lbtun0 mtu 1480".to_owned()),
             "{steps:?}"
@@ -596,7 +688,7 @@ mod tests {
             "{steps:?}"
         );
         // `setup: manual` finds such a route by its destination and device.
-        let route = plan(&config, &[], true)
+        let route = plan(&config, &Links::default(), true)
             .into_iter()
             .find(|step| step.to_string().contains("mtu"))
             .unwrap();
@@ -612,7 +704,11 @@ mod tests {
             "t",
         )
         .unwrap();
-        let steps: Vec<String> = plan(&config, &["dcl0".to_owned()], true)
+        let links = Links {
+            clients: vec!["dcl0".to_owned()],
+            server_mtu: Some(1500),
+        };
+        let steps: Vec<String> = plan(&config, &links, true)
             .iter()
             .map(ToString::to_string)
             .collect();
@@ -627,8 +723,52 @@ mod tests {
                 "ip neigh replace proxy 192.168.77.100 dev dcl0",
                 "sysctl -w net.ipv4.neigh.dcl0.proxy_delay=0",
                 "ip route replace default dev lbtun0 table 100",
+                "ip rule add pref 999 iif br0 ipproto icmp lookup 100",
                 "ip rule add pref 1000 iif br0 from 10.77.0.11/32 ipproto tcp sport 8080 lookup 100",
             ]
+        );
+    }
+
+    #[test]
+    fn an_ipv6_service_needs_ipv6_forwarding_proxy_ndp_and_narrower_routes_where_links_are() {
+        let config = config::parse(
+            "dataplane: { tun: lbtun0, server_interface: br0 }\nservices:\n  - { protocol: tcp, listen: '[fd00:77::100]:80', forward: nat, reals: [{address: '[fd00:10::11]:8080'}] }\n  - { protocol: udp, listen: '[fd00:77::101]:53', forward: tun, reals: [{address: '10.77.0.11:53'}, {address: '[fd00:10::12]:53'}] }\n",
+            "t",
+        )
+        .unwrap();
+        let links = Links {
+            clients: vec!["dcl0".to_owned()],
+            server_mtu: Some(1400),
+        };
+        let steps: Vec<String> = plan(&config, &links, true)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            steps,
+            [
+                // The tun service's IPv4 real needs no IPv4 forwarding: lbd sends to it.
+                "sysctl -w net.ipv6.conf.all.forwarding=1",
+                "sysctl -w net.ipv6.conf.lbtun0.disable_ipv6=0",
+                // The server side's MTU, and for the tunnelled VIP less the wider outer header.
+                "ip -6 route replace fd00:77::100/128 dev lbtun0 mtu lock 1400",
+                "ip -6 neigh replace proxy fd00:77::100 dev dcl0",
+                "ip -6 route replace fd00:77::101/128 dev lbtun0 mtu lock 1360",
+                "ip -6 neigh replace proxy fd00:77::101 dev dcl0",
+                "sysctl -w net.ipv6.conf.dcl0.proxy_ndp=1",
+                "sysctl -w net.ipv6.neigh.dcl0.proxy_delay=0",
+                "ip -6 route replace default dev lbtun0 table 100",
+                "ip -6 rule add pref 999 iif br0 ipproto ipv6-icmp lookup 100",
+                "ip -6 rule add pref 1000 iif br0 from fd00:10::11/128 ipproto tcp sport 8080 lookup 100",
+            ]
+        );
+        // `setup: manual` lists IPv6 objects with `ip -6`.
+        let rule = plan(&config, &links, true).pop().unwrap();
+        let (list, fragments) = listing_of(&rule.args_of()).unwrap();
+        assert_eq!(list, ["-6", "rule", "show"]);
+        assert!(
+            fragments.contains(&"from fd00:10::11".to_owned()),
+            "{fragments:?}"
         );
     }
 }

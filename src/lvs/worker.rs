@@ -84,10 +84,9 @@ pub(super) fn run(
             Verdict::Send => Outlet::Tun,
             Verdict::Route(real) => Outlet::Frame(real),
             Verdict::Unreachable(vip) => {
-                if let (IpAddr::V4(vip), Ok(refused)) = (vip, crate::packet::Ipv4Packet::parse(packet)) {
-                    icmp.clear();
-                    icmp.extend_from_slice(&[0; VNET_HEADER_LEN]);
-                    crate::packet::port_unreachable(&refused, vip, &mut icmp);
+                icmp.clear();
+                icmp.extend_from_slice(&[0; VNET_HEADER_LEN]);
+                if port_unreachable(packet, vip, &mut icmp) {
                     let _ = queue.send(&icmp);
                 }
                 continue;
@@ -164,6 +163,20 @@ fn deliver(
                 drops.count(DropReason::NoNeighbour);
             }
         }
+    }
+}
+
+/// Appends to `out` the ICMP or ICMPv6 port unreachable that `vip` sends back to the client
+/// of `refused`; false when `refused` is not a packet of the VIP's family.
+fn port_unreachable(refused: &mut [u8], vip: IpAddr, out: &mut Vec<u8>) -> bool {
+    use crate::packet::{Ipv4Packet, Ipv6Packet};
+    match vip {
+        IpAddr::V4(vip) => Ipv4Packet::parse(refused)
+            .map(|refused| crate::packet::port_unreachable(&refused, vip, out))
+            .is_ok(),
+        IpAddr::V6(vip) => Ipv6Packet::parse(refused)
+            .map(|refused| crate::packet::port_unreachable_v6(&refused, vip, out))
+            .is_ok(),
     }
 }
 

@@ -176,6 +176,112 @@ impl<'a> Ipv6Packet<'a> {
         }
         self.buf[checksum_at..checksum_at + 2].copy_from_slice(&sum.to_be_bytes());
     }
+    /// Where the packet an ICMPv6 error quotes starts (past the 8-byte ICMPv6 header), its
+    /// transport's offset and protocol within the quote; `None` if this is not an ICMPv6
+    /// error or the quote is malformed (cut inside its headers, a later fragment).
+    fn quote(&self) -> Option<Quote> {
+        if !matches!(self.l4(), Ok(L4::Icmp(super::Icmp::Error { .. }))) {
+            return None;
+        }
+        let at = self.l4_at + 8;
+        let quoted = self.buf.get(at..self.total_len)?;
+        if quoted.len() < HEADER_LEN || quoted[0] >> 4 != 6 {
+            return None;
+        }
+        // The quote is as much of the packet as fitted: its payload length may exceed it.
+        let (l4_at, protocol, fragment) = walk(quoted).ok()?;
+        if fragment.is_some_and(|(offset, _)| offset != 0) || quoted.len() < l4_at + 4 {
+            return None;
+        }
+        Some(Quote {
+            at,
+            l4_at: at + l4_at,
+            protocol,
+        })
+    }
+
+    /// The flow an ICMPv6 error is about: the quoted packet's transport protocol, source and
+    /// destination (addresses and TCP/UDP ports).
+    pub fn quoted_flow(&self) -> Option<(u8, SocketAddrV6, SocketAddrV6)> {
+        let quote = self.quote()?;
+        if !matches!(quote.protocol, TCP | UDP) {
+            return None;
+        }
+        let port = |at: usize| u16::from_be_bytes([self.buf[at], self.buf[at + 1]]);
+        Some((
+            quote.protocol,
+            SocketAddrV6::new(address_at(self.buf, quote.at + 8), port(quote.l4_at), 0, 0),
+            SocketAddrV6::new(address_at(self.buf, quote.at + 24), port(quote.l4_at + 2), 0, 0),
+        ))
+    }
+
+    /// Rewrites the flow an ICMPv6 error quotes: the quoted packet's source
+    /// (`quoted_source`) or destination becomes `to`. The quoted transport checksum follows
+    /// where it is quoted, and the ICMPv6 checksum follows every changed word. False if this
+    /// is not an ICMPv6 error about a TCP or UDP flow.
+    pub fn rewrite_quoted(&mut self, quoted_source: bool, to: SocketAddrV6) -> bool {
+        let Some(quote) = self.quote().filter(|quote| matches!(quote.protocol, TCP | UDP)) else {
+            return false;
+        };
+        let (address_at, port_at) = if quoted_source {
+            (quote.at + 8, quote.l4_at)
+        } else {
+            (quote.at + 24, quote.l4_at + 2)
+        };
+        let checksum_at = quote.l4_at + if quote.protocol == TCP { 16 } else { 6 };
+        let old_address: [u8; 16] = self.buf[address_at..address_at + 16]
+            .try_into()
+            .unwrap_or_default();
+        let old_port = [self.buf[port_at], self.buf[port_at + 1]];
+        let (new_address, new_port) = (to.ip().octets(), to.port().to_be_bytes());
+        // Every changed field is at an even offset from the ICMPv6 header, so each moves the
+        // ICMPv6 checksum by its own difference (RFC 1624).
+        let icmp_at = self.l4_at + 2;
+        let mut icmp_sum = u16::from_be_bytes([self.buf[icmp_at], self.buf[icmp_at + 1]]);
+        icmp_sum = checksum::adjust(icmp_sum, &old_address, &new_address);
+        icmp_sum = checksum::adjust(icmp_sum, &old_port, &new_port);
+        // The quoted transport checksum, when the quote reaches it.
+        if checksum_at + 2 <= self.total_len {
+            let old_sum = [self.buf[checksum_at], self.buf[checksum_at + 1]];
+            let quoted_sum = u16::from_be_bytes(old_sum);
+            let mut sum = checksum::adjust(quoted_sum, &old_address, &new_address);
+            sum = checksum::adjust(sum, &old_port, &new_port);
+            if quote.protocol == UDP && sum == 0 {
+                sum = 0xffff;
+            }
+            let new_sum = sum.to_be_bytes();
+            icmp_sum = checksum::adjust(icmp_sum, &old_sum, &new_sum);
+            self.buf[checksum_at..checksum_at + 2].copy_from_slice(&new_sum);
+        }
+        self.buf[address_at..address_at + 16].copy_from_slice(&new_address);
+        self.buf[port_at..port_at + 2].copy_from_slice(&new_port);
+        self.buf[icmp_at..icmp_at + 2].copy_from_slice(&icmp_sum.to_be_bytes());
+        true
+    }
+}
+
+/// Where a quoted packet lies in an ICMPv6 error (offsets into the whole packet).
+#[derive(Debug, Clone, Copy)]
+struct Quote {
+    /// The quoted IPv6 header.
+    at: usize,
+    /// The quoted transport header.
+    l4_at: usize,
+    /// The quoted transport's protocol number.
+    protocol: u8,
+}
+
+/// Writes into `out` the ICMPv6 "port unreachable" (destination unreachable, code 4) that
+/// `from` sends back to the source of `original`, quoting as much of it as fits in the IPv6
+/// minimum MTU (RFC 4443), as IPVS does when no real server can take a new flow.
+pub fn port_unreachable(original: &Ipv6Packet<'_>, from: Ipv6Addr, out: &mut Vec<u8>) {
+    const ROOM: usize = 1280 - HEADER_LEN - 8;
+    let quoted = &original.bytes()[..original.len().min(ROOM)];
+    let builder = etherparse::PacketBuilder::ipv6(from.octets(), original.source().octets(), 64).icmpv6(
+        etherparse::Icmpv6Type::DestinationUnreachable(etherparse::icmpv6::DestUnreachableCode::Port),
+    );
+    // Writing into a Vec cannot fail for lack of room.
+    let _ = builder.write(out, quoted);
 }
 
 fn address_at(buf: &[u8], at: usize) -> Ipv6Addr {

@@ -15,7 +15,7 @@ pub mod udp_join;
 
 pub use self::{
     ipv4::{Icmp, Ipv4Packet, L4, TcpFlags, port_unreachable},
-    ipv6::Ipv6Packet,
+    ipv6::{Ipv6Packet, port_unreachable as port_unreachable_v6},
     offload::{Offload, VNET_HEADER_LEN},
 };
 

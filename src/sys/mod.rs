@@ -15,13 +15,26 @@ pub(crate) fn register(socket: Socket, interest: Interest) -> io::Result<AsyncFd
     unsafe { AsyncFd::register_with_interest(socket, interest) }.map_err(io::Error::from)
 }
 
-/// A raw IPv4 socket for IPIP (protocol 4): what is sent is wrapped by the kernel in an outer
-/// IPv4 header to the destination; what is read is a whole IPIP packet, outer header included.
-pub(crate) fn ipip_socket() -> io::Result<Socket> {
+/// A raw socket for IP-in-IP tunnels: `outer_ipv6` picks the outer header's family,
+/// `inner_ipv6` the tunnelled packets' (the outer header's protocol: 4 for IPv4, 41 for
+/// IPv6). What is sent is wrapped by the kernel in an outer header to the destination. What
+/// is read is the whole packet from an IPv4 socket, outer header included, and only the
+/// payload (the inner packet) from an IPv6 one.
+pub(crate) fn tunnel_socket(outer_ipv6: bool, inner_ipv6: bool) -> io::Result<Socket> {
+    let domain = if outer_ipv6 {
+        socket2::Domain::IPV6
+    } else {
+        socket2::Domain::IPV4
+    };
+    let protocol = if inner_ipv6 {
+        libc::IPPROTO_IPV6
+    } else {
+        libc::IPPROTO_IPIP
+    };
     Socket::new(
-        socket2::Domain::IPV4,
+        domain,
         socket2::Type::RAW,
-        Some(socket2::Protocol::from(libc::IPPROTO_IPIP)),
+        Some(socket2::Protocol::from(protocol)),
     )
 }
 
