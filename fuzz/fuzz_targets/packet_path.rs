@@ -1,5 +1,6 @@
 //! Arbitrary bytes through the packet data plane, as if read from the TUN device: parsing,
-//! every rewrite and ICMP translation, against a table with a nat, a dr and a tun service,
+//! every rewrite and ICMP or ICMPv6 translation, against a table with nat, dr and tun
+//! services over IPv4 and over IPv6 (and a tun service whose real is of the other family),
 //! from either of two workers' partitions; once plain, once behind a `virtio_net_hdr` taken
 //! from the first bytes (offloaded packets). What comes out is offered to a UDP joiner that
 //! keeps its batches across inputs, so joined batches of fuzzed datagrams are built and sent.
@@ -20,7 +21,7 @@ use ulvs::{
         flow_table::FlowTable,
         path,
     },
-    packet::{Ipv4Packet, Offload, VNET_HEADER_LEN},
+    packet::{Ipv4Packet, Ipv6Packet, Offload, VNET_HEADER_LEN},
     table::{HealthView, ServiceTable},
 };
 
@@ -28,7 +29,7 @@ fn table() -> &'static ServiceTable {
     static TABLE: OnceLock<ServiceTable> = OnceLock::new();
     TABLE.get_or_init(|| {
         let config = config::parse(
-            "dataplane: { server_interface: br0 }\nservices:\n  - { protocol: tcp, listen: '192.168.77.100:80', forward: nat, reals: [{address: '10.77.0.11:8080'}] }\n  - { protocol: udp, listen: '192.168.77.100:53', forward: nat, reals: [{address: '10.77.0.11:5353'}] }\n  - { protocol: tcp, listen: '192.168.77.100:8080', forward: dr, reals: [{address: '10.77.0.12:8080'}] }\n  - { protocol: udp, listen: '192.168.77.100:5353', forward: tun, reals: [{address: '10.77.0.12:5353'}] }\n",
+            "dataplane: { server_interface: br0 }\nservices:\n  - { protocol: tcp, listen: '192.168.77.100:80', forward: nat, reals: [{address: '10.77.0.11:8080'}] }\n  - { protocol: udp, listen: '192.168.77.100:53', forward: nat, reals: [{address: '10.77.0.11:5353'}] }\n  - { protocol: tcp, listen: '192.168.77.100:8080', forward: dr, reals: [{address: '10.77.0.12:8080'}] }\n  - { protocol: udp, listen: '192.168.77.100:5353', forward: tun, reals: [{address: '10.77.0.12:5353'}] }\n  - { protocol: tcp, listen: '[fd00:77::100]:80', forward: nat, reals: [{address: '[fd00:10::11]:8080'}] }\n  - { protocol: udp, listen: '[fd00:77::100]:53', forward: nat, reals: [{address: '[fd00:10::11]:5353'}] }\n  - { protocol: tcp, listen: '[fd00:77::100]:8080', forward: dr, reals: [{address: '[fd00:10::12]:8080'}] }\n  - { protocol: udp, listen: '[fd00:77::100]:5353', forward: tun, reals: [{address: '[fd00:10::12]:5353'}, {address: '10.77.0.13:5353'}] }\n",
             "fuzz",
         )
         .expect("the fuzz config");
@@ -96,6 +97,14 @@ fuzz_target!(|data: &[u8]| {
         let _ = packet.rewrite_quoted(true, "10.0.0.1:1".parse().unwrap());
         packet.set_source("10.0.0.2:2".parse().unwrap());
         packet.set_destination("10.0.0.3:3".parse().unwrap());
+    }
+    let mut bytes = data.to_vec();
+    if let Ok(mut packet) = Ipv6Packet::parse(&mut bytes) {
+        let _ = packet.l4();
+        let _ = packet.quoted_flow();
+        let _ = packet.rewrite_quoted(false, "[fd00::1]:1".parse().unwrap());
+        packet.set_source("[fd00::2]:2".parse().unwrap());
+        packet.set_destination("[fd00::3]:3".parse().unwrap());
     }
     flows.sweep(Millis(1_000_000));
 });

@@ -554,14 +554,7 @@ impl Director {
         self.register_in_cluster();
         self.refresh_announcements();
         if master && self.packets.is_some() {
-            let vips: Vec<std::net::Ipv4Addr> = plan
-                .vips
-                .iter()
-                .filter_map(|vip| match vip {
-                    std::net::IpAddr::V4(vip) => Some(*vip),
-                    std::net::IpAddr::V6(_) => None,
-                })
-                .collect();
+            let vips = plan.vips.clone();
             tokio::spawn(async move {
                 let started = tokio::time::Instant::now();
                 for delay in crate::lvs::announce::SCHEDULE {
@@ -572,7 +565,7 @@ impl Director {
                     })
                     .await
                     .unwrap_or(0);
-                    tracing::debug!(sent, "VIPs announced (gratuitous ARP)");
+                    tracing::debug!(sent, "VIPs announced (gratuitous ARP, unsolicited NA)");
                 }
             });
         }

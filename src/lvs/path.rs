@@ -387,18 +387,13 @@ mod tests {
         out
     }
 
-    /// An IPv6 nat service. The config file does not take one yet (the rest of the packet
-    /// plane is IPv4 only so far), so it is built past the file's checks.
+    /// An IPv6 nat service.
     fn ipv6_table() -> ServiceTable {
-        let base = config::parse(
-            "dataplane: { tun: lbtun0 }\nservices:\n  - { protocol: tcp, listen: '[2001:db8::100]:80', scheduler: rr, reals: [{address: '[2001:db8:1::11]:8080'}, {address: '[2001:db8:1::12]:8080'}] }\n",
+        let config = config::parse(
+            "dataplane: { tun: lbtun0 }\nservices:\n  - { protocol: tcp, listen: '[2001:db8::100]:80', scheduler: rr, forward: nat, reals: [{address: '[2001:db8:1::11]:8080'}, {address: '[2001:db8:1::12]:8080'}] }\n",
             "t",
         )
         .unwrap();
-        let mut config = base.clone_without_services();
-        let mut service = base.services[0].clone();
-        service.forward = config::ForwardMethod::Nat;
-        config.services.push(service);
         ServiceTable::build(&config, None, &HealthView::default())
     }
 

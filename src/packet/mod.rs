@@ -2,13 +2,14 @@
 //! rewritten in place with incremental checksum updates (RFC 1624). Pure: no I/O, and nothing
 //! that arrives from the network can make it panic; malformed packets are errors.
 //!
-//! IPv4 is what the data plane forwards so far; IPv6 packets are parsed and rewritten here
-//! (`ipv6`) for the IPv6 data plane to come. Addresses are `IpAddr` at the edges.
+//! IPv4 (`ipv4`) and IPv6 (`ipv6`, extension headers walked) packets alike, ICMP and ICMPv6
+//! errors with the packets they quote. Addresses are `IpAddr` at the edges.
 
 pub mod arp;
 pub mod checksum;
 mod ipv4;
 mod ipv6;
+pub mod ndp;
 pub mod offload;
 pub mod sync;
 pub mod udp_join;
@@ -22,7 +23,7 @@ pub use self::{
 /// Why a packet was not taken.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PacketError {
-    /// Not IPv4 (IPv6 and others are not handled yet).
+    /// Not IPv4 (where an IPv4 packet was expected).
     #[error("not an IPv4 packet (version {0})")]
     NotIpv4(u8),
     /// Not IPv6.

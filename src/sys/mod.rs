@@ -88,15 +88,19 @@ pub(crate) fn packet_socket(ifindex: u32) -> io::Result<Socket> {
     Ok(socket)
 }
 
-/// Sends `payload` as one ARP frame (EtherType 0x0806) to the Ethernet broadcast address out
-/// of interface `ifindex`; the kernel adds the Ethernet header with the interface's MAC.
-pub(crate) fn send_arp_broadcast(ifindex: u32, payload: &[u8]) -> io::Result<()> {
+/// Sends `payload` as one Ethernet frame of `ethertype` to `destination` out of interface
+/// `ifindex`; the kernel adds the Ethernet header with the interface's MAC.
+pub(crate) fn send_frame(
+    ifindex: u32,
+    ethertype: u16,
+    destination: [u8; 6],
+    payload: &[u8],
+) -> io::Result<()> {
     use std::os::fd::AsRawFd;
-    const ETH_P_ARP: u16 = 0x0806;
     let (socket, mut address) = packet_socket_of(socket2::Type::DGRAM, ifindex)?;
-    address.sll_protocol = ETH_P_ARP.to_be();
+    address.sll_protocol = ethertype.to_be();
     address.sll_halen = 6;
-    address.sll_addr[..6].copy_from_slice(&[0xff; 6]);
+    address.sll_addr[..6].copy_from_slice(&destination);
     // SAFETY: `payload` is a live slice for the whole call and its length is passed with it;
     // `address` is a fully initialised `sockaddr_ll` that lives across the call, with its own
     // size as the length; the descriptor is the open socket owned by `socket`.
