@@ -7,16 +7,15 @@
 //! Flows interleave (many clients), so each flow has its own batch. Nothing waits for a batch
 //! to fill: the worker sends every batch whenever its TUN queue is empty, so a lone datagram
 //! leaves at once. Only datagrams that the kernel would cut back into exactly
-//! the same datagrams are joined: IPv4 without options or fragments, same addresses, ports,
-//! TOS, TTL and DF, every payload the size of the first but the last, which may be shorter.
+//! the same datagrams are joined: IPv4 without options or fragments (same addresses, ports,
+//! TOS, TTL and DF) or IPv6 without extension headers (same addresses, ports, traffic class,
+//! flow label and hop limit), every payload the size of the first but the last, which may be
+//! shorter.
 
 use std::net::IpAddr;
 
 use super::buffer::PACKET_AT;
-use crate::packet::{
-    Offload,
-    udp_join::{self, HEADERS_LEN},
-};
+use crate::packet::{Offload, udp_join};
 
 /// Datagrams joined at most (as Linux's UDP GSO allows).
 const SEGMENTS_MAX: u16 = 64;
@@ -143,7 +142,7 @@ impl Coalescer {
         let flow = ways.iter().position(|batch| {
             batch.len != 0
                 && batch.tag == tag
-                && udp_join::same_flow(&batch.buf[PACKET_AT..PACKET_AT + HEADERS_LEN], packet)
+                && udp_join::same_flow(&batch.buf[PACKET_AT..PACKET_AT + batch.len], packet)
         });
         let slot = match flow.or_else(|| ways.iter().position(|batch| batch.len == 0)) {
             Some(way) => set + way,
@@ -176,7 +175,7 @@ impl Coalescer {
         }
         let at = PACKET_AT + batch.len;
         grow(&mut batch.buf, at + payload);
-        batch.buf[at..at + payload].copy_from_slice(&packet[HEADERS_LEN..]);
+        batch.buf[at..at + payload].copy_from_slice(&packet[packet.len() - payload..]);
         batch.len += payload;
         batch.segments += 1;
         batch.closed = payload < batch.segment_size;
@@ -258,25 +257,83 @@ mod tests {
     fn cut(joined: &Joined<'_>) -> Vec<Vec<u8>> {
         let packet = &joined.buf[PACKET_AT..];
         let size = usize::from(joined.offload.gso_size);
-        packet[HEADERS_LEN..]
+        let ipv6 = packet[0] >> 4 == 6;
+        let ip_len = if ipv6 { 40 } else { IP_LEN };
+        let ports = (
+            u16::from_be_bytes([packet[ip_len], packet[ip_len + 1]]),
+            u16::from_be_bytes([packet[ip_len + 2], packet[ip_len + 3]]),
+        );
+        packet[ip_len + 8..]
             .chunks(size)
             .map(|payload| {
                 let mut out = Vec::new();
-                let (source, destination) = (
-                    <[u8; 4]>::try_from(&packet[12..16]).unwrap(),
-                    <[u8; 4]>::try_from(&packet[16..20]).unwrap(),
-                );
-                let ports = (
-                    u16::from_be_bytes([packet[20], packet[21]]),
-                    u16::from_be_bytes([packet[22], packet[23]]),
-                );
-                PacketBuilder::ipv4(source, destination, packet[8])
-                    .udp(ports.0, ports.1)
-                    .write(&mut out, payload)
-                    .unwrap();
+                let builder = if ipv6 {
+                    PacketBuilder::ipv6(
+                        <[u8; 16]>::try_from(&packet[8..24]).unwrap(),
+                        <[u8; 16]>::try_from(&packet[24..40]).unwrap(),
+                        packet[7],
+                    )
+                } else {
+                    PacketBuilder::ipv4(
+                        <[u8; 4]>::try_from(&packet[12..16]).unwrap(),
+                        <[u8; 4]>::try_from(&packet[16..20]).unwrap(),
+                        packet[8],
+                    )
+                };
+                builder.udp(ports.0, ports.1).write(&mut out, payload).unwrap();
                 out
             })
             .collect()
+    }
+
+    fn datagram6(source_port: u16, payload: &[u8]) -> Vec<u8> {
+        let address = |text: &str| text.parse::<std::net::Ipv6Addr>().unwrap().octets();
+        let mut out = Vec::new();
+        PacketBuilder::ipv6(address("fd00:77::2"), address("fd00:10::11"), 63)
+            .udp(source_port, 7777)
+            .write(&mut out, payload)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn ipv6_datagrams_are_joined_and_cut_back_into_the_same_datagrams() {
+        let mut coalescer = Coalescer::default();
+        let datagrams: Vec<Vec<u8>> = (0..4u8)
+            .map(|i| datagram6(40000, &[i; 100][..if i == 3 { 30 } else { 100 }]))
+            .collect();
+        for datagram in &datagrams {
+            assert!(matches!(
+                coalescer.offer(datagram, Offload::PLAIN, Outlet::Tun),
+                Offer::Taken | Offer::Full(_)
+            ));
+        }
+        // An IPv4 datagram is another flow, whatever its bytes.
+        assert_eq!(
+            coalescer.offer(&datagram(40000, &[9; 100]), Offload::PLAIN, Outlet::Tun),
+            Offer::Taken
+        );
+        let mut taken = Vec::new();
+        coalescer.take_all(|joined| {
+            let pieces = if joined.offload.gso_type == GSO_UDP_L4 {
+                assert_eq!(joined.offload.csum_start, 40);
+                assert_eq!(joined.offload.hdr_len, 48);
+                cut(&joined)
+            } else {
+                vec![joined.buf[PACKET_AT..].to_vec()]
+            };
+            taken.push(pieces);
+        });
+        taken.sort_by_key(Vec::len);
+        assert_eq!(taken.len(), 2);
+        assert_eq!(taken[1], datagrams, "cut back into exactly the datagrams joined");
+        // With an extension header (here a fragment header), an IPv6 datagram is not joined.
+        let mut fragment = datagrams[0].clone();
+        fragment[6] = 44;
+        assert_eq!(
+            coalescer.offer(&fragment, Offload::PLAIN, Outlet::Tun),
+            Offer::Refused
+        );
     }
 
     fn take_one(coalescer: &mut Coalescer) -> (Offload, Vec<u8>) {

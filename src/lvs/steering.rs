@@ -6,8 +6,9 @@
 //! `TUNSETSTEERINGEBPF` hook that computes the same hash from the packet:
 //! - a packet to a VIP comes from a client: its source address;
 //! - any other packet is a NAT reply on its way to a client: its destination address;
-//! - an ICMP error (types 3, 11, 12) is about the packet it quotes, which went the other way:
-//!   the quoted destination if the quoted source is a VIP, else the quoted source.
+//! - an ICMP error (types 3, 11, 12; ICMPv6 1 to 4, right after the fixed header) is about
+//!   the packet it quotes, which went the other way: the quoted destination if the quoted
+//!   source is a VIP, else the quoted source.
 //!
 //! So both directions of a flow, and the ICMP errors about it, reach the one worker that owns
 //! it, and no two workers ever take the same lock of the table. Without the program (an old
@@ -70,6 +71,9 @@ const HEADER_LEN: u8 = 9;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Label {
     Ipv6,
+    Plain6,
+    Quoted6,
+    Decide6,
     Quoted,
     Decide4,
     UseSource,
@@ -106,6 +110,16 @@ impl Assembler {
     fn load_indirect(&mut self, word: bool, register: u8, offset: i32) {
         let size = if word { SIZE_W } else { SIZE_B };
         self.emit(LD | MODE_IND | size, 0, register, 0, offset);
+    }
+
+    /// `register` = the IPv6 address at `start` folded to 32 bits (its words XORed).
+    fn fold_ipv6(&mut self, register: u8, start: i32) {
+        self.load(true, start);
+        self.alu32_reg(OP_MOV, register, R0);
+        for word in 1..4 {
+            self.load(true, start + 4 * word);
+            self.alu32_reg(OP_XOR, register, R0);
+        }
     }
 
     fn alu32_imm(&mut self, op: u8, register: u8, immediate: i32) {
@@ -186,16 +200,24 @@ pub(crate) fn program(vips: &[IpAddr]) -> Vec<Insn> {
     }
     asm.alu32_reg(OP_MOV, R0, DESTINATION);
     asm.jump(Label::Hash);
-    // IPv6: each address folded to 32 bits, as `owner` does.
+    // IPv6: each address folded to 32 bits, as `owner` does; for an ICMPv6 error right
+    // after the fixed header (types 1 to 4: unreachable, packet too big, time exceeded,
+    // parameter problem), those of the packet it quotes (40 + 8 bytes in), roles swapped.
     asm.label(Label::Ipv6);
-    for (register, start) in [(SOURCE, 8), (DESTINATION, 24)] {
-        asm.load(true, start);
-        asm.alu32_reg(OP_MOV, register, R0);
-        for word in 1..4 {
-            asm.load(true, start + 4 * word);
-            asm.alu32_reg(OP_XOR, register, R0);
-        }
+    asm.load(false, 6);
+    asm.jump_if(JNE, R0, 58, Label::Plain6);
+    asm.load(false, 40);
+    for error in 1..=4 {
+        asm.jump_if(JEQ, R0, error, Label::Quoted6);
     }
+    asm.label(Label::Plain6);
+    asm.fold_ipv6(SOURCE, 8);
+    asm.fold_ipv6(DESTINATION, 24);
+    asm.jump(Label::Decide6);
+    asm.label(Label::Quoted6);
+    asm.fold_ipv6(DESTINATION, 48 + 8);
+    asm.fold_ipv6(SOURCE, 48 + 24);
+    asm.label(Label::Decide6);
     for vip in vips.iter().filter(|vip| vip.is_ipv6()) {
         asm.jump_if(JEQ, DESTINATION, fold(*vip), Label::UseSource);
     }
@@ -345,6 +367,36 @@ mod tests {
                 .write(&mut packet, b"x")
                 .unwrap();
             assert_eq!(kernel_choice(&fd, &packet, 4), owner(IpAddr::V6(client6), 4));
+        }
+        // ICMPv6 errors about the flow, from either side, reach the same worker.
+        let udp6 = |source: Ipv6Addr, destination: Ipv6Addr| {
+            let mut packet = Vec::new();
+            PacketBuilder::ipv6(source.octets(), destination.octets(), 64)
+                .udp(5000, 80)
+                .write(&mut packet, b"x")
+                .unwrap();
+            packet
+        };
+        let (vip6, real6): (Ipv6Addr, Ipv6Addr) = (
+            "2001:db8::100".parse().unwrap(),
+            "2001:db8:2::11".parse().unwrap(),
+        );
+        for (from, to, quoted) in [
+            (real6, client6, udp6(client6, real6)),
+            (client6, vip6, udp6(vip6, client6)),
+        ] {
+            let mut error = Vec::new();
+            PacketBuilder::ipv6(from.octets(), to.octets(), 64)
+                .icmpv6(etherparse::Icmpv6Type::PacketTooBig { mtu: 1280 })
+                .write(&mut error, &quoted)
+                .unwrap();
+            for workers in [2, 3, 4] {
+                assert_eq!(
+                    kernel_choice(&fd, &error, workers),
+                    owner(IpAddr::V6(client6), workers),
+                    "ICMPv6 from {from}, {workers} workers"
+                );
+            }
         }
     }
 }
