@@ -542,6 +542,58 @@ fn forwards(mode: &str, family: Family) {
     }
 }
 
+/// tun across families, as IPVS allows: an IPv6 VIP whose reals are IPv4 addresses gets its
+/// flows inside IPv4 (IPv6 in IPv4, protocol 41); the reals' decapsulators take them and the
+/// reals answer the client from the VIP over IPv6.
+#[test]
+fn tun_carries_ipv6_flows_to_reals_reached_over_ipv4() {
+    if !root() {
+        return;
+    }
+    let topology = dual_stack_topology();
+    let _helpers = prepare_reals(&topology, "tun", IPV6);
+    let _rs1 = start_servers(&topology.reals[0], "rs1", IPV6.vip);
+    let _rs2 = start_servers(&topology.reals[1], "rs2", IPV6.vip);
+    let vip = IPV6.at(IPV6.vip, 8080);
+    let config = format!(
+        "workers: 2\ndataplane: {{ tun: lbtun0, server_interface: br0, setup: auto }}\nservices:\n  - {{ name: web, protocol: tcp, listen: '{vip}', scheduler: rr, forward: tun, reals: [{{address: '10.77.0.11:8080'}}, {{address: '10.77.0.12:8080'}}] }}\n"
+    );
+    let mut lbd = Lbd::start_in(&topology.director, &config);
+    lbd.wait_for_log("packet data plane started", 1);
+    let route = Command::new("ip")
+        .args(["-n", &topology.director, "-6", "route", "show", IPV6.vip])
+        .output()
+        .unwrap();
+    let route = String::from_utf8_lossy(&route.stdout);
+    assert!(
+        route.contains("mtu lock 1480"),
+        "narrower by the outer IPv4 header: {route}"
+    );
+    let mut names: Vec<String> = (0..4)
+        .map(|_| greet_at(&topology.client, vip.clone()).0)
+        .collect();
+    names.sort();
+    let client = IPV6.client;
+    assert_eq!(
+        names,
+        [
+            format!("rs1 {client}"),
+            format!("rs1 {client}"),
+            format!("rs2 {client}"),
+            format!("rs2 {client}")
+        ]
+    );
+    let (_, mut stream) = greet_at(&topology.client, vip);
+    let payload: Vec<u8> = (0..1_000_000u32).map(|i| (i % 239) as u8).collect();
+    let sent = payload.clone();
+    let mut reader = stream.try_clone().unwrap();
+    let writer = thread::spawn(move || stream.write_all(&sent).unwrap());
+    let mut echoed = vec![0u8; payload.len()];
+    reader.read_exact(&mut echoed).expect("1 MB through IPv6 in IPv4");
+    writer.join().unwrap();
+    assert!(echoed == payload, "the echo differs");
+}
+
 /// Packet Too Big: with the reals' links narrowed to IPv6's minimum MTU, a 1 MB upload
 /// through nat completes. The VIP's route is as narrow (`mtu lock 1280`), so the director
 /// answers the client's full-size packets with Packet Too Big quoting the packet it sent,

@@ -176,24 +176,10 @@ impl Egress {
         if !offload.is_segmented() {
             return offload.complete_checksum(packet) && socket.send_to(packet, &to).is_ok();
         }
-        let header = offload.with_header_len(packet);
-        let split = tun_rs::VirtioNetHdr {
-            flags: header.flags,
-            gso_type: header.gso_type,
-            hdr_len: header.hdr_len,
-            gso_size: header.gso_size,
-            csum_start: header.csum_start,
-            csum_offset: header.csum_offset,
-        };
-        let cut = cut.buffers();
-        let Ok(count) = tun_rs::gso_split(packet, split, &mut cut.0, &mut cut.1, 0, false) else {
+        let Some(wire) = cut.split(packet, offload) else {
             return false;
         };
-        cut.0
-            .iter()
-            .zip(cut.1.iter())
-            .take(count)
-            .all(|(segment, &len)| socket.send_to(&segment[..len], &to).is_ok())
+        wire.iter().all(|segment| socket.send_to(segment, &to).is_ok())
     }
 }
 
@@ -203,8 +189,112 @@ impl Egress {
 pub(super) struct Segments(Option<(Vec<Vec<u8>>, Vec<usize>)>);
 
 impl Segments {
-    fn buffers(&mut self) -> &mut (Vec<Vec<u8>>, Vec<usize>) {
-        self.0
-            .get_or_insert_with(|| (vec![vec![0; SEGMENT_MAX]; SEGMENTS_MAX], vec![0; SEGMENTS_MAX]))
+    /// Cuts the super-packet `packet` (IPv4 or IPv6, TCP or UDP) into its wire packets,
+    /// checksums complete; `None` if it cannot be cut (malformed, or more wire packets than
+    /// are buffered).
+    fn split(&mut self, packet: &mut [u8], offload: Offload) -> Option<Vec<&[u8]>> {
+        let header = offload.with_header_len(packet);
+        let split = tun_rs::VirtioNetHdr {
+            flags: header.flags,
+            gso_type: header.gso_type,
+            hdr_len: header.hdr_len,
+            gso_size: header.gso_size,
+            csum_start: header.csum_start,
+            csum_offset: header.csum_offset,
+        };
+        let ipv6 = packet.first().is_some_and(|byte| byte >> 4 == 6);
+        let (buffers, sizes) = self
+            .0
+            .get_or_insert_with(|| (vec![vec![0; SEGMENT_MAX]; SEGMENTS_MAX], vec![0; SEGMENTS_MAX]));
+        let count = tun_rs::gso_split(packet, split, buffers, sizes, 0, ipv6).ok()?;
+        Some(
+            buffers
+                .iter()
+                .zip(sizes.iter())
+                .take(count)
+                .map(|(segment, &len)| &segment[..len])
+                .collect(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
+
+    use super::*;
+    use crate::packet::offload::{GSO_TCPV4, GSO_TCPV6};
+
+    /// A TCP super-packet of `len` payload bytes in `mss`-byte segments, its checksum
+    /// partial (the pseudo-header sum), as an offloading TUN device hands it over.
+    fn super_packet(ipv6: bool, len: usize, mss: u16) -> (Vec<u8>, Offload) {
+        let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let builder = if ipv6 {
+            PacketBuilder::ipv6(
+                "fd00:77::2".parse::<std::net::Ipv6Addr>().unwrap().octets(),
+                "fd00:77::100".parse::<std::net::Ipv6Addr>().unwrap().octets(),
+                64,
+            )
+        } else {
+            PacketBuilder::ipv4([192, 168, 77, 2], [192, 168, 77, 100], 64)
+        };
+        let mut packet = Vec::new();
+        builder
+            .tcp(40000, 80, 1, 1000)
+            .ack(1)
+            .write(&mut packet, &payload)
+            .unwrap();
+        let ip_len = if ipv6 { 40 } else { 20 };
+        // The partial checksum: the pseudo-header's sum, not complemented.
+        let (addresses, length) = if ipv6 {
+            (8..40, packet.len() - 40)
+        } else {
+            (12..20, packet.len() - 20)
+        };
+        let pseudo = crate::packet::checksum::sum(&packet[addresses]) + 6 + length as u32;
+        let partial = crate::packet::checksum::fold(pseudo);
+        packet[ip_len + 16..ip_len + 18].copy_from_slice(&partial.to_be_bytes());
+        let offload = Offload {
+            flags: 1,
+            gso_type: if ipv6 { GSO_TCPV6 } else { GSO_TCPV4 },
+            hdr_len: (ip_len + 20) as u16,
+            gso_size: mss,
+            csum_start: ip_len as u16,
+            csum_offset: 16,
+        };
+        (packet, offload)
+    }
+
+    #[test]
+    fn super_packets_of_either_family_are_cut_into_valid_wire_packets() {
+        for ipv6 in [false, true] {
+            let (mut packet, offload) = super_packet(ipv6, 5000, 1400);
+            let mut segments = Segments::default();
+            let wire = segments.split(&mut packet, offload).expect("cut");
+            assert_eq!(wire.len(), 4, "ipv6 {ipv6}: 5000 bytes in 1400-byte segments");
+            let mut carried = 0;
+            for segment in wire {
+                let parsed = SlicedPacket::from_ip(segment).unwrap();
+                let Some(TransportSlice::Tcp(tcp)) = parsed.transport else {
+                    panic!("not TCP");
+                };
+                let valid = match parsed.net {
+                    Some(etherparse::NetSlice::Ipv4(ip)) => {
+                        tcp.calc_checksum_ipv4(ip.header().source(), ip.header().destination())
+                            .unwrap()
+                            == tcp.checksum()
+                    }
+                    Some(etherparse::NetSlice::Ipv6(ip)) => {
+                        tcp.calc_checksum_ipv6(ip.header().source(), ip.header().destination())
+                            .unwrap()
+                            == tcp.checksum()
+                    }
+                    _ => false,
+                };
+                assert!(valid, "ipv6 {ipv6}: each wire packet's checksum is complete");
+                carried += tcp.payload().len();
+            }
+            assert_eq!(carried, 5000);
+        }
     }
 }
