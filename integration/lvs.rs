@@ -540,6 +540,23 @@ fn forwards(mode: &str, family: Family) {
             format!("rs1 {client}")
         );
     }
+
+    // A clean exit undoes the host setup, this family's included.
+    lbd.signal(Signal::SIGTERM);
+    assert!(lbd.wait_exit(Duration::from_secs(10)).success());
+    let show = |args: &[&str]| {
+        let mut command = vec!["-n", &topology.director, family.ip_option()];
+        command.extend_from_slice(args);
+        let output = Command::new("ip").args(&command).output().unwrap();
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    assert!(
+        !show(&["rule", "show"]).contains("lookup 100"),
+        "{}",
+        show(&["rule", "show"])
+    );
+    assert_eq!(show(&["route", "show", family.vip]), "");
+    assert_eq!(show(&["neigh", "show", "proxy"]), "");
 }
 
 /// tun across families, as IPVS allows: an IPv6 VIP whose reals are IPv4 addresses gets its

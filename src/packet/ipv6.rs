@@ -497,6 +497,48 @@ mod tests {
         }
 
         #[test]
+        fn quoted_rewrites_keep_the_icmpv6_checksum_right(
+            tcp in any::<bool>(),
+            addresses in any::<([u8; 16], [u8; 16], [u8; 16], [u8; 16])>(),
+            ports in any::<(u16, u16)>(),
+            new in any::<([u8; 16], u16)>(),
+            quoted_source in any::<bool>(),
+            payload in proptest::collection::vec(any::<u8>(), 0..100),
+            cut in 44usize..400,
+        ) {
+            let (outer_source, outer_destination, source, destination) = addresses;
+            let quoted = packet(tcp, false, source, destination, ports, &payload);
+            let quote = &quoted[..cut.min(quoted.len())];
+            let mut error = Vec::new();
+            PacketBuilder::ipv6(outer_source, outer_destination, 64)
+                .icmpv6(etherparse::Icmpv6Type::PacketTooBig { mtu: 1280 })
+                .write(&mut error, quote)
+                .unwrap();
+            let to = SocketAddrV6::new(Ipv6Addr::from(new.0), new.1, 0, 0);
+            let mut parsed = Ipv6Packet::parse(&mut error).unwrap();
+            let (protocol, quoted_from, quoted_to) = parsed.quoted_flow().unwrap();
+            prop_assert_eq!(protocol, if tcp { TCP } else { UDP });
+            prop_assert_eq!((quoted_from.port(), quoted_to.port()), ports);
+            prop_assert!(parsed.rewrite_quoted(quoted_source, to));
+            let flow = parsed.quoted_flow().unwrap();
+            prop_assert_eq!(if quoted_source { flow.1 } else { flow.2 }, to);
+            // The ICMPv6 checksum, recomputed from scratch, still holds.
+            prop_assert_eq!(
+                u16::from_be_bytes([error[42], error[43]]),
+                full_checksum(&error, HEADER_LEN, ICMPV6, 2)
+            );
+            // So does the quoted transport checksum, when the whole packet was quoted.
+            if quote.len() == quoted.len() {
+                let at = if tcp { 16 } else { 6 };
+                let inner = &error[48..];
+                prop_assert_eq!(
+                    u16::from_be_bytes([inner[HEADER_LEN + at], inner[HEADER_LEN + at + 1]]),
+                    full_checksum(inner, HEADER_LEN, if tcp { TCP } else { UDP }, at)
+                );
+            }
+        }
+
+        #[test]
         fn parsing_never_panics(mut bytes in proptest::collection::vec(any::<u8>(), 0..300), first in 0x60u8..0x70) {
             if !bytes.is_empty() {
                 bytes[0] = first;
