@@ -66,11 +66,33 @@ struct Pair {
     helpers: Vec<Running>,
     /// keepalived adverts every 0.1 s instead of every second.
     fast: bool,
+    /// The VIP and reals are IPv6 (nat only): the client and the directors' links have IPv6
+    /// addresses beside their IPv4 ones, keepalived moves the reals' IPv6 gateway too.
+    ipv6: bool,
 }
+
+/// The IPv6 VIP, the reals' IPv6 gateway (moved by keepalived) and the client's address.
+const VIP6: &str = "fd00:77::100";
+const GATEWAY6: &str = "fd00:10::1";
+const CLIENT6: &str = "fd00:77::2";
 
 impl Pair {
     fn ns(&self, name: &str) -> String {
         format!("{}{name}", self.tag)
+    }
+
+    /// The VIP the client's flows go to, `[address]:port` ready.
+    fn vip(&self, port: u16) -> String {
+        if self.ipv6 {
+            format!("[{VIP6}]:{port}")
+        } else {
+            format!("{VIP}:{port}")
+        }
+    }
+
+    /// The client's unspecified address to bind a UDP socket to.
+    fn client_any(&self) -> &'static str {
+        if self.ipv6 { "[::]:0" } else { "192.168.77.2:0" }
     }
 }
 
@@ -130,6 +152,7 @@ fn topology_for(mode: Mode) -> Pair {
         processes: Vec::new(),
         helpers: Vec::new(),
         fast: false,
+        ipv6: false,
     };
     for name in ["sw", "cl", "d1", "d2", "r1", "r2"] {
         ip(&format!("netns add {}", pair.ns(name)));
@@ -190,6 +213,43 @@ fn topology_for(mode: Mode) -> Pair {
     pair
 }
 
+/// The nat [`topology`] with IPv6 beside IPv4: client fd00:77::2, directors fd00:77::11 and
+/// ::12 on the front, fd00:10::21 and ::22 on the back, reals fd00:10::11 and ::12 whose
+/// gateway fd00:10::1 keepalived moves with the master.
+fn dual_stack_topology() -> Pair {
+    let mut pair = topology_for(Mode::Nat);
+    pair.ipv6 = true;
+    ip(&format!(
+        "-n {} addr add {CLIENT6}/64 dev eth0 nodad",
+        pair.ns("cl")
+    ));
+    for (n, director) in ["d1", "d2"].iter().enumerate() {
+        let ns = pair.ns(director);
+        sysctl(&ns, "net.ipv6.conf.all.disable_ipv6", "0");
+        ip(&format!("-n {ns} addr add fd00:77::1{}/64 dev f0 nodad", n + 1));
+        ip(&format!("-n {ns} addr add fd00:10::2{}/64 dev b0 nodad", n + 1));
+    }
+    for (n, real) in ["r1", "r2"].iter().enumerate() {
+        let ns = pair.ns(real);
+        ip(&format!("-n {ns} addr add fd00:10::1{}/64 dev r0 nodad", n + 1));
+        ip(&format!("-n {ns} -6 route add default via {GATEWAY6}"));
+    }
+    // Link-local addresses settle (duplicate address detection) before the test starts.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for name in ["cl", "d1", "d2", "r1", "r2"] {
+        let ns = pair.ns(name);
+        while !Command::new("ip")
+            .args(["-n", &ns, "-6", "addr", "show", "tentative"])
+            .output()
+            .is_ok_and(|output| output.stdout.is_empty())
+        {
+            assert!(Instant::now() < deadline, "IPv6 addresses stay tentative in {ns}");
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+    pair
+}
+
 /// How the directors of a failover test keep flows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Keep {
@@ -234,6 +294,20 @@ fn lbd_config(pair: &Pair, director: &str, keep: Keep) -> String {
             .replace(&format!("listen: {VIP}:80"), &format!("listen: {VIP}:{tcp}"))
             .replace(&format!("listen: {VIP}:53"), &format!("listen: {VIP}:{udp}"));
     }
+    if pair.ipv6 {
+        config = config
+            .replace(&format!("listen: {VIP}:"), &format!("listen: '[{VIP6}]:"))
+            .replace(":80\n", ":80'\n")
+            .replace(":53\n", ":53'\n")
+            .replace(
+                "address: 10.77.0.[11-12]:8080",
+                "address: '[fd00:10::[11-12]]:8080'",
+            )
+            .replace(
+                "address: 10.77.0.[11-12]:5353",
+                "address: '[fd00:10::[11-12]]:5353'",
+            );
+    }
     if keep == Keep::SloppyMh {
         config = config
             .replace("  setup: auto", "  setup: auto\n  sloppy_tcp: true")
@@ -268,6 +342,16 @@ fn keepalived_config(pair: &Pair, director: &str, priority: u32) -> String {
         .replace("priority 150", &format!("priority {priority}"))
         .replace("interface eth0", "interface f0")
         .replace("dev eth1", "dev b0")
+        .replace(
+            "  track_script {",
+            &if pair.ipv6 {
+                // The reals' IPv6 gateway moves with the master too (another family than the
+                // instance's adverts: keepalived takes it in the excluded block).
+                format!("  virtual_ipaddress_excluded {{\n    {GATEWAY6}/64 dev b0\n  }}\n  track_script {{")
+            } else {
+                "  track_script {".to_owned()
+            },
+        )
 }
 
 /// Starts `command` in `director`'s namespace, its output to `log` in the test's directory.
@@ -315,10 +399,10 @@ struct Seen {
     failed: Option<String>,
 }
 
-/// A TCP stream through the VIP: a byte every 10 ms, each echoed.
-fn tcp_stream(port: u16, stop: Arc<AtomicBool>, failover: Arc<std::sync::Mutex<Option<Instant>>>) -> Seen {
+/// A TCP stream through the VIP (`address:port`): a byte every 10 ms, each echoed.
+fn tcp_stream(vip: String, stop: Arc<AtomicBool>, failover: Arc<std::sync::Mutex<Option<Instant>>>) -> Seen {
     let mut seen = Seen::default();
-    let vip: SocketAddr = format!("{VIP}:{port}").parse().unwrap();
+    let vip: SocketAddr = vip.parse().unwrap();
     let mut stream = match TcpStream::connect_timeout(&vip, Duration::from_secs(5)) {
         Ok(stream) => stream,
         Err(error) => {
@@ -355,16 +439,20 @@ fn tcp_stream(port: u16, stop: Arc<AtomicBool>, failover: Arc<std::sync::Mutex<O
     seen
 }
 
-/// A UDP flow through the VIP from its own port: a datagram every 50 ms, answered with the
-/// real's name.
-fn udp_flow(port: u16, stop: Arc<AtomicBool>, failover: Arc<std::sync::Mutex<Option<Instant>>>) -> Seen {
+/// A UDP flow through the VIP (`address:port`) from its own port (bound to `any`): a datagram
+/// every 50 ms, answered with the real's name.
+fn udp_flow(
+    (vip, any): (String, &'static str),
+    stop: Arc<AtomicBool>,
+    failover: Arc<std::sync::Mutex<Option<Instant>>>,
+) -> Seen {
     let mut seen = Seen::default();
-    let socket = UdpSocket::bind("192.168.77.2:0").unwrap();
+    let socket = UdpSocket::bind(any).unwrap();
     socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
     let mut last: Option<Instant> = None;
     let mut buffer = [0u8; 64];
     while !stop.load(Ordering::SeqCst) {
-        let _ = socket.send_to(b"q", format!("{VIP}:{port}"));
+        let _ = socket.send_to(b"q", &vip);
         if let Ok(len) = socket.recv(&mut buffer) {
             let name = String::from_utf8_lossy(&buffer[..len]).into_owned();
             if !seen.reals.contains(&name) {
@@ -386,8 +474,8 @@ fn udp_flow(port: u16, stop: Arc<AtomicBool>, failover: Arc<std::sync::Mutex<Opt
 
 /// New TCP connections to the VIP, one every 20 ms (each given 100 ms to be answered), until
 /// `stop`: when each began and whether it was answered.
-fn new_connections(port: u16, stop: Arc<AtomicBool>) -> Vec<(Instant, Option<Instant>)> {
-    let vip: SocketAddr = format!("{VIP}:{port}").parse().unwrap();
+fn new_connections(vip: String, stop: Arc<AtomicBool>) -> Vec<(Instant, Option<Instant>)> {
+    let vip: SocketAddr = vip.parse().unwrap();
     let mut attempts = Vec::new();
     while !stop.load(Ordering::SeqCst) {
         let began = Instant::now();
@@ -565,9 +653,10 @@ fn failover_by(
     before: impl FnOnce(&mut Pair),
     after: impl FnOnce(&mut Pair),
 ) -> Failover {
+    let any = if pair.ipv6 { "::" } else { "0.0.0.0" };
     let _stops = [
-        start_servers(&pair.ns("r1"), "real1", "0.0.0.0"),
-        start_servers(&pair.ns("r2"), "real2", "0.0.0.0"),
+        start_servers(&pair.ns("r1"), "real1", any),
+        start_servers(&pair.ns("r2"), "real2", any),
     ];
     for director in ["d1", "d2"] {
         let config = pair.dir.path().join(format!("{director}.yaml"));
@@ -615,26 +704,29 @@ fn failover_by(
         status(pair, "d1").is_some_and(|text| text.contains("ha: master"))
     });
     assert!(status(pair, "d2").unwrap().contains("ha: backup"));
-    assert_eq!(
-        arp_answers(pair),
-        [mac_of(pair, "d1")],
-        "only the master answers for the VIP"
-    );
+    if !pair.ipv6 {
+        assert_eq!(
+            arp_answers(pair),
+            [mac_of(pair, "d1")],
+            "only the master answers for the VIP"
+        );
+    }
 
     let stop = Arc::new(AtomicBool::new(false));
     let failover = Arc::new(std::sync::Mutex::new(None));
     let (tcp_port, udp_port) = pair.mode.ports();
+    let (tcp_vip, udp_vip, any) = (pair.vip(tcp_port), pair.vip(udp_port), pair.client_any());
     let flows = {
         let (stop, failover) = (Arc::clone(&stop), Arc::clone(&failover));
         in_netns(&pair.ns("cl"), move || {
             let mut flows = Vec::new();
             for _ in 0..50 {
-                let (stop, failover) = (Arc::clone(&stop), Arc::clone(&failover));
-                flows.push(("tcp", thread::spawn(move || tcp_stream(tcp_port, stop, failover))));
+                let (stop, failover, vip) = (Arc::clone(&stop), Arc::clone(&failover), tcp_vip.clone());
+                flows.push(("tcp", thread::spawn(move || tcp_stream(vip, stop, failover))));
             }
             for _ in 0..20 {
-                let (stop, failover) = (Arc::clone(&stop), Arc::clone(&failover));
-                flows.push(("udp", thread::spawn(move || udp_flow(udp_port, stop, failover))));
+                let (stop, failover, vip) = (Arc::clone(&stop), Arc::clone(&failover), udp_vip.clone());
+                flows.push(("udp", thread::spawn(move || udp_flow((vip, any), stop, failover))));
             }
             flows
         })
@@ -653,9 +745,9 @@ fn failover_by(
     // New connections from now on (not before: the backup must first hold the 70 flows, and
     // the prober's own flows would count among them).
     let prober = {
-        let stop = Arc::clone(&stop);
+        let (stop, vip) = (Arc::clone(&stop), pair.vip(tcp_port));
         in_netns(&pair.ns("cl"), move || {
-            thread::spawn(move || new_connections(tcp_port, stop))
+            thread::spawn(move || new_connections(vip, stop))
         })
     };
     thread::sleep(Duration::from_millis(200));
@@ -676,11 +768,24 @@ fn failover_by(
     } else {
         "d2"
     };
-    assert_eq!(
-        arp_answers(pair),
-        [mac_of(pair, master)],
-        "only the master ({master}) answers for the VIP"
-    );
+    if pair.ipv6 {
+        // The new master's unsolicited neighbour advertisements moved the client's entry.
+        let output = Command::new("ip")
+            .args(["-n", &pair.ns("cl"), "-6", "neigh", "show", VIP6])
+            .output()
+            .unwrap();
+        let entry = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            entry.contains(&mac_of(pair, master)),
+            "the client reaches the VIP at the master ({master}): {entry}"
+        );
+    } else {
+        assert_eq!(
+            arp_answers(pair),
+            [mac_of(pair, master)],
+            "only the master ({master}) answers for the VIP"
+        );
+    }
     let attempts = prober.join().unwrap();
     let results: Vec<(&str, Seen)> = flows
         .into_iter()
@@ -735,6 +840,23 @@ fn nat_flows_survive_a_master_killed_and_the_backup_answers_for_the_vip() {
     );
 }
 
+/// The same over IPv6: 50 TCP streams and 20 UDP flows through an IPv6 nat VIP survive the
+/// master's lbd being killed (their IPv6 entries synced), and the client follows the new
+/// master through its unsolicited neighbour advertisements.
+#[test]
+fn ipv6_nat_flows_survive_a_master_killed() {
+    let Some(_turn) = prerequisites() else {
+        return;
+    };
+    let mut pair = dual_stack_topology();
+    let report = failover_by(&mut pair, Keep::Sync, Fault::KillLbd, |_| {}, |_| {});
+    println!(
+        "HA nat over IPv6 failover, sync on: d2 master {:?} after; {}/50 TCP streams survived; largest gap {:?}; new connections unanswered for {:?}",
+        report.takeover, report.survived, report.largest_gap, report.new_flow_outage
+    );
+    report.assert_every_flow_went_on();
+}
+
 #[test]
 fn without_flow_sync_established_nat_flows_do_not_survive() {
     let Some(_turn) = prerequisites() else {
@@ -770,9 +892,10 @@ fn proxy_mode_serves_new_connections_from_the_backup_once_keepalived_moves_the_v
         return;
     };
     let mut pair = topology();
+    let any = if pair.ipv6 { "::" } else { "0.0.0.0" };
     let _stops = [
-        start_servers(&pair.ns("r1"), "real1", "0.0.0.0"),
-        start_servers(&pair.ns("r2"), "real2", "0.0.0.0"),
+        start_servers(&pair.ns("r1"), "real1", any),
+        start_servers(&pair.ns("r2"), "real2", any),
     ];
     let dir = pair.dir.path().display().to_string();
     for (director, priority) in [("d1", 150), ("d2", 100)] {
