@@ -375,6 +375,22 @@ fn greet_at(client: &str, vip: String) -> (String, TcpStream) {
     })
 }
 
+/// Sends 1 MB up through `vip` from the client namespace and reads it back echoed (the
+/// reals' servers echo), failing the test with `what` if it does not all come back unchanged.
+fn echo_a_megabyte(client: &str, vip: String, what: &str) {
+    let (_, mut stream) = greet_at(client, vip);
+    let payload: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+    let sent = payload.clone();
+    let mut reader = stream.try_clone().unwrap();
+    let writer = thread::spawn(move || stream.write_all(&sent).unwrap());
+    let mut echoed = vec![0u8; payload.len()];
+    reader
+        .read_exact(&mut echoed)
+        .unwrap_or_else(|error| panic!("1 MB {what}: {error}"));
+    writer.join().unwrap();
+    assert!(echoed == payload, "1 MB {what}: the echo differs");
+}
+
 #[test]
 fn nat_balances_tcp_and_udp_keeps_the_client_address_and_follows_health() {
     forwards("nat", IPV4);
@@ -471,17 +487,7 @@ fn forwards(mode: &str, family: Family) {
     );
 
     // 1 MB up and 1 MB back down on one connection.
-    let (_, mut stream) = greet_at(&topology.client, vip_tcp.clone());
-    let payload: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
-    let sent = payload.clone();
-    let mut reader = stream.try_clone().unwrap();
-    let writer = thread::spawn(move || stream.write_all(&sent).unwrap());
-    let mut echoed = vec![0u8; payload.len()];
-    reader
-        .read_exact(&mut echoed)
-        .expect("1 MB echoed through the director");
-    writer.join().unwrap();
-    assert!(echoed == payload, "the echo differs");
+    echo_a_megabyte(&topology.client, vip_tcp.clone(), "echoed through the director");
 
     // UDP: new client sockets are spread by rr, and replies come from the VIP.
     let vip_udp = family.at(family.vip, udp_port);
@@ -600,15 +606,7 @@ fn tun_carries_ipv6_flows_to_reals_reached_over_ipv4() {
             format!("rs2 {client}")
         ]
     );
-    let (_, mut stream) = greet_at(&topology.client, vip);
-    let payload: Vec<u8> = (0..1_000_000u32).map(|i| (i % 239) as u8).collect();
-    let sent = payload.clone();
-    let mut reader = stream.try_clone().unwrap();
-    let writer = thread::spawn(move || stream.write_all(&sent).unwrap());
-    let mut echoed = vec![0u8; payload.len()];
-    reader.read_exact(&mut echoed).expect("1 MB through IPv6 in IPv4");
-    writer.join().unwrap();
-    assert!(echoed == payload, "the echo differs");
+    echo_a_megabyte(&topology.client, vip, "through IPv6 in IPv4");
 }
 
 /// Packet Too Big: with the reals' links narrowed to IPv6's minimum MTU, a 1 MB upload
@@ -636,17 +634,11 @@ fn an_upload_through_nat_over_ipv6_completes_when_the_reals_links_are_narrower()
         .unwrap();
     let route = String::from_utf8_lossy(&route.stdout);
     assert!(route.contains("mtu lock 1280"), "{route}");
-    let (_, mut stream) = greet_at(&topology.client, IPV6.at(IPV6.vip, 80));
-    let payload: Vec<u8> = (0..1_000_000u32).map(|i| (i % 241) as u8).collect();
-    let sent = payload.clone();
-    let mut reader = stream.try_clone().unwrap();
-    let writer = thread::spawn(move || stream.write_all(&sent).unwrap());
-    let mut echoed = vec![0u8; payload.len()];
-    reader
-        .read_exact(&mut echoed)
-        .expect("1 MB through links narrower than the client's");
-    writer.join().unwrap();
-    assert!(echoed == payload, "the echo differs");
+    echo_a_megabyte(
+        &topology.client,
+        IPV6.at(IPV6.vip, 80),
+        "through links narrower than the client's",
+    );
 }
 
 /// Reads `lbd_flows{protocol=…}` from the director's /metrics.

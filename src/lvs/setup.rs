@@ -656,6 +656,14 @@ mod tests {
     use super::*;
     use crate::config;
 
+    /// The plan of a master on `links`, as `--check` prints it.
+    fn commands(config: &Config, links: &Links) -> Vec<String> {
+        plan(config, links, true)
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
     #[test]
     fn journal_lines_read_back() {
         for undo in [
@@ -675,10 +683,7 @@ mod tests {
             "t",
         )
         .unwrap();
-        let steps: Vec<String> = plan(&config, &Links::default(), true)
-            .iter()
-            .map(ToString::to_string)
-            .collect();
+        let steps = commands(&config, &Links::default());
         assert!(
             steps.contains(&"ip route replace 192.168.77.100/32 dev lbtun0 mtu 1480".to_owned()),
             "{steps:?}"
@@ -708,10 +713,7 @@ mod tests {
             clients: vec!["dcl0".to_owned()],
             server_mtu: Some(1500),
         };
-        let steps: Vec<String> = plan(&config, &links, true)
-            .iter()
-            .map(ToString::to_string)
-            .collect();
+        let steps = commands(&config, &links);
         assert_eq!(
             steps,
             [
@@ -740,10 +742,7 @@ mod tests {
             clients: vec!["dcl0".to_owned()],
             server_mtu: Some(1400),
         };
-        let steps: Vec<String> = plan(&config, &links, true)
-            .iter()
-            .map(ToString::to_string)
-            .collect();
+        let steps = commands(&config, &links);
         assert_eq!(
             steps,
             [
