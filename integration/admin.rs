@@ -173,6 +173,13 @@ fn every_command_changes_the_table_and_the_traffic() {
     assert!(ok(admin, &["list", "-n"]).contains(&format!("TCP  {svc} wrr persistent 60 mask 255.255.255.0")));
     ok(admin, &["edit-service", "-t", svc, "--no-persistent"]);
     assert!(ok(admin, &["list", "-n"]).contains(&format!("TCP  {svc} wrr\n")));
+    // edit-service slow start and back: the service document shows it.
+    ok(admin, &["edit-service", "-t", svc, "--slow-start", "90s"]);
+    assert_eq!(table(admin)[0]["slow_start"].as_str(), Some("90s"));
+    ok(admin, &["edit-service", "-t", svc, "--no-slow-start"]);
+    assert!(table(admin)[0]["slow_start"].is_null());
+    let (code, _, stderr) = lbadm(admin, &["edit-service", "-t", svc, "--slow-start", "2h"]);
+    assert!(code != 0 && stderr.contains("is out of range"), "{stderr}");
     // zero: counters back to 0.
     assert!(table(admin)[0]["stats"]["conns"].as_u64().unwrap() > 0);
     ok(admin, &["zero", "-t", svc]);

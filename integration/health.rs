@@ -505,3 +505,73 @@ fn failed_connects_from_traffic_take_a_real_down_between_checks() {
     assert!(detection < Duration::from_secs(5), "{detection:?}");
     eprintln!("passive detection: {detection:?}");
 }
+
+/// What a real that comes back while another holds 30 long-lived flows gets of the next 40
+/// new flows, opened 25 ms apart and kept open, with `wlc` and slow start over
+/// `slow_start` (`None`: off); and the weights `lbd_real_weight` showed for it just after it
+/// came back and once the window was over.
+fn recovered_share(slow_start: Option<&str>) -> (usize, u64, u64) {
+    let a = TcpBackend::start("a");
+    let mut b = TcpBackend::start("b");
+    let (listen, metrics) = (service_addr(), free_addr());
+    let keys = match slow_start {
+        Some(window) => format!("    slow_start: {window}\n"),
+        None => String::new(),
+    } + "    health_check: { type: tcp, interval: 100ms, timeout: 300ms, rise: 1, fall: 1 }\n";
+    let config = checked("tcp", listen, "wlc", &[(a.address, 10), (b.address, 10)], &keys).replace(
+        "services:\n",
+        &format!("metrics: {{ listen: '{metrics}' }}\nservices:\n"),
+    );
+    let mut lbd = Lbd::start(&config);
+    b.stop();
+    lbd.wait_for_log(&transition(b.address, "up -> down"), 1);
+    settle();
+    let held: Vec<_> = (0..30).map(|_| connect_and_greet(listen)).collect();
+    assert!(held.iter().all(|(name, _)| name == "a"));
+    b.restart();
+    lbd.wait_for_log(&transition(b.address, "down -> up"), 1);
+    settle();
+    let weight = || {
+        let (_, page) = http_fetch(metrics, "GET", "/metrics", b"").unwrap();
+        let needle = format!("lbd_real_weight{{service=\"svc\",real=\"{}\"}} ", b.address);
+        page.lines()
+            .find_map(|line| line.strip_prefix(&needle))
+            .and_then(|value| value.trim().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no {needle} in /metrics"))
+    };
+    let early = weight();
+    let mut new_flows = Vec::new();
+    for _ in 0..40 {
+        new_flows.push(connect_and_greet(listen));
+        thread::sleep(Duration::from_millis(25));
+    }
+    let to_b = new_flows.iter().filter(|(name, _)| name == "b").count();
+    if slow_start.is_some() {
+        // The window (8 s) is over.
+        thread::sleep(Duration::from_secs(8));
+    }
+    (to_b, early, weight())
+}
+
+/// Slow start: a real that comes back under load gets a share of new flows that grows over
+/// the window (its weight from 1 to its own, as `lbd_real_weight` shows), instead of every new
+/// flow until it has caught up, as `wlc` gives a real with no flows without it.
+#[test]
+fn slow_start_ramps_a_recovered_reals_share_instead_of_flooding_it() {
+    let (flooded, weight_without, _) = recovered_share(None);
+    let (ramped, early, late) = recovered_share(Some("8s"));
+    eprintln!(
+        "of 40 new flows in the first second after it came back, the recovered real got {flooded} without slow start and {ramped} with an 8 s slow start (weight {early} then {late})"
+    );
+    assert_eq!(
+        weight_without, 10,
+        "without slow start it comes back at its weight"
+    );
+    assert!(flooded >= 28, "without slow start wlc floods it: {flooded} of 40");
+    assert!(early <= 3, "it starts from a sliver of its weight: {early}");
+    assert_eq!(late, 10, "and has all of it once the window is over");
+    assert!(
+        ramped <= 20,
+        "with slow start its share grows instead: {ramped} of 40"
+    );
+}

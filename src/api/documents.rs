@@ -174,6 +174,9 @@ pub struct Service {
     pub persistence: Option<Persistence>,
     /// UDP one-packet scheduling.
     pub one_packet: bool,
+    /// The slow start window as the config file writes it (`60s`), if the service has one.
+    #[serde(default)]
+    pub slow_start: Option<String>,
     /// The sorry server.
     pub sorry_server: Option<String>,
     /// The health check's type, if its reals are checked.

@@ -62,6 +62,17 @@ pub(crate) const LEASE: Range = Range {
     max: secs(3_600),
 };
 
+/// A service's `slow_start` window: 1 second to 1 hour.
+pub(crate) const SLOW_START: Range = Range {
+    min: secs(1),
+    max: secs(3_600),
+};
+
+/// Reads a `slow_start` window as the config file does (`lbadm --slow-start`).
+pub fn parse_slow_start(text: &str) -> Result<Duration, String> {
+    SLOW_START.parse(text)
+}
+
 /// `dataplane.announce.withdraw_wait`: 0 to 1 minute.
 pub(crate) const WITHDRAW: Range = Range {
     min: Duration::ZERO,

@@ -110,6 +110,14 @@ pub struct ServiceEdit {
     /// `max_sessions`.
     #[serde(default, skip_serializing_if = "Patch::is_keep")]
     pub max_sessions: Patch<u32>,
+    /// `slow_start`.
+    #[serde(
+        default,
+        skip_serializing_if = "Patch::is_keep",
+        deserialize_with = "slow_start",
+        serialize_with = "serialize_duration"
+    )]
+    pub slow_start: Patch<Duration>,
     /// `proxy_protocol`.
     #[serde(default, skip_serializing_if = "Patch::is_keep")]
     pub proxy_protocol: Patch<ProxyProtocol>,
@@ -161,6 +169,7 @@ impl ServiceEdit {
         self.udp_responses.edit_optional(&mut spec.udp_responses);
         self.max_sessions
             .edit_value(&mut spec.max_sessions, || DEFAULT_MAX_SESSIONS);
+        self.slow_start.edit_optional(&mut spec.slow_start);
         self.proxy_protocol
             .edit_value(&mut spec.proxy_protocol, ProxyProtocol::default);
         self.sorry_server.edit_optional(&mut spec.sorry_server);
@@ -346,6 +355,10 @@ fn named<'de, D: Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
 
 fn udp_timeout<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Patch<Duration>, D::Error> {
     duration::optional(deserializer, duration::IDLE).map(Patch::from_option)
+}
+
+fn slow_start<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Patch<Duration>, D::Error> {
+    duration::optional(deserializer, duration::SLOW_START).map(Patch::from_option)
 }
 
 fn serialize_duration<S: Serializer>(patch: &Patch<Duration>, serializer: S) -> Result<S::Ok, S::Error> {

@@ -20,7 +20,7 @@ mod service;
 use std::{collections::HashSet, path::Path};
 
 pub use self::{address::*, cluster::*, edit::*, file::*, ha::*, health_check::*, service::*};
-pub use duration::{format as format_duration, parse as parse_duration};
+pub use duration::{format as format_duration, parse as parse_duration, parse_slow_start};
 pub use error::ConfigError;
 pub use save::services_yaml;
 

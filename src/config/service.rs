@@ -361,6 +361,9 @@ pub struct ServiceConfig {
     pub udp_responses: Option<u32>,
     /// UDP proxy: sessions the service may hold at once. Default 65536.
     pub max_sessions: u32,
+    /// A real that comes up or is added ramps its weight (and `max_conns`) from a small
+    /// share to its own over this window; `None`: at once.
+    pub slow_start: Option<Duration>,
     /// PROXY protocol towards the reals.
     pub proxy_protocol: ProxyProtocol,
     /// Used only while no real server is available.
@@ -388,6 +391,7 @@ impl PartialEq for ServiceConfig {
             && self.udp_timeout == other.udp_timeout
             && self.udp_responses == other.udp_responses
             && self.max_sessions == other.max_sessions
+            && self.slow_start == other.slow_start
             && self.proxy_protocol == other.proxy_protocol
             && self.sorry_server == other.sorry_server
             && self.health_check == other.health_check
@@ -503,6 +507,14 @@ pub struct ServiceSpec {
         skip_serializing_if = "is_default_max_sessions"
     )]
     pub max_sessions: u32,
+    /// `slow_start`.
+    #[serde(
+        default,
+        deserialize_with = "slow_start",
+        serialize_with = "duration::serialize_optional",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub slow_start: Option<Duration>,
     /// `proxy_protocol`.
     #[serde(default, skip_serializing_if = "is_default")]
     pub proxy_protocol: ProxyProtocol,
@@ -537,6 +549,7 @@ impl ServiceSpec {
             udp_timeout: None,
             udp_responses: None,
             max_sessions: DEFAULT_MAX_SESSIONS,
+            slow_start: None,
             proxy_protocol: ProxyProtocol::default(),
             sorry_server: None,
             health_check: None,
@@ -594,6 +607,7 @@ impl From<&ServiceConfig> for ServiceSpec {
             udp_timeout: service.udp_timeout,
             udp_responses: service.udp_responses,
             max_sessions: service.max_sessions,
+            slow_start: service.slow_start,
             proxy_protocol: service.proxy_protocol,
             sorry_server: service.sorry_server,
             health_check: service.health_check.clone(),
@@ -643,6 +657,10 @@ fn default_max_sessions() -> u32 {
 
 fn udp_timeout<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
     duration::optional(deserializer, duration::IDLE)
+}
+
+fn slow_start<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
+    duration::optional(deserializer, duration::SLOW_START)
 }
 
 /// The largest weight ipvsadm accepts.
@@ -807,6 +825,7 @@ impl TryFrom<ServiceSpec> for ServiceConfig {
             udp_timeout: raw.udp_timeout,
             udp_responses: raw.udp_responses,
             max_sessions: raw.max_sessions,
+            slow_start: raw.slow_start,
             proxy_protocol: raw.proxy_protocol,
             sorry_server: raw.sorry_server,
             health_check: raw.health_check,

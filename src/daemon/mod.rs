@@ -723,12 +723,16 @@ pub async fn serve(source: ConfigSource, config: Config) -> Result<(), StartErro
     let mut rate_clock = tokio::time::interval(rates::PERIOD);
     rate_clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_sample = Instant::now();
+    // While a real is in its slow start, the table is rebuilt every step so its weight grows.
+    let mut ramp_clock = tokio::time::interval(crate::table::RAMP_STEP);
+    ramp_clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     // Reloads read and parse the file on a blocking thread, so a large file never holds up
     // the control loop (and with it /metrics, signals and admin requests).
     let mut reloads = Reloads::default();
     loop {
         tokio::select! {
             () = health_changes.notified() => director.publish_health(),
+            _ = ramp_clock.tick(), if director.shared.table.snapshot().ramping() => director.publish_health(),
             event = next_ha_event(&mut director.ha) => match event {
                 HaEvent::Role(role) => director.set_role(role),
                 HaEvent::Received(received) => director.apply_received(received),

@@ -48,6 +48,11 @@ fn service_edit(args: &ServiceArgs) -> ServiceEdit {
     if args.ops {
         edit.one_packet = Patch::Set(true);
     }
+    if let Some(window) = args.slow_start {
+        edit.slow_start = Patch::Set(window);
+    } else if args.no_slow_start {
+        edit.slow_start = Patch::Remove;
+    }
     if let Some(forward) = args.forward.method() {
         edit.forward = Patch::Set(forward);
     }

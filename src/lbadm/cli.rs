@@ -221,6 +221,13 @@ pub(super) struct ServiceArgs {
     /// UDP: schedule every datagram on its own.
     #[arg(short = 'o', long = "ops")]
     pub(super) ops: bool,
+    /// Slow start: a real that comes up or is added ramps its weight over this window (1s to
+    /// 1h, e.g. 60s), as HAProxy's slowstart.
+    #[arg(long = "slow-start", value_name = "DURATION", value_parser = crate::config::parse_slow_start)]
+    pub(super) slow_start: Option<std::time::Duration>,
+    /// Edit: no slow start (new reals take their whole weight at once).
+    #[arg(long, conflicts_with = "slow_start")]
+    pub(super) no_slow_start: bool,
     /// A name for the service (with -t / -u).
     #[arg(long = "name")]
     pub(super) new_name: Option<String>,

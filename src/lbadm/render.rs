@@ -317,6 +317,7 @@ mod tests {
             forward: "proxy".to_owned(),
             persistence: None,
             one_packet: false,
+            slow_start: None,
             sorry_server: None,
             health_check: None,
             stats: Counters::default(),

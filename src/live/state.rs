@@ -41,6 +41,8 @@ pub struct RealState {
     pub packets_in: AtomicU64,
     /// Packets (proxy: UDP datagrams) real → client.
     pub packets_out: AtomicU64,
+    /// When this real's slow start began (ms, [`Millis`]); 0: not ramping.
+    ramp_start: AtomicU64,
 }
 
 /// The fields read by every scheduling decision, in a cache line of their own.
@@ -78,6 +80,24 @@ impl RealState {
         if max_conns == 0 || max_conns > old {
             self.scheduling.overloaded.store(false, Relaxed);
         }
+    }
+
+    /// Starts this real's slow start at `now` (it came up, or was added).
+    pub fn start_ramp(&self, now: Millis) {
+        self.ramp_start.store(now.0.max(1), Relaxed);
+    }
+
+    /// When this real's slow start began, while it ramps.
+    pub fn ramp_start(&self) -> Option<Millis> {
+        match self.ramp_start.load(Relaxed) {
+            0 => None,
+            start => Some(Millis(start)),
+        }
+    }
+
+    /// Ends the slow start: the real has its whole weight.
+    pub fn end_ramp(&self) {
+        self.ramp_start.store(0, Relaxed);
     }
 
     /// Records the real's configured weight; a weight above 0 becomes the last weight.

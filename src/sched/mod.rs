@@ -23,6 +23,7 @@ pub mod persistence;
 mod rr;
 mod sed;
 mod sh;
+pub mod slow_start;
 mod twos;
 mod wlc;
 mod wrr;

@@ -21,6 +21,7 @@ pub use crate::live::{
     CheckRecord, CheckResult, CheckStatus, DynamicWeight, FlowBinding, HealthView, Real, RealState,
 };
 use crate::{
+    clock::Millis,
     config::{Config, ForwardMethod, ServiceConfig, ServiceKey, Timeouts},
     sched::{
         self, Flow, Scheduler,
@@ -63,6 +64,8 @@ pub struct ServiceTable {
     packet_vips: Vec<IpAddr>,
     /// Idle and connect timeouts in force.
     pub timeouts: Timeouts,
+    /// A real of some service is in its slow start.
+    ramping: bool,
 }
 
 impl ServiceTable {
@@ -71,12 +74,17 @@ impl ServiceTable {
     /// address). A service whose settings and reals are exactly as in `previous` is shared
     /// as it is, scheduler state included.
     pub fn build(config: &Config, previous: Option<&Self>, health: &HealthView) -> Self {
+        Self::build_at(config, previous, health, Millis::now())
+    }
+
+    /// [`build`](Self::build) at time `now` (slow starts are measured from it).
+    pub fn build_at(config: &Config, previous: Option<&Self>, health: &HealthView, now: Millis) -> Self {
         let services: Vec<Arc<Service>> = config
             .services
             .iter()
             .map(|service| {
                 let old = previous.and_then(|table| table.service(&service.key()));
-                Service::build(service, old, health)
+                Service::build(service, old, health, now)
             })
             .collect();
         let index = services
@@ -85,6 +93,7 @@ impl ServiceTable {
             .map(|(i, service)| (service.key, i))
             .collect();
         Self {
+            ramping: services.iter().any(|service| service.ramping()),
             services,
             index,
             packet_vips: packet_vips(config),
@@ -112,7 +121,17 @@ impl ServiceTable {
     pub fn services(&self) -> &[Arc<Service>] {
         &self.services
     }
+
+    /// Whether a real of some service is in its slow start (the table is rebuilt every
+    /// [`RAMP_STEP`] meanwhile).
+    pub fn ramping(&self) -> bool {
+        self.ramping
+    }
 }
+
+/// How often the table is rebuilt while a real is in its slow start: its weight grows in
+/// steps this far apart.
+pub const RAMP_STEP: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// The VIPs of `config`'s services that forward packets (nat, dr, tun), sorted, each once:
 /// the addresses routed to the TUN device.
@@ -201,10 +220,17 @@ pub struct Service {
     positions: HashMap<SocketAddr, usize>,
     /// Totals, shared across snapshots.
     pub stats: Arc<ServiceStats>,
+    /// A real is in its slow start.
+    ramping: bool,
 }
 
 impl Service {
-    fn build(config: &ServiceConfig, previous: Option<&Arc<Self>>, health: &HealthView) -> Arc<Self> {
+    fn build(
+        config: &ServiceConfig,
+        previous: Option<&Arc<Self>>,
+        health: &HealthView,
+        now: Millis,
+    ) -> Arc<Self> {
         static NEXT_SEQUENCE: AtomicU64 = AtomicU64::new(1);
         let key = config.key();
         let on_down = config
@@ -212,26 +238,52 @@ impl Service {
             .as_ref()
             .map(|check| check.on_down)
             .unwrap_or_default();
+        let mut ramping = false;
         let mut reals: Vec<Real> = config
             .reals
             .iter()
             .map(|real| {
                 let old = previous.and_then(|service| service.real(real.address));
                 let state = match old {
-                    Some(old) => {
-                        old.state.set_thresholds(real.max_conns, real.min_conns);
-                        Arc::clone(&old.state)
-                    }
+                    Some(old) => Arc::clone(&old.state),
                     None => Arc::new(RealState::new(real.max_conns, real.min_conns)),
                 };
                 let check = health.get(&key, real.address).cloned();
                 let (up, weight) = check.as_ref().map_or((true, real.weight), |status| {
                     status.published(real.weight, on_down)
                 });
-                if up && old.is_some_and(|old| !old.up) {
+                let came_up = up && old.is_some_and(|old| !old.up);
+                if came_up {
                     // Back up after a check passed: passive back-off from before is over.
                     state.record_success();
                 }
+                // Slow start: a real that came up, or was added to a running service (not
+                // every real of a service just configured), ramps its weight and cap.
+                let (weight, max_conns) = match config.slow_start {
+                    Some(window) => {
+                        if came_up || (old.is_none() && previous.is_some()) {
+                            state.start_ramp(now);
+                        }
+                        match state.ramp_start() {
+                            Some(start) if up => {
+                                let window = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+                                let elapsed = now.0.saturating_sub(start.0);
+                                if elapsed >= window {
+                                    state.end_ramp();
+                                } else {
+                                    ramping = true;
+                                }
+                                sched::slow_start::ramped(weight, real.max_conns, elapsed, window)
+                            }
+                            _ => (weight, real.max_conns),
+                        }
+                    }
+                    None => {
+                        state.end_ramp();
+                        (weight, real.max_conns)
+                    }
+                };
+                state.set_thresholds(max_conns, real.min_conns);
                 Real {
                     address: real.address,
                     weight,
@@ -244,7 +296,9 @@ impl Service {
             })
             .collect();
         reals.sort_by_key(|real| std::cmp::Reverse(real.added));
-        if let Some(previous) = previous.filter(|old| old.config == *config && old.reals == reals) {
+        if let Some(previous) =
+            previous.filter(|old| old.config == *config && old.reals == reals && old.ramping == ramping)
+        {
             return Arc::clone(previous);
         }
         for real in &reals {
@@ -286,7 +340,14 @@ impl Service {
             persistence,
             sorry,
             stats: previous.map_or_else(Arc::default, |service| Arc::clone(&service.stats)),
+            ramping,
         })
+    }
+
+    /// Whether a real of this service is in its slow start: the table is then rebuilt often,
+    /// so that its weight grows.
+    pub fn ramping(&self) -> bool {
+        self.ramping
     }
 
     /// The service's name.
@@ -358,7 +419,7 @@ pub struct Scheduled {
 impl Scheduled {
     /// The flow ended at `now`: its persistence template's timeout starts (once no other
     /// flow holds it). Its holder calls this; only the first call counts.
-    pub fn end(&self, now: crate::clock::Millis) {
+    pub fn end(&self, now: Millis) {
         if let Some(template) = &self.template {
             template.release(now);
         }
@@ -368,7 +429,7 @@ impl Scheduled {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{clock::Millis, config};
+    use crate::config;
 
     fn table(source: &str, previous: Option<&ServiceTable>) -> ServiceTable {
         ServiceTable::build(
@@ -511,5 +572,61 @@ mod tests {
         let fourth = ServiceTable::build(&quiesce, Some(&third), &health);
         let real = fourth.services()[0].real("10.0.0.1:80".parse().unwrap()).unwrap();
         assert!(real.up && real.weight == 0);
+    }
+
+    #[test]
+    fn a_real_back_up_or_added_ramps_its_weight_and_cap_over_the_slow_start() {
+        let text = TWO
+            .replace(
+                "    reals:",
+                "    slow_start: 10s\n    health_check: { type: tcp }\n    reals:",
+            )
+            .replace(
+                "{address: '10.0.0.1:80'}",
+                "{address: '10.0.0.1:80', weight: 100, max_conns: 40}",
+            );
+        let config = config::parse(&text, "t").unwrap();
+        let key = config.services[0].key();
+        let address: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        let status = Arc::new(CheckStatus::new(false));
+        let mut health = HealthView::default();
+        health.insert(key, address, Arc::clone(&status));
+        // At start every real has its weight at once (nothing is coming back).
+        let at = |seconds: u64| Millis(1_000_000 + seconds * 1_000);
+        let first = ServiceTable::build_at(&config, None, &health, at(0));
+        assert!(!first.ramping());
+        // Back up: a sliver of its weight and cap, growing with time.
+        status.lock().up = true;
+        let second = ServiceTable::build_at(&config, Some(&first), &health, at(0));
+        let real = second.services()[0].real(address).unwrap();
+        assert!(second.ramping() && real.weight == 1, "weight {}", real.weight);
+        let third = ServiceTable::build_at(&config, Some(&second), &health, at(5));
+        let real = third.services()[0].real(address).unwrap();
+        assert_eq!(real.weight, 50, "halfway");
+        let fourth = ServiceTable::build_at(&config, Some(&third), &health, at(20));
+        let real = fourth.services()[0].real(address).unwrap();
+        assert_eq!(real.weight, 100);
+        assert!(!fourth.ramping() && real.state.ramp_start().is_none(), "over");
+        // A real added to the running service ramps too.
+        let added = text.replace(
+            "{address: '10.0.0.2:80'}",
+            "{address: '10.0.0.2:80'}, {address: '10.0.0.3:80', weight: 50}",
+        );
+        let fifth = ServiceTable::build_at(
+            &config::parse(&added, "t").unwrap(),
+            Some(&fourth),
+            &health,
+            at(21),
+        );
+        let new = fifth.services()[0].real("10.0.0.3:80".parse().unwrap()).unwrap();
+        assert!(fifth.ramping() && new.weight < 50);
+        // Without slow_start the same comes back at its whole weight.
+        let plain = config::parse(&text.replace("    slow_start: 10s\n", ""), "t").unwrap();
+        status.lock().up = false;
+        let down = ServiceTable::build(&plain, None, &health);
+        status.lock().up = true;
+        let up = ServiceTable::build(&plain, Some(&down), &health);
+        assert_eq!(up.services()[0].real(address).unwrap().weight, 100);
+        assert!(!up.ramping());
     }
 }

@@ -163,6 +163,7 @@ fn service_view(config: &ServiceConfig, table: &ServiceTable, rates: &rates::Est
             netmask_prefix: persistence.netmask.prefix,
         }),
         one_packet: config.one_packet,
+        slow_start: config.slow_start.map(config::format_duration),
         sorry_server: config.sorry_server.map(|address| address.to_string()),
         health_check: config
             .health_check
