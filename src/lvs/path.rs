@@ -93,42 +93,47 @@ pub fn handle_offloaded(
     now: Millis,
 ) -> Verdict {
     let partial = offload.checksum_partial();
-    match buf.first().map(|byte| byte >> 4) {
-        Some(4) => {
-            if partial && !matches!(buf.get(9), Some(6 | 17)) && !offload.complete_checksum(buf) {
-                // Not TCP or UDP: the rewrites below expect its checksum whole, and it cannot be.
-                return Verdict::Drop(DropReason::Malformed);
-            }
-            let Ok(mut packet) = Ipv4Packet::parse(buf).map(|packet| packet.with_partial_checksum(partial))
-            else {
-                return Verdict::Drop(DropReason::Malformed);
-            };
-            match packet.l4() {
-                Ok(L4::Icmp(Icmp::Error { .. })) => icmp_error(&mut packet, table, flows),
-                l4 => forward(&mut packet, l4, offload, table, flows, now),
-            }
-        }
-        Some(6) => {
-            let transport = Ipv6Packet::parse(buf).map(|packet| packet.protocol());
-            if partial && !matches!(transport, Ok(6 | 17)) && !offload.complete_checksum(buf) {
-                return Verdict::Drop(DropReason::Malformed);
-            }
-            let Ok(mut packet) = Ipv6Packet::parse(buf).map(|packet| packet.with_partial_checksum(partial))
-            else {
-                return Verdict::Drop(DropReason::Malformed);
-            };
-            match packet.l4() {
-                Ok(L4::Icmp(Icmp::Error { .. })) => icmp_error(&mut packet, table, flows),
-                l4 => forward(&mut packet, l4, offload, table, flows, now),
-            }
-        }
-        _ => Verdict::Drop(DropReason::Malformed),
+    let version = buf.first().map(|byte| byte >> 4);
+    // The transport's protocol number (IPv6: past the extension headers).
+    let protocol = match version {
+        Some(4) => buf.get(9).copied(),
+        Some(6) => Ipv6Packet::parse(buf).ok().map(|packet| packet.protocol()),
+        _ => return Verdict::Drop(DropReason::Malformed),
+    };
+    if partial && !matches!(protocol, Some(6 | 17)) && !offload.complete_checksum(buf) {
+        // Not TCP or UDP: the rewrites below expect its checksum whole, and it cannot be.
+        return Verdict::Drop(DropReason::Malformed);
+    }
+    let parsed = if version == Some(4) {
+        Ipv4Packet::parse(buf)
+            .map(|packet| dispatch(packet.with_partial_checksum(partial), offload, table, flows, now))
+    } else {
+        Ipv6Packet::parse(buf)
+            .map(|packet| dispatch(packet.with_partial_checksum(partial), offload, table, flows, now))
+    };
+    parsed.unwrap_or(Verdict::Drop(DropReason::Malformed))
+}
+
+/// A packet of either family: an ICMP error about a flow is translated, anything else
+/// forwarded.
+fn dispatch<P: Forwardable>(
+    mut packet: P,
+    offload: Offload,
+    table: &ServiceTable,
+    flows: Partition<'_>,
+    now: Millis,
+) -> Verdict {
+    match packet.transport() {
+        Ok(L4::Icmp(Icmp::Error { .. })) => icmp_error(&mut packet, table, flows),
+        l4 => forward(&mut packet, l4, offload, table, flows, now),
     }
 }
 
 /// What forwarding needs of a packet, IPv4 or IPv6.
 trait Forwardable {
     fn len(&self) -> usize;
+    /// The transport, read from the first fragment's header.
+    fn transport(&self) -> Result<L4, crate::packet::PacketError>;
     fn source_ip(&self) -> IpAddr;
     fn destination_ip(&self) -> IpAddr;
     /// Sets the source (address and TCP/UDP port); false when `to` is of the other family.
@@ -150,6 +155,9 @@ macro_rules! forwardable {
         impl Forwardable for $packet<'_> {
             fn len(&self) -> usize {
                 $packet::len(self)
+            }
+            fn transport(&self) -> Result<L4, crate::packet::PacketError> {
+                self.l4()
             }
             fn source_ip(&self) -> IpAddr {
                 IpAddr::$family(self.source())
