@@ -382,8 +382,16 @@ mod tests {
     }
 
     fn tcp(source: ([u8; 4], u16), destination: ([u8; 4], u16), syn: bool, ack: bool) -> Vec<u8> {
-        let mut builder =
-            PacketBuilder::ipv4(source.0, destination.0, 64).tcp(source.1, destination.1, 1, 1000);
+        let builder = PacketBuilder::ipv4(source.0, destination.0, 64).tcp(source.1, destination.1, 1, 1000);
+        segment(builder, syn, ack)
+    }
+
+    /// The TCP segment `builder` describes, with SYN and ACK as asked, carrying `hello`.
+    fn segment(
+        mut builder: etherparse::PacketBuilderStep<etherparse::TcpHeader>,
+        syn: bool,
+        ack: bool,
+    ) -> Vec<u8> {
         if syn {
             builder = builder.syn();
         }
@@ -407,21 +415,13 @@ mod tests {
 
     fn tcp6(source: (&str, u16), destination: (&str, u16), syn: bool, ack: bool) -> Vec<u8> {
         let address = |text: &str| text.parse::<std::net::Ipv6Addr>().unwrap().octets();
-        let mut builder = PacketBuilder::ipv6(address(source.0), address(destination.0), 64).tcp(
+        let builder = PacketBuilder::ipv6(address(source.0), address(destination.0), 64).tcp(
             source.1,
             destination.1,
             1,
             1000,
         );
-        if syn {
-            builder = builder.syn();
-        }
-        if ack {
-            builder = builder.ack(1);
-        }
-        let mut out = Vec::new();
-        builder.write(&mut out, b"hello").unwrap();
-        out
+        segment(builder, syn, ack)
     }
 
     #[test]
