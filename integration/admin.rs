@@ -180,6 +180,68 @@ fn every_command_changes_the_table_and_the_traffic() {
     assert!(table(admin)[0]["slow_start"].is_null());
     let (code, _, stderr) = lbadm(admin, &["edit-service", "-t", svc, "--slow-start", "2h"]);
     assert!(code != 0 && stderr.contains("is out of range"), "{stderr}");
+    // PROXY protocol: the service's header, a real's own, headers taken from a balancer.
+    ok(
+        admin,
+        &[
+            "edit-service",
+            "-t",
+            svc,
+            "--proxy-protocol",
+            "v2",
+            "--accept-proxy-from",
+            "10.0.0.0/8,fd00::/8",
+        ],
+    );
+    let real = c.address.to_string();
+    ok(
+        admin,
+        &["edit-real", "-t", svc, "-r", &real, "--proxy-protocol", "v1"],
+    );
+    let service = &table(admin)[0];
+    assert_eq!(service["proxy_protocol"].as_str(), Some("v2"));
+    assert_eq!(
+        service["accept_proxy_from"],
+        serde_json::json!(["10.0.0.0/8", "fd00::/8"])
+    );
+    let real_c = service["reals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["address"] == real.as_str())
+        .cloned()
+        .unwrap();
+    assert_eq!(real_c["proxy_protocol"].as_str(), Some("v1"));
+    assert!(
+        ok(admin, &["save"]).contains("accept_proxy_from:\n  - 10.0.0.0/8\n  - fd00::/8"),
+        "saved"
+    );
+    let (code, _, stderr) = lbadm(
+        admin,
+        &["edit-service", "-t", svc, "--accept-proxy-from", "10.0.0.1/8"],
+    );
+    assert!(
+        code != 0 && stderr.contains("write the network, 10.0.0.0/8"),
+        "{stderr}"
+    );
+    ok(
+        admin,
+        &[
+            "edit-service",
+            "-t",
+            svc,
+            "--proxy-protocol",
+            "none",
+            "--no-accept-proxy",
+        ],
+    );
+    ok(
+        admin,
+        &["edit-real", "-t", svc, "-r", &real, "--proxy-protocol", "none"],
+    );
+    let service = &table(admin)[0];
+    assert_eq!(service["proxy_protocol"].as_str(), Some("none"));
+    assert_eq!(service["accept_proxy_from"], serde_json::json!([]));
     // zero: counters back to 0.
     assert!(table(admin)[0]["stats"]["conns"].as_u64().unwrap() > 0);
     ok(admin, &["zero", "-t", svc]);

@@ -22,12 +22,12 @@ use crate::{
     support::*,
 };
 
-const VIP6: &str = "fd00:77::100";
-const REAL1: &str = "fd00:77::11";
-const REAL2: &str = "fd00:77::12";
+pub(crate) const VIP6: &str = "fd00:77::100";
+pub(crate) const REAL1: &str = "fd00:77::11";
+pub(crate) const REAL2: &str = "fd00:77::12";
 
 /// The test's namespace; deleted when dropped.
-struct Namespace(String);
+pub(crate) struct Namespace(pub(crate) String);
 
 impl Drop for Namespace {
     fn drop(&mut self) {
@@ -36,7 +36,7 @@ impl Drop for Namespace {
 }
 
 /// A namespace whose loopback holds the VIP, two IPv6 reals and an IPv4 real.
-fn namespace() -> Namespace {
+pub(crate) fn namespace() -> Namespace {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let name = format!("v{}x{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst));
     ip(&format!("netns add {name}"));

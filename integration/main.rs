@@ -15,6 +15,7 @@ mod ipv6;
 mod lvs;
 mod metrics;
 mod netns;
+mod proxy_protocol;
 mod proxy_tcp;
 mod proxy_udp;
 mod schedulers;

@@ -10,6 +10,8 @@
 //! - [`lvs`]: the packet data plane (nat, dr, tun) over a TUN device: host setup, workers, the
 //!   connection table, eBPF steering.
 //! - [`packet`]: IPv4 parsing and in-place rewrites with incremental checksums (pure).
+//! - [`proxy_header`]: the PROXY protocol header, v1 and v2: written to reals, read from a
+//!   balancer in front (pure).
 //! - `health`: health checks (control plane).
 //! - [`daemon`]: the director's lifecycle and control loop: start, reload, admin requests.
 //! - [`ha`]: active/backup: the role keepalived gives, the flow sync sockets.
@@ -48,6 +50,7 @@ mod log;
 pub mod lvs;
 pub mod packet;
 mod proxy;
+pub mod proxy_header;
 pub mod sched;
 mod sys;
 pub mod table;

@@ -177,6 +177,12 @@ pub struct Service {
     /// The slow start window as the config file writes it (`60s`), if the service has one.
     #[serde(default)]
     pub slow_start: Option<String>,
+    /// The PROXY protocol header sent to the reals: `none`, `v1` or `v2` (a real may differ).
+    #[serde(default)]
+    pub proxy_protocol: String,
+    /// With `accept_proxy`: the networks allowed to send PROXY headers (empty: none taken).
+    #[serde(default)]
+    pub accept_proxy_from: Vec<String>,
     /// The sorry server.
     pub sorry_server: Option<String>,
     /// The health check's type, if its reals are checked.
@@ -205,6 +211,9 @@ pub struct Real {
     pub address: String,
     /// `proxy`, `nat`, `dr` or `tun`.
     pub forward: String,
+    /// The PROXY protocol header its flows start with: `none`, `v1` or `v2`.
+    #[serde(default)]
+    pub proxy_protocol: String,
     /// The weight new flows are scheduled with now (health checks and drains included).
     pub weight: u32,
     /// The weight in the table (config or admin).

@@ -8,8 +8,8 @@ use std::{collections::HashSet, net::SocketAddr, time::Duration};
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de::IgnoredAny};
 
 use super::{
-    ForwardMethod, HealthCheckConfig, Persistence, ProxyProtocol, RealConfig, RealSpec, SchedulerFlag,
-    SchedulerKind, ServiceConfig, ServiceSpec,
+    ForwardMethod, HealthCheckConfig, Persistence, Prefixes, ProxyProtocol, RealConfig, RealSpec,
+    SchedulerFlag, SchedulerKind, ServiceConfig, ServiceSpec,
     address::optional_socket_addr,
     duration,
     service::{DEFAULT_MAX_SESSIONS, default_weight, weight},
@@ -121,6 +121,12 @@ pub struct ServiceEdit {
     /// `proxy_protocol`.
     #[serde(default, skip_serializing_if = "Patch::is_keep")]
     pub proxy_protocol: Patch<ProxyProtocol>,
+    /// `accept_proxy`.
+    #[serde(default, skip_serializing_if = "Patch::is_keep")]
+    pub accept_proxy: Patch<bool>,
+    /// `accept_proxy_from`.
+    #[serde(default, skip_serializing_if = "Patch::is_keep")]
+    pub accept_proxy_from: Patch<Prefixes>,
     /// `sorry_server`.
     #[serde(
         default,
@@ -172,6 +178,10 @@ impl ServiceEdit {
         self.slow_start.edit_optional(&mut spec.slow_start);
         self.proxy_protocol
             .edit_value(&mut spec.proxy_protocol, ProxyProtocol::default);
+        self.accept_proxy
+            .edit_value(&mut spec.accept_proxy, bool::default);
+        self.accept_proxy_from
+            .edit_value(&mut spec.accept_proxy_from, Prefixes::default);
         self.sorry_server.edit_optional(&mut spec.sorry_server);
         self.health_check.edit_optional(&mut spec.health_check);
     }
@@ -206,6 +216,9 @@ pub struct RealEdit {
     /// `forward`; removed = the service's.
     #[serde(default, skip_serializing_if = "Patch::is_keep")]
     pub forward: Patch<ForwardMethod>,
+    /// `proxy_protocol`; removed = the service's.
+    #[serde(default, skip_serializing_if = "Patch::is_keep")]
+    pub proxy_protocol: Patch<ProxyProtocol>,
     #[serde(default, skip_serializing, deserialize_with = "named")]
     address: bool,
 }
@@ -234,6 +247,9 @@ impl RealEdit {
             .clone()
             .edit_value(&mut spec.min_conns, u32::default);
         self.forward.clone().edit_optional(&mut spec.forward);
+        self.proxy_protocol
+            .clone()
+            .edit_optional(&mut spec.proxy_protocol);
     }
 
     /// `service` with the edit made on the reals at `targets`, checked by the config file's

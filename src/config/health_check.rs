@@ -26,6 +26,23 @@ pub struct HealthCheckConfig {
     pub on_down: OnDown,
     /// State before the first verdict. Default `up`.
     pub start: StartState,
+    /// Whether tcp, http and udp checks start with the real's PROXY protocol header. `None`:
+    /// they do when the real takes the header and the check goes to the real's own port (no
+    /// `port`), as HAProxy's checks of a `send-proxy` server.
+    pub send_proxy: Option<bool>,
+}
+
+impl HealthCheckConfig {
+    /// Whether a check of a real whose PROXY protocol version is `real_version` sends it.
+    pub fn sends_proxy(&self, real_version: super::ProxyProtocol) -> bool {
+        let applies = matches!(
+            self.kind,
+            HealthCheckKind::Tcp | HealthCheckKind::Http { .. } | HealthCheckKind::Udp { .. }
+        );
+        applies
+            && real_version != super::ProxyProtocol::None
+            && self.send_proxy.unwrap_or(self.port.is_none())
+    }
 }
 
 /// The check type and its own settings.
@@ -121,6 +138,8 @@ struct RawHealthCheck {
     #[serde(default)]
     start: StartState,
     #[serde(default)]
+    send_proxy: Option<bool>,
+    #[serde(default)]
     path: Option<String>,
     #[serde(default)]
     host: Option<String>,
@@ -175,6 +194,12 @@ impl HealthCheckConfig {
                 raw.kind
             ));
         }
+        if raw.send_proxy.is_some() && !matches!(raw.kind.as_str(), "tcp" | "http" | "udp") {
+            return Err(format!(
+                "send_proxy: applies to tcp, http and udp checks, not `{}`",
+                raw.kind
+            ));
+        }
         if raw.port == Some(0) {
             return Err(
                 "port: 0 is not a port to check (1..65535, or leave it out to check the real's own)"
@@ -219,6 +244,7 @@ impl HealthCheckConfig {
             port: raw.port,
             on_down: raw.on_down,
             start: raw.start,
+            send_proxy: raw.send_proxy,
         };
         if check.rise == 0 || check.fall == 0 {
             return Err("rise and fall must be at least 1".to_owned());

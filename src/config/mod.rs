@@ -14,12 +14,13 @@ mod file;
 mod ha;
 mod health_check;
 pub mod nodeset;
+mod prefixes;
 mod save;
 mod service;
 
 use std::{collections::HashSet, path::Path};
 
-pub use self::{address::*, cluster::*, edit::*, file::*, ha::*, health_check::*, service::*};
+pub use self::{address::*, cluster::*, edit::*, file::*, ha::*, health_check::*, prefixes::*, service::*};
 pub use duration::{format as format_duration, parse as parse_duration, parse_slow_start};
 pub use error::ConfigError;
 pub use save::services_yaml;
@@ -305,22 +306,10 @@ fn validate(config: &Config) -> Result<(), Problem> {
     Ok(())
 }
 
-/// Rejects settings that this build parses and validates but does not implement yet, so that
-/// nothing in a config file is silently ignored.
+/// Rejects services whose forwarding the rest of the file cannot carry (no `dataplane:`, no
+/// server-side interface for dr, a port change dr and tun cannot make).
 fn supported(config: &Config) -> Result<(), Problem> {
-    let not_yet = |what: &str, needle: &str, occurrence: usize| Problem {
-        message: format!("{what} is not supported yet"),
-        needle: needle.to_owned(),
-        occurrence,
-    };
     for (service, occurrence) in config.services.iter().zip(listen_occurrences(&config.services)) {
-        let at = |what: String| {
-            not_yet(
-                &format!("service `{}`: {what}", service.name),
-                &service.listen_text,
-                occurrence,
-            )
-        };
         let forwards: Vec<ForwardMethod> = std::iter::once(service.forward)
             .chain(service.reals.iter().map(|real| real.forward_in(service)))
             .collect();
@@ -357,9 +346,6 @@ fn supported(config: &Config) -> Result<(), Problem> {
                 real.address,
                 service.listen.port()
             )));
-        }
-        if service.proxy_protocol != ProxyProtocol::None {
-            return Err(at("`proxy_protocol`".to_owned()));
         }
     }
     Ok(())

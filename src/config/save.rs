@@ -57,6 +57,8 @@ impl Serialize for HealthCheckConfig {
             #[serde(skip_serializing_if = "is_default")]
             start: StartState,
             #[serde(skip_serializing_if = "Option::is_none")]
+            send_proxy: Option<bool>,
+            #[serde(skip_serializing_if = "Option::is_none")]
             path: Option<&'a str>,
             #[serde(skip_serializing_if = "Option::is_none")]
             host: Option<&'a str>,
@@ -82,6 +84,7 @@ impl Serialize for HealthCheckConfig {
             port: self.port,
             on_down: self.on_down,
             start: self.start,
+            send_proxy: self.send_proxy,
             path: None,
             host: None,
             expect_status: None,

@@ -14,6 +14,7 @@ use super::{
     HealthCheckConfig,
     address::{optional_socket_addr, parse_real_addr, parse_socket_addr},
     duration, nodeset,
+    prefixes::Prefixes,
 };
 
 /// Transport protocol of a virtual service.
@@ -257,6 +258,37 @@ pub enum ProxyProtocol {
     V2,
 }
 
+impl ProxyProtocol {
+    /// The header version to write, if any.
+    pub fn version(self) -> Option<crate::proxy_header::Version> {
+        match self {
+            Self::None => None,
+            Self::V1 => Some(crate::proxy_header::Version::V1),
+            Self::V2 => Some(crate::proxy_header::Version::V2),
+        }
+    }
+
+    /// The name as the config file writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::V1 => "v1",
+            Self::V2 => "v2",
+        }
+    }
+}
+
+impl FromStr for ProxyProtocol {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        [Self::None, Self::V1, Self::V2]
+            .into_iter()
+            .find(|version| version.name() == text)
+            .ok_or_else(|| format!("`{text}` is not a PROXY protocol version: v1, v2 or none"))
+    }
+}
+
 /// `persistence:`, as ipvsadm `-p TIMEOUT -M NETMASK`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -364,8 +396,13 @@ pub struct ServiceConfig {
     /// A real that comes up or is added ramps its weight (and `max_conns`) from a small
     /// share to its own over this window; `None`: at once.
     pub slow_start: Option<Duration>,
-    /// PROXY protocol towards the reals.
+    /// PROXY protocol towards the reals (a real may override it).
     pub proxy_protocol: ProxyProtocol,
+    /// Every connection starts with a PROXY protocol header from a balancer in front, whose
+    /// addresses stand for the connection's.
+    pub accept_proxy: bool,
+    /// The sources allowed to send those headers (with `accept_proxy`).
+    pub accept_proxy_from: Prefixes,
     /// Used only while no real server is available.
     pub sorry_server: Option<SocketAddr>,
     /// Health checking; absent = reals always up.
@@ -393,6 +430,8 @@ impl PartialEq for ServiceConfig {
             && self.max_sessions == other.max_sessions
             && self.slow_start == other.slow_start
             && self.proxy_protocol == other.proxy_protocol
+            && self.accept_proxy == other.accept_proxy
+            && self.accept_proxy_from == other.accept_proxy_from
             && self.sorry_server == other.sorry_server
             && self.health_check == other.health_check
             && self.reals == other.reals
@@ -445,6 +484,8 @@ pub struct RealConfig {
     pub min_conns: u32,
     /// Per-real forwarding override.
     pub forward: Option<ForwardMethod>,
+    /// Per-real PROXY protocol override.
+    pub proxy_protocol: Option<ProxyProtocol>,
     /// It registered itself in the cluster's etcd (`lbd register`) rather than being
     /// configured; it goes when its registration does, and `lbadm save` leaves it out.
     pub registered: bool,
@@ -454,6 +495,11 @@ impl RealConfig {
     /// The forwarding method that applies to this real within `service`.
     pub fn forward_in(&self, service: &ServiceConfig) -> ForwardMethod {
         self.forward.unwrap_or(service.forward)
+    }
+
+    /// The PROXY protocol version written to this real within `service`.
+    pub fn proxy_protocol_in(&self, service: &ServiceConfig) -> ProxyProtocol {
+        self.proxy_protocol.unwrap_or(service.proxy_protocol)
     }
 }
 
@@ -518,6 +564,12 @@ pub struct ServiceSpec {
     /// `proxy_protocol`.
     #[serde(default, skip_serializing_if = "is_default")]
     pub proxy_protocol: ProxyProtocol,
+    /// `accept_proxy`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub accept_proxy: bool,
+    /// `accept_proxy_from`.
+    #[serde(default, skip_serializing_if = "Prefixes::is_empty")]
+    pub accept_proxy_from: Prefixes,
     /// `sorry_server`.
     #[serde(
         default,
@@ -551,6 +603,8 @@ impl ServiceSpec {
             max_sessions: DEFAULT_MAX_SESSIONS,
             slow_start: None,
             proxy_protocol: ProxyProtocol::default(),
+            accept_proxy: false,
+            accept_proxy_from: Prefixes::default(),
             sorry_server: None,
             health_check: None,
             reals: Vec::new(),
@@ -577,6 +631,9 @@ pub struct RealSpec {
     /// `forward`: this real's own method.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forward: Option<ForwardMethod>,
+    /// `proxy_protocol`: this real's own PROXY protocol version (`none` to send none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<ProxyProtocol>,
 }
 
 impl RealSpec {
@@ -588,6 +645,7 @@ impl RealSpec {
             max_conns: 0,
             min_conns: 0,
             forward: None,
+            proxy_protocol: None,
         }
     }
 }
@@ -609,6 +667,8 @@ impl From<&ServiceConfig> for ServiceSpec {
             max_sessions: service.max_sessions,
             slow_start: service.slow_start,
             proxy_protocol: service.proxy_protocol,
+            accept_proxy: service.accept_proxy,
+            accept_proxy_from: service.accept_proxy_from.clone(),
             sorry_server: service.sorry_server,
             health_check: service.health_check.clone(),
             reals: service.reals.iter().map(RealSpec::from).collect(),
@@ -624,6 +684,7 @@ impl From<&RealConfig> for RealSpec {
             max_conns: real.max_conns,
             min_conns: real.min_conns,
             forward: real.forward,
+            proxy_protocol: real.proxy_protocol,
         }
     }
 }
@@ -689,7 +750,7 @@ impl TryFrom<ServiceSpec> for ServiceConfig {
             protocol: raw.protocol,
             listen,
         };
-        let name = raw.name.unwrap_or_else(|| key.to_string());
+        let name = raw.name.clone().unwrap_or_else(|| key.to_string());
         if name.is_empty() || name.chars().any(|c| c.is_control() || c == '"' || c == '\\') {
             return Err(format!(
                 "name: `{name}` is not a usable service name (empty, or with quotes or control characters)"
@@ -754,6 +815,7 @@ impl TryFrom<ServiceSpec> for ServiceConfig {
         if raw.udp_responses == Some(0) || raw.max_sessions == 0 {
             return Err("udp_responses and max_sessions must be at least 1".to_owned());
         }
+        check_proxy_protocol(&raw, packets)?;
         let mut reals: Vec<RealConfig> = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for raw_real in raw.reals {
@@ -808,6 +870,7 @@ impl TryFrom<ServiceSpec> for ServiceConfig {
                     max_conns: raw_real.max_conns,
                     min_conns: raw_real.min_conns,
                     forward: raw_real.forward,
+                    proxy_protocol: raw_real.proxy_protocol,
                     registered: false,
                 });
             }
@@ -827,12 +890,81 @@ impl TryFrom<ServiceSpec> for ServiceConfig {
             max_sessions: raw.max_sessions,
             slow_start: raw.slow_start,
             proxy_protocol: raw.proxy_protocol,
+            accept_proxy: raw.accept_proxy,
+            accept_proxy_from: raw.accept_proxy_from,
             sorry_server: raw.sorry_server,
             health_check: raw.health_check,
             reals,
             listen_text: raw.listen,
         })
     }
+}
+
+/// The PROXY protocol keys of a service: headers to reals and from a balancer in front.
+fn check_proxy_protocol(raw: &ServiceSpec, packets: bool) -> Result<(), String> {
+    let written = std::iter::once(("proxy_protocol", raw.proxy_protocol))
+        .chain(
+            raw.reals
+                .iter()
+                .filter_map(|real| Some(("reals: proxy_protocol", real.proxy_protocol?))),
+        )
+        .find(|(_, version)| *version != ProxyProtocol::None);
+    if let Some((key, version)) = written
+        && packets
+    {
+        return Err(format!(
+            "{key}: {} needs forward: proxy; nat, dr and tun pass the client's own address \
+             to the real, which needs no header",
+            version.name()
+        ));
+    }
+    let v1_over_udp = raw.protocol == Protocol::Udp
+        && std::iter::once(raw.proxy_protocol)
+            .chain(raw.reals.iter().filter_map(|real| real.proxy_protocol))
+            .any(|version| version == ProxyProtocol::V1);
+    if v1_over_udp {
+        return Err(
+            "proxy_protocol: v1 is a text line for TCP; a udp service sends v2 (one header per \
+             datagram)"
+                .to_owned(),
+        );
+    }
+    let send_proxy = raw.health_check.as_ref().and_then(|check| check.send_proxy);
+    if send_proxy == Some(true) {
+        let plain = if raw.reals.is_empty() && raw.proxy_protocol == ProxyProtocol::None {
+            Some("the service")
+        } else {
+            raw.reals
+                .iter()
+                .find(|real| real.proxy_protocol.unwrap_or(raw.proxy_protocol) == ProxyProtocol::None)
+                .map(|real| real.address.as_str())
+        };
+        if let Some(whose) = plain {
+            return Err(format!(
+                "health_check: send_proxy: true sends each real's PROXY protocol header, but \
+                 {whose} has none (set proxy_protocol: v1 or v2)"
+            ));
+        }
+    }
+    if raw.accept_proxy {
+        if packets || raw.protocol != Protocol::Tcp {
+            return Err(
+                "accept_proxy: a balancer's PROXY header is read by a proxied tcp service \
+                 (forward: proxy, protocol: tcp)"
+                    .to_owned(),
+            );
+        }
+        if raw.accept_proxy_from.is_empty() {
+            return Err(
+                "accept_proxy: true needs accept_proxy_from, the networks of the balancers \
+                 allowed to send PROXY headers (anyone else could claim any address)"
+                    .to_owned(),
+            );
+        }
+    } else if !raw.accept_proxy_from.is_empty() {
+        return Err("accept_proxy_from: applies only with accept_proxy: true".to_owned());
+    }
+    Ok(())
 }
 
 pub(super) fn weight<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {

@@ -32,21 +32,90 @@ fn minimal_config_gets_spec_defaults() {
 }
 
 #[test]
-fn later_features_are_rejected_as_not_supported_yet() {
-    let service_cases = [("proxy_protocol: v2", "`proxy_protocol`")];
-    for (line, needle) in service_cases {
-        let message = error_of(&format!(
-            "services:\n  - protocol: tcp\n    listen: 127.0.0.1:80\n    {line}\n"
-        ));
-        assert!(
-            message.starts_with("lbd.yaml:3:13: service `tcp:127.0.0.1:80`: "),
-            "{message}"
-        );
-        assert!(
-            message.contains(needle) && message.ends_with("is not supported yet"),
-            "{message}"
-        );
+fn proxy_protocol_keys_are_checked_against_the_service() {
+    let service = |extra: &str| format!("services:\n  - protocol: tcp\n    listen: 192.0.2.1:80\n{extra}");
+    let config = parse(
+        &service(
+            "    proxy_protocol: v2\n    accept_proxy: true\n    accept_proxy_from: [10.0.0.0/8, 'fd00::/8']\n    health_check: {type: http}\n    reals: [{address: '127.0.0.1:81'}, {address: '127.0.0.1:82', proxy_protocol: v1}, {address: '127.0.0.1:83', proxy_protocol: none}]\n",
+        ),
+        "lbd.yaml",
+    )
+    .unwrap();
+    let service0 = &config.services[0];
+    let versions: Vec<ProxyProtocol> = service0
+        .reals
+        .iter()
+        .map(|real| real.proxy_protocol_in(service0))
+        .collect();
+    assert_eq!(
+        versions,
+        [ProxyProtocol::V2, ProxyProtocol::V1, ProxyProtocol::None]
+    );
+    assert!(service0.accept_proxy_from.contains("10.1.2.3".parse().unwrap()));
+    let check = service0.health_check.as_ref().unwrap();
+    assert!(check.sends_proxy(ProxyProtocol::V2) && !check.sends_proxy(ProxyProtocol::None));
+    // A check on another port sends no header unless told to.
+    let other_port = parse(
+        &service("    proxy_protocol: v1\n    health_check: {type: tcp, port: 9}\n"),
+        "t",
+    )
+    .unwrap();
+    assert!(
+        !other_port.services[0]
+            .health_check
+            .as_ref()
+            .unwrap()
+            .sends_proxy(ProxyProtocol::V1)
+    );
+    let cases = [
+        ("    proxy_protocol: v3\n", "unknown variant `v3`"),
+        (
+            "    forward: nat\n    proxy_protocol: v2\n",
+            "needs forward: proxy",
+        ),
+        (
+            "    forward: dr\n    reals: [{address: '10.0.0.1', proxy_protocol: v1}]\n",
+            "needs forward: proxy",
+        ),
+        ("    accept_proxy: true\n", "needs accept_proxy_from"),
+        (
+            "    accept_proxy_from: [10.0.0.0/8]\n",
+            "only with accept_proxy: true",
+        ),
+        (
+            "    accept_proxy: true\n    accept_proxy_from: [10.0.0.1/8]\n",
+            "write the network, 10.0.0.0/8",
+        ),
+        (
+            "    health_check: {type: tcp, send_proxy: true}\n",
+            "the service has none",
+        ),
+        (
+            "    proxy_protocol: v1\n    health_check: {type: tcp, send_proxy: true}\n    reals: [{address: '10.0.0.1', proxy_protocol: none}]\n",
+            "10.0.0.1 has none",
+        ),
+        (
+            "    proxy_protocol: v1\n    health_check: {type: exec, command: [true], send_proxy: true}\n",
+            "applies to tcp, http and udp checks",
+        ),
+    ];
+    for (extra, needle) in cases {
+        let message = error_of(&service(extra));
+        assert!(message.contains(needle), "{extra}: {message}");
     }
+    let udp = |extra: &str| format!("services:\n  - protocol: udp\n    listen: 127.0.0.1:53\n{extra}");
+    assert!(error_of(&udp("    proxy_protocol: v1\n")).contains("a udp service sends v2"));
+    assert!(
+        error_of(&udp(
+            "    accept_proxy: true\n    accept_proxy_from: [10.0.0.0/8]\n"
+        ))
+        .contains("proxied tcp service")
+    );
+    assert!(parse(&udp("    proxy_protocol: v2\n"), "t").is_ok());
+}
+
+#[test]
+fn packet_plane_services_need_what_their_forwarding_uses() {
     // nat, dr and tun need the dataplane section; dr its server interface; dr and tun keep ports.
     let message = error_of("services:\n  - protocol: tcp\n    listen: 192.0.2.1:80\n    forward: nat\n");
     assert!(message.contains("need a `dataplane:` section"), "{message}");

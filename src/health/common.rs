@@ -3,10 +3,16 @@
 
 use std::{io, net::SocketAddr, time::Duration};
 
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::{
+    io::AsyncWriteExt,
+    net::{TcpSocket, TcpStream},
+};
 
 use super::machine::Outcome;
-use crate::config::HealthCheckConfig;
+use crate::{
+    config::HealthCheckConfig,
+    proxy_header::{Header, Transport, Version},
+};
 
 /// What a check is aimed at.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,6 +21,8 @@ pub(crate) struct Target {
     pub service: String,
     /// The real server.
     pub real: SocketAddr,
+    /// The PROXY protocol version its checks start with, if they send the header.
+    pub send_proxy: Option<Version>,
 }
 
 impl Target {
@@ -88,6 +96,26 @@ fn connect_error(error: &io::Error) -> String {
         io::ErrorKind::NetworkUnreachable => "network unreachable".to_owned(),
         _ => format!("connect failed: {error}"),
     }
+}
+
+/// Sends the check's PROXY header first, if it has one: version 2's LOCAL (the director's own
+/// connection), or a version 1 line with the connection's own addresses.
+pub(super) async fn send_proxy(stream: &mut TcpStream, version: Option<Version>) -> Result<(), Outcome> {
+    let header = match version {
+        None => return Ok(()),
+        Some(Version::V2) => Header::local(),
+        Some(Version::V1) => {
+            let (local, peer) = stream
+                .local_addr()
+                .and_then(|local| Ok((local, stream.peer_addr()?)))
+                .map_err(|error| Outcome::fail(format!("cannot name the connection's addresses: {error}")))?;
+            Header::new(Version::V1, Transport::Stream, local, peer)
+        }
+    };
+    stream
+        .write_all(header.as_bytes())
+        .await
+        .map_err(|error| Outcome::fail(format!("cannot send the PROXY header: {error}")))
 }
 
 /// Makes the close of `stream` send a reset, as HAProxy's checks do: the director keeps no

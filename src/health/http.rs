@@ -14,6 +14,7 @@ use super::{
     common::{self, contains},
     machine::Outcome,
 };
+use crate::proxy_header::Version;
 
 /// The most of a body searched for `expect_body`.
 const BODY_LIMIT: usize = 64 * 1024;
@@ -25,15 +26,20 @@ pub(super) struct Request<'a> {
     pub(super) host: String,
     pub(super) expect_status: &'a [(u16, u16)],
     pub(super) expect_body: Option<&'a str>,
+    /// The PROXY header to send first, if any.
+    pub(super) send_proxy: Option<Version>,
 }
 
 /// Sends the GET and judges the response. The caller bounds the whole exchange by the
 /// check's timeout; `timeout` bounds the connect.
 pub(super) async fn check(address: SocketAddr, request: &Request<'_>, timeout: Duration) -> Outcome {
-    let stream = match common::connect(address, timeout).await {
+    let mut stream = match common::connect(address, timeout).await {
         Ok(stream) => stream,
         Err(failed) => return failed,
     };
+    if let Err(failed) = common::send_proxy(&mut stream, request.send_proxy).await {
+        return failed;
+    }
     let (mut sender, connection) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
         Ok(pair) => pair,
         Err(error) => return Outcome::fail(format!("HTTP handshake failed: {error}")),

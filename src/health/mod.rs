@@ -74,9 +74,11 @@ impl Monitor {
             let check = Arc::new(check.clone());
             for real in &service.reals {
                 let id = (service.key(), real.address);
+                let version = real.proxy_protocol_in(service);
                 let target = Target {
                     service: service.name.clone(),
                     real: real.address,
+                    send_proxy: version.version().filter(|_| check.sends_proxy(version)),
                 };
                 let checker = match self.checkers.remove(&id) {
                     Some(old) if *old.check == *check && old.target == target => old,

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use super::{
     agent,
-    common::{Target, handshake, within},
+    common::{Target, close_with_reset, connect, handshake, send_proxy, within},
     exec, http,
     machine::Outcome,
     udp,
@@ -19,6 +19,21 @@ pub(super) async fn run(check: &HealthCheckConfig, target: &Target) -> Outcome {
     let timeout = check.timeout;
     match &check.kind {
         HealthCheckKind::None => Outcome::pass("not checked"),
+        HealthCheckKind::Tcp if target.send_proxy.is_some() => {
+            within(timeout, "no connection", async {
+                let mut stream = match connect(address, timeout).await {
+                    Ok(stream) => stream,
+                    Err(failed) => return failed,
+                };
+                let sent = send_proxy(&mut stream, target.send_proxy).await;
+                close_with_reset(&stream);
+                sent.map_or_else(
+                    |failed| failed,
+                    |()| Outcome::pass("connected, PROXY header sent"),
+                )
+            })
+            .await
+        }
         HealthCheckKind::Tcp => match handshake(address, timeout).await {
             Ok(()) => Outcome::pass("connected"),
             Err(failed) => failed,
@@ -34,6 +49,7 @@ pub(super) async fn run(check: &HealthCheckConfig, target: &Target) -> Outcome {
                 host: host.clone().unwrap_or_else(|| address.to_string()),
                 expect_status,
                 expect_body: expect_body.as_deref(),
+                send_proxy: target.send_proxy,
             };
             within(
                 timeout,
@@ -42,7 +58,9 @@ pub(super) async fn run(check: &HealthCheckConfig, target: &Target) -> Outcome {
             )
             .await
         }
-        HealthCheckKind::Udp { send, expect } => udp::check(address, send, expect, timeout).await,
+        HealthCheckKind::Udp { send, expect } => {
+            udp::check(address, send, expect, target.send_proxy.is_some(), timeout).await
+        }
         HealthCheckKind::Exec { command } => exec::check(command, target, address, timeout).await,
         HealthCheckKind::Agent { agent_port } => {
             let agent = SocketAddr::new(address.ip(), *agent_port);

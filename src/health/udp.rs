@@ -11,10 +11,17 @@ use std::{
 use tokio::net::UdpSocket;
 
 use super::{common::contains, machine::Outcome};
-use crate::config::format_duration;
+use crate::{config::format_duration, proxy_header::Header};
 
-/// Sends `send` to `address` and judges the reply.
-pub(super) async fn check(address: SocketAddr, send: &str, expect: &str, timeout: Duration) -> Outcome {
+/// Sends `send` to `address` (after a PROXY v2 LOCAL header with `send_proxy`) and judges
+/// the reply.
+pub(super) async fn check(
+    address: SocketAddr,
+    send: &str,
+    expect: &str,
+    send_proxy: bool,
+    timeout: Duration,
+) -> Outcome {
     let exchange = async {
         let local: SocketAddr = if address.is_ipv4() {
             (Ipv4Addr::UNSPECIFIED, 0).into()
@@ -23,7 +30,12 @@ pub(super) async fn check(address: SocketAddr, send: &str, expect: &str, timeout
         };
         let socket = UdpSocket::bind(local).await?;
         socket.connect(address).await?;
-        socket.send(send.as_bytes()).await?;
+        let mut datagram = Vec::with_capacity(16 + send.len());
+        if send_proxy {
+            datagram.extend_from_slice(Header::local().as_bytes());
+        }
+        datagram.extend_from_slice(send.as_bytes());
+        socket.send(&datagram).await?;
         let mut reply = vec![0u8; 2048];
         let len = socket.recv(&mut reply).await?;
         reply.truncate(len);

@@ -56,6 +56,16 @@ fn service_edit(args: &ServiceArgs) -> ServiceEdit {
     if let Some(forward) = args.forward.method() {
         edit.forward = Patch::Set(forward);
     }
+    if let Some(version) = args.proxy_protocol {
+        edit.proxy_protocol = Patch::Set(version);
+    }
+    if let Some(from) = &args.accept_proxy_from {
+        edit.accept_proxy = Patch::Set(true);
+        edit.accept_proxy_from = Patch::Set(from.clone());
+    } else if args.no_accept_proxy {
+        edit.accept_proxy = Patch::Remove;
+        edit.accept_proxy_from = Patch::Remove;
+    }
     edit
 }
 
@@ -93,6 +103,9 @@ fn real_edit(args: &RealArgs) -> RealEdit {
     }
     if let Some(forward) = args.forward.method() {
         edit.forward = Patch::Set(forward);
+    }
+    if let Some(version) = args.proxy_protocol {
+        edit.proxy_protocol = Patch::Set(version);
     }
     edit
 }

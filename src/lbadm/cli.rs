@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use super::{Failure, usage};
 use crate::{
     api::routes,
-    config::{ForwardMethod, MAX_WEIGHT, Netmask, SchedulerFlag, SchedulerKind},
+    config::{ForwardMethod, MAX_WEIGHT, Netmask, Prefixes, ProxyProtocol, SchedulerFlag, SchedulerKind},
 };
 
 /// lbadm: administer a running lbd, the way ipvsadm administers IPVS.
@@ -228,6 +228,16 @@ pub(super) struct ServiceArgs {
     /// Edit: no slow start (new reals take their whole weight at once).
     #[arg(long, conflicts_with = "slow_start")]
     pub(super) no_slow_start: bool,
+    /// PROXY protocol header to the reals: v1, v2 or none (proxy mode).
+    #[arg(long = "proxy-protocol", value_name = "VERSION", value_parser = ProxyProtocol::from_str)]
+    pub(super) proxy_protocol: Option<ProxyProtocol>,
+    /// Take a PROXY protocol header at the start of every connection, from these networks
+    /// only (comma-separated CIDRs of the balancers in front).
+    #[arg(long = "accept-proxy-from", value_name = "CIDR,...", value_parser = Prefixes::from_str)]
+    pub(super) accept_proxy_from: Option<Prefixes>,
+    /// Edit: take no PROXY headers any more.
+    #[arg(long, conflicts_with = "accept_proxy_from")]
+    pub(super) no_accept_proxy: bool,
     /// A name for the service (with -t / -u).
     #[arg(long = "name")]
     pub(super) new_name: Option<String>,
@@ -258,6 +268,9 @@ pub(super) struct RealArgs {
     /// Lower connection threshold.
     #[arg(short = 'y', long = "l-threshold")]
     pub(super) min_conns: Option<u32>,
+    /// This real's own PROXY protocol header: v1, v2 or none.
+    #[arg(long = "proxy-protocol", value_name = "VERSION", value_parser = ProxyProtocol::from_str)]
+    pub(super) proxy_protocol: Option<ProxyProtocol>,
     #[command(flatten)]
     pub(super) forward: Forward,
 }

@@ -293,6 +293,7 @@ mod tests {
         Real {
             address: address.to_owned(),
             forward: forward.to_owned(),
+            proxy_protocol: "none".to_owned(),
             weight,
             configured_weight: weight,
             max_conns: 0,
@@ -318,6 +319,8 @@ mod tests {
             persistence: None,
             one_packet: false,
             slow_start: None,
+            proxy_protocol: "none".to_owned(),
+            accept_proxy_from: Vec::new(),
             sorry_server: None,
             health_check: None,
             stats: Counters::default(),

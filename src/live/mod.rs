@@ -12,7 +12,10 @@ pub use self::{
     health::{CheckRecord, CheckResult, CheckStatus, DynamicWeight, HealthView},
     state::{FlowBinding, RealState},
 };
-use crate::{clock::Millis, config::ForwardMethod};
+use crate::{
+    clock::Millis,
+    config::{ForwardMethod, ProxyProtocol},
+};
 
 /// One real server of a service in a snapshot.
 #[derive(Debug, Clone)]
@@ -23,6 +26,8 @@ pub struct Real {
     pub weight: u32,
     /// How flows reach it.
     pub forward: ForwardMethod,
+    /// The PROXY protocol header its flows start with (proxy mode).
+    pub proxy_protocol: ProxyProtocol,
     /// Health verdict: a real that is not up gets no new flows (for IPVS, it is removed from
     /// the service).
     pub up: bool,
@@ -41,6 +46,7 @@ impl Real {
             address,
             weight,
             forward: ForwardMethod::Proxy,
+            proxy_protocol: ProxyProtocol::None,
             up: true,
             state,
             check: None,
@@ -69,6 +75,7 @@ impl PartialEq for Real {
         self.address == other.address
             && self.weight == other.weight
             && self.forward == other.forward
+            && self.proxy_protocol == other.proxy_protocol
             && self.up == other.up
             && self.added == other.added
             && Arc::ptr_eq(&self.state, &other.state)

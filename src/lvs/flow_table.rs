@@ -372,6 +372,7 @@ impl FlowTable {
             scheduled: Scheduled {
                 address: real.address,
                 forward: real.forward,
+                proxy_protocol: real.proxy_protocol,
                 binding,
                 template: None,
             },
@@ -703,6 +704,7 @@ mod tests {
             Some(Scheduled {
                 address: "10.77.0.11:80".parse().unwrap(),
                 forward: ForwardMethod::Nat,
+                proxy_protocol: crate::config::ProxyProtocol::None,
                 binding: state.bind(),
                 template: None,
             })

@@ -94,6 +94,66 @@ impl Stream {
         }
     }
 
+    /// Looks at what the peer has sent, without taking it, until `decide` makes something of
+    /// it: `decide` sees all the bytes received so far (up to `buffer`'s length) and returns
+    /// `None` to wait for more. Read readiness stays set when it decides, so what follows in
+    /// the socket is read as usual. The peer closing first is an `UnexpectedEof` error.
+    pub(crate) async fn peek_until<T>(
+        &self,
+        buffer: &mut [u8],
+        mut decide: impl FnMut(&[u8]) -> Option<T>,
+    ) -> io::Result<T> {
+        loop {
+            let mut guard = self.0.readable().await?;
+            match sys::peek(guard.get_inner(), buffer) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => match decide(&buffer[..n]) {
+                    Some(decided) => return Ok(decided),
+                    // Wait for more: the next edge comes with new bytes.
+                    None => guard.clear_ready(),
+                },
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => guard.clear_ready(),
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// Takes `len` bytes that [`peek_until`](Self::peek_until) saw off the socket.
+    pub(crate) fn discard(&self, len: usize) -> io::Result<()> {
+        let mut scratch = [0u8; 2048];
+        let mut left = len;
+        while left > 0 {
+            let take = left.min(scratch.len());
+            let n = self.0.get_ref().read(&mut scratch[..take])?;
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            left -= n;
+        }
+        Ok(())
+    }
+
+    /// Writes all of `data` (a few bytes: a PROXY protocol header).
+    pub(crate) async fn write_all(&self, mut data: &[u8]) -> io::Result<()> {
+        while !data.is_empty() {
+            let n = std::future::poll_fn(|cx| self.poll_write(cx, data)).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            data = &data[n..];
+        }
+        Ok(())
+    }
+
+    /// The address the peer connected to.
+    pub(crate) fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.0
+            .get_ref()
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| io::Error::other("a non-IP local address"))
+    }
+
     /// Whether the socket is (or may be) readable; registers the waker if not.
     pub(crate) fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.0.poll_read_ready(cx).map_ok(|_| ())

@@ -17,12 +17,17 @@ use crate::{
     config::{Protocol, ServiceKey},
     host::DescriptorHold,
     log::Throttle,
+    proxy_header::{self, Header, ParseError, Transport},
     sched::Flow,
     table::{Refusal, Scheduled},
 };
 
 /// Reals tried for one client connection: the first choice and up to two more.
 const CONNECT_ATTEMPTS: usize = 3;
+
+/// How long a connection to an `accept_proxy` service may take to send its PROXY header.
+/// The balancer in front sends it at once; a connection that stays silent holds descriptors.
+pub(crate) const PROXY_HEADER_WAIT: Duration = Duration::from_secs(5);
 
 /// Accepts connections for `key` until `stop` is cancelled; each connection runs as a task
 /// on this worker.
@@ -73,7 +78,8 @@ fn refuse(client: &Stream, key: &ServiceKey, shared: &Shared, why: Refusal, warn
             service = %key,
             reason = why.label(),
             suppressed,
-            "new connection refused: the director is at a bound (see lbd_service_refused_total)"
+            "new connection refused: {} (see lbd_service_refused_total)",
+            why.describe()
         );
     }
 }
@@ -86,15 +92,41 @@ async fn handle(
     _descriptors: DescriptorHold,
 ) {
     let _flow = shared.flows.enter();
-    let Some((server, mut scheduled, timeouts)) = connect(peer, key, &shared).await else {
+    let origin = match Origin::of(&client, peer, &key, &shared).await {
+        Ok(origin) => origin,
+        Err(why) => {
+            // One warning per reason and interval: one kind of refusal hides no other.
+            const EVERY: Duration = Duration::from_secs(10);
+            static REFUSED: [Throttle; Refusal::ALL.len()] =
+                [const { Throttle::new(EVERY) }; Refusal::ALL.len()];
+            refuse(&client, &key, &shared, why, &REFUSED[why as usize]);
+            return;
+        }
+    };
+    let Some((server, mut scheduled, timeouts)) = connect(origin.client, key, &shared).await else {
         // Refuse with a reset, as a closed port would.
         let _ = client.set_zero_linger();
         return;
     };
+    if let Some(version) = scheduled.proxy_protocol.version() {
+        // The address the client reached: the VIP of a wildcard listener, as the client saw it.
+        let destination = origin
+            .destination
+            .or_else(|| client.local_addr().ok())
+            .unwrap_or(key.listen);
+        let header = Header::new(version, Transport::Stream, origin.client, destination);
+        if let Err(error) = server.write_all(header.as_bytes()).await {
+            tracing::debug!(service = %key, real = %scheduled.address, %error, "cannot send the PROXY header");
+            let _ = client.set_zero_linger();
+            let _ = server.set_zero_linger();
+            scheduled.end(Millis::now());
+            return;
+        }
+    }
     scheduled.binding.set_active(true);
     let registration = shared.flows.register(FlowRecord::new(
         Protocol::Tcp,
-        peer,
+        origin.client,
         key.listen,
         scheduled.address,
     ));
@@ -126,10 +158,84 @@ async fn handle(
     }
 }
 
+/// Whom a connection stands for: its peer, or with `accept_proxy` the client and address a
+/// balancer in front names in its PROXY header.
+struct Origin {
+    /// The client, scheduled, persisted, logged and announced to the real as such.
+    client: SocketAddr,
+    /// The address the client connected to, when a PROXY header says it.
+    destination: Option<SocketAddr>,
+}
+
+impl Origin {
+    /// Reads the PROXY header when the service takes one; refuses a peer outside
+    /// `accept_proxy_from` and a header that is broken or late.
+    async fn of(
+        client: &Stream,
+        peer: SocketAddr,
+        key: &ServiceKey,
+        shared: &Shared,
+    ) -> Result<Self, Refusal> {
+        // A dual-stack listener's IPv4 client (::ffff:a.b.c.d) is scheduled, persisted and
+        // reported as the IPv4 address it is.
+        let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+        let trusted = {
+            let table = shared.table.load();
+            match table.service(key) {
+                Some(service) if service.config.accept_proxy => {
+                    service.config.accept_proxy_from.contains(peer.ip())
+                }
+                _ => {
+                    return Ok(Self {
+                        client: peer,
+                        destination: None,
+                    });
+                }
+            }
+        };
+        if !trusted {
+            return Err(Refusal::UntrustedProxy);
+        }
+        // On the heap: the connection's task stays small while its flow lasts.
+        let mut buffer = vec![0u8; proxy_header::V2_MAX];
+        let read = client.peek_until(&mut buffer, |bytes| match proxy_header::parse(bytes) {
+            Err(ParseError::Incomplete) => None,
+            parsed => Some(parsed),
+        });
+        let parsed = match tokio::time::timeout(PROXY_HEADER_WAIT, read).await {
+            Ok(Ok(parsed)) => parsed,
+            Ok(Err(error)) => {
+                tracing::debug!(service = %key, balancer = %peer, %error, "no PROXY header");
+                return Err(Refusal::ProxyHeader);
+            }
+            Err(_) => {
+                tracing::debug!(service = %key, balancer = %peer, "no PROXY header within {PROXY_HEADER_WAIT:?}");
+                return Err(Refusal::ProxyHeader);
+            }
+        };
+        let received = parsed.map_err(|error| {
+            tracing::debug!(service = %key, balancer = %peer, %error, "broken PROXY header");
+            Refusal::ProxyHeader
+        })?;
+        client.discard(received.len).map_err(|_| Refusal::ProxyHeader)?;
+        Ok(match received.addresses {
+            Some((source, destination)) => Self {
+                client: SocketAddr::new(source.ip().to_canonical(), source.port()),
+                destination: Some(destination),
+            },
+            // LOCAL / UNKNOWN: the balancer's own connection (its health check).
+            None => Self {
+                client: peer,
+                destination: None,
+            },
+        })
+    }
+}
+
 /// Schedules the flow and connects to the chosen real, trying the scheduler's next choice when
 /// a connect fails. A failed real enters passive back-off, so later flows skip it too.
 async fn connect(
-    peer: SocketAddr,
+    client: SocketAddr,
     key: ServiceKey,
     shared: &Shared,
 ) -> Option<(Stream, Scheduled, IdleTimeouts)> {
@@ -142,9 +248,7 @@ async fn connect(
                 service.stats.conns.fetch_add(1, Relaxed);
             }
             let flow = Flow {
-                // A dual-stack listener's IPv4 client (::ffff:a.b.c.d) is scheduled, persisted
-                // and reported as the IPv4 address it is.
-                client: SocketAddr::new(peer.ip().to_canonical(), peer.port()),
+                client,
                 destination: key.listen,
                 now,
             };

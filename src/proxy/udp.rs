@@ -28,9 +28,10 @@ use super::{
 };
 use crate::{
     clock::Millis,
-    config::{Protocol, ServiceKey},
+    config::{Protocol, ProxyProtocol, ServiceKey},
     host::DescriptorHold,
     log::Throttle,
+    proxy_header::{Header, Transport, Version},
     sched::Flow,
     table::{Refusal, Scheduled, ServiceStats, TableHandle},
 };
@@ -56,6 +57,8 @@ struct SessionKey {
 struct Session {
     key: SessionKey,
     upstream: UdpSocket,
+    /// The PROXY v2 header each datagram to the real starts with, if the real takes one.
+    header: Option<Header>,
     scheduled: Scheduled,
     /// Its listing, with the time of the last datagram either way.
     registration: Registration,
@@ -108,12 +111,13 @@ pub(super) async fn serve(
 ) {
     let socket = Arc::new(socket);
     let sessions: Arc<Sessions> = Arc::default();
-    let mut buffer = vec![0u8; 65_536];
+    // Datagrams land after room for a PROXY header, which is then written in front of them.
+    let mut buffer = vec![0u8; HEADER_ROOM + 65_536];
     let warned = Throttle::new(Duration::from_secs(10));
     loop {
         let (len, client) = tokio::select! {
             () = stop.cancelled() => break,
-            received = socket.recv_from(&mut buffer) => match received {
+            received = socket.recv_from(&mut buffer[HEADER_ROOM..]) => match received {
                 Ok(received) => received,
                 Err(error) => {
                     tracing::debug!(service = %key, %error, "udp receive failed");
@@ -121,7 +125,6 @@ pub(super) async fn serve(
                 }
             },
         };
-        let datagram = &buffer[..len];
         for _retry in 0..2 {
             let draining = drain.is_cancelled();
             let Some(session) = session_for(client, key, &shared, &socket, &sessions, draining, &warned)
@@ -129,7 +132,15 @@ pub(super) async fn serve(
                 break;
             };
             let stats = session.scheduled.binding.real();
-            match session.upstream.send(datagram).await {
+            let start = match &session.header {
+                Some(header) => {
+                    let start = HEADER_ROOM - header.as_bytes().len();
+                    buffer[start..HEADER_ROOM].copy_from_slice(header.as_bytes());
+                    start
+                }
+                None => HEADER_ROOM,
+            };
+            match session.upstream.send(&buffer[start..HEADER_ROOM + len]).await {
                 Ok(_) => {
                     stats.packets_in.fetch_add(1, Relaxed);
                     stats.bytes_in.fetch_add(len as u64, Relaxed);
@@ -221,9 +232,15 @@ fn session_for(
             return None;
         }
     };
+    // Only version 2 frames datagrams (the config refuses v1 for udp); its header fits in
+    // HEADER_ROOM. The service's address stands for the one the client reached (a wildcard
+    // listener does not learn a datagram's destination).
+    let header = (scheduled.proxy_protocol == ProxyProtocol::V2)
+        .then(|| Header::new(Version::V2, Transport::Datagram, flow.client, key.listen));
     let session = Arc::new(Session {
         key: session_key,
         upstream,
+        header,
         registration: shared
             .flows
             .register(FlowRecord::new(Protocol::Udp, client, key.listen, address)),
@@ -251,6 +268,9 @@ fn session_for(
     ));
     Some(session)
 }
+
+/// Room before a received datagram for the longest PROXY v2 header (two IPv6 addresses).
+const HEADER_ROOM: usize = 52;
 
 /// When a session ends.
 #[derive(Debug, Clone, Copy)]

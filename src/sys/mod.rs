@@ -15,6 +15,16 @@ pub(crate) fn register(socket: Socket, interest: Interest) -> io::Result<AsyncFd
     unsafe { AsyncFd::register_with_interest(socket, interest) }.map_err(io::Error::from)
 }
 
+/// Copies what `socket` has received into `buffer` without taking it off the socket
+/// (`MSG_PEEK`).
+pub(crate) fn peek(socket: &Socket, buffer: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `[u8]` and `[MaybeUninit<u8>]` have the same layout, and every byte of `buffer`
+    // is initialized; `recv` only ever writes initialized bytes into the slice, so `buffer`
+    // stays fully initialized whatever it writes.
+    let buffer = unsafe { &mut *(std::ptr::from_mut::<[u8]>(buffer) as *mut [std::mem::MaybeUninit<u8>]) };
+    socket.peek(buffer)
+}
+
 /// A raw socket for IP-in-IP tunnels: `outer_ipv6` picks the outer header's family,
 /// `inner_ipv6` the tunnelled packets' (the outer header's protocol: 4 for IPv4, 41 for
 /// IPv6). What is sent is wrapped by the kernel in an outer header to the destination. What

@@ -22,7 +22,7 @@ pub use crate::live::{
 };
 use crate::{
     clock::Millis,
-    config::{Config, ForwardMethod, ServiceConfig, ServiceKey, Timeouts},
+    config::{Config, ForwardMethod, ProxyProtocol, ServiceConfig, ServiceKey, Timeouts},
     sched::{
         self, Flow, Scheduler,
         persistence::{Persistence, TemplateHold},
@@ -179,24 +179,46 @@ impl ServiceStats {
     }
 }
 
-/// Why a new flow was refused although a real could have taken it: a bound of this director.
+/// Why a new flow was refused although a real could have taken it: a bound of this director,
+/// or the service's own rules about who may connect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
     /// The proxy's descriptor budget was spent (open-file limit).
     Descriptors = 0,
     /// The service (or the director) held its most UDP sessions.
     Sessions = 1,
+    /// `accept_proxy`: the connection came from outside `accept_proxy_from`.
+    UntrustedProxy = 2,
+    /// `accept_proxy`: no valid PROXY protocol header in time.
+    ProxyHeader = 3,
 }
 
 impl Refusal {
     /// Every reason, in label order.
-    pub const ALL: [Self; 2] = [Self::Descriptors, Self::Sessions];
+    pub const ALL: [Self; 4] = [
+        Self::Descriptors,
+        Self::Sessions,
+        Self::UntrustedProxy,
+        Self::ProxyHeader,
+    ];
 
     /// The `reason` label of `lbd_service_refused_total`.
     pub fn label(self) -> &'static str {
         match self {
             Self::Descriptors => "descriptors",
             Self::Sessions => "sessions",
+            Self::UntrustedProxy => "untrusted_proxy",
+            Self::ProxyHeader => "proxy_header",
+        }
+    }
+
+    /// What happened, for a log line.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Descriptors => "the proxy's descriptor budget is spent (open-file limit)",
+            Self::Sessions => "the service holds its most UDP sessions",
+            Self::UntrustedProxy => "a source outside accept_proxy_from connected",
+            Self::ProxyHeader => "a connection sent no valid PROXY header in time",
         }
     }
 }
@@ -288,6 +310,7 @@ impl Service {
                     address: real.address,
                     weight,
                     forward: real.forward_in(config),
+                    proxy_protocol: real.proxy_protocol_in(config),
                     up,
                     state,
                     check,
@@ -324,7 +347,10 @@ impl Service {
                 .and_then(|service| service.sorry.as_ref())
                 .filter(|old| old.address == address)
                 .map_or_else(|| Arc::new(RealState::new(0, 0)), |old| Arc::clone(&old.state));
-            Real::new(address, 1, state)
+            Real {
+                proxy_protocol: config.proxy_protocol,
+                ..Real::new(address, 1, state)
+            }
         });
         let positions = reals
             .iter()
@@ -380,6 +406,7 @@ impl Service {
                 return Some(Scheduled {
                     address: sorry.address,
                     forward: sorry.forward,
+                    proxy_protocol: sorry.proxy_protocol,
                     binding: sorry.state.bind(),
                     template: None,
                 });
@@ -392,6 +419,7 @@ impl Service {
         Some(Scheduled {
             address: real.address,
             forward: real.forward,
+            proxy_protocol: real.proxy_protocol,
             binding: real.state.bind(),
             template,
         })
@@ -410,6 +438,8 @@ pub struct Scheduled {
     pub address: SocketAddr,
     /// How it gets there.
     pub forward: ForwardMethod,
+    /// The PROXY protocol header the flow starts with (proxy mode).
+    pub proxy_protocol: ProxyProtocol,
     /// Its place in the real's ActiveConn / InActConn.
     pub binding: FlowBinding,
     /// Its hold on the client's persistence template, if the service is persistent.

@@ -132,6 +132,7 @@ fn service_view(config: &ServiceConfig, table: &ServiceTable, rates: &rates::Est
             api::Real {
                 address: real.address.to_string(),
                 forward: real.forward_in(config).name().to_owned(),
+                proxy_protocol: real.proxy_protocol_in(config).name().to_owned(),
                 weight: current.map_or(real.weight, |current| current.weight),
                 configured_weight: real.weight,
                 max_conns: real.max_conns,
@@ -164,6 +165,13 @@ fn service_view(config: &ServiceConfig, table: &ServiceTable, rates: &rates::Est
         }),
         one_packet: config.one_packet,
         slow_start: config.slow_start.map(config::format_duration),
+        proxy_protocol: config.proxy_protocol.name().to_owned(),
+        accept_proxy_from: config
+            .accept_proxy_from
+            .written()
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
         sorry_server: config.sorry_server.map(|address| address.to_string()),
         health_check: config
             .health_check
