@@ -712,3 +712,166 @@ fn every_api_error_is_json_and_nothing_crashes_lbd() {
     ok(admin, &["restore", file.to_str().unwrap()]);
     assert_eq!(ok(admin, &["save", "--json"]), saved);
 }
+
+/// `director` whose service checks its reals (`tcp`, every 100 ms, rise 1, fall 1) and does
+/// `on_down` with a real found down.
+fn checked_director(reals: &[SocketAddr], on_down: &str) -> Director {
+    let admin = free_addr().to_string();
+    let listen = free_addr();
+    let reals: Vec<_> = reals.iter().map(|&real| (real, 1)).collect();
+    let config = one_service("tcp", listen, "rr", &reals, &format!("admin: {{ listen: '{admin}' }}\n")).replace(
+        "    reals:\n",
+        &format!(
+            "    health_check: {{ type: tcp, interval: 100ms, timeout: 500ms, rise: 1, fall: 1, on_down: {on_down} }}\n    reals:\n"
+        ),
+    );
+    let mut lbd = Lbd::start(&config);
+    lbd.wait_for_log("admin API listening", 1);
+    Director { lbd, admin, listen }
+}
+
+/// Whether the peer has closed `stream` (EOF or a reset) within five seconds.
+fn closed_by_peer(stream: &mut std::net::TcpStream) -> bool {
+    use std::io::Read;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut byte = [0u8; 1];
+    match stream.read(&mut byte) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(error) => !matches!(
+            error.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
+}
+
+#[test]
+fn maint_real_stops_new_flows_and_checks_and_ready_real_brings_it_back() {
+    let mut a = TcpBackend::start("a");
+    let b = TcpBackend::start("b");
+    let d = checked_director(&[a.address, b.address], "remove");
+    let (admin, svc) = (d.admin.as_str(), d.listen.to_string());
+    let a_text = a.address.to_string();
+    // A flow to a, held across the maintenance.
+    let (mut held, greeting) = loop {
+        let (name, stream) = connect_and_greet(d.listen);
+        if name == "a" {
+            break (stream, name);
+        }
+    };
+    assert_eq!(greeting, "a");
+    ok(admin, &["maint-real", "-t", &svc, "-r", &a_text]);
+    let listing = ok(admin, &["list", "-n"]);
+    assert!(
+        listing
+            .lines()
+            .any(|line| line.contains(&a_text) && line.ends_with(" MAINT")),
+        "{listing}"
+    );
+    let health = ok(admin, &["list", "--health"]);
+    assert!(
+        health
+            .lines()
+            .any(|line| line.contains(&a_text) && line.contains("maint")),
+        "{health}"
+    );
+    assert!(ok(admin, &["save"]).contains("maintenance: true"));
+    let counts = distribution(d.listen, 6);
+    assert_eq!(
+        names(&counts),
+        ["b"],
+        "no new flows to a real in maintenance: {counts:?}"
+    );
+    assert_eq!(echo(&mut held, b"still here"), "still here", "its flows go on");
+    // Checks are paused: a stopped a is not found down while in maintenance.
+    a.stop();
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(
+        d.lbd
+            .log_count(&format!("real server {a_text} of service svc: up -> down")),
+        0
+    );
+    // Ready again: checked at once, found down, then up once it listens.
+    ok(admin, &["ready-real", "-t", &svc, "-r", &a_text]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !d
+        .lbd
+        .log_text()
+        .contains(&format!("real server {a_text} of service svc: up -> down"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "a's checks did not resume: {}",
+            d.lbd.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    a.restart();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while names(&distribution(d.listen, 4)) != ["a", "b"] {
+        assert!(Instant::now() < deadline, "a did not come back");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!ok(admin, &["list", "-n"]).contains("MAINT"));
+    let (code, _, stderr) = lbadm(admin, &["maint-real", "-t", &svc, "-r", "127.0.0.1:1"]);
+    assert!(code != 0 && stderr.contains("no real 127.0.0.1:1"), "{stderr}");
+}
+
+#[test]
+fn kill_flows_closes_a_reals_flows_then_the_services() {
+    let a = TcpBackend::start("a");
+    let b = TcpBackend::start("b");
+    let d = director(&[a.address, b.address], "");
+    let (admin, svc) = (d.admin.as_str(), d.listen.to_string());
+    let mut flows: Vec<(String, std::net::TcpStream)> = (0..4).map(|_| connect_and_greet(d.listen)).collect();
+    let on_a = flows.iter().filter(|(name, _)| name == "a").count();
+    assert_eq!(on_a, 2, "rr");
+    let out = ok(admin, &["kill-flows", "-t", &svc, "-r", &a.address.to_string()]);
+    assert_eq!(out.trim(), "2 flow(s) closed");
+    for (name, stream) in &mut flows {
+        if name == "a" {
+            assert!(closed_by_peer(stream), "a flow to a was closed");
+        } else {
+            assert_eq!(echo(stream, b"on b"), "on b", "flows to b go on");
+        }
+    }
+    let out = ok(admin, &["--json", "kill-flows", "-t", &svc]);
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["flows"], 2);
+    for (_, stream) in flows.iter_mut().filter(|(name, _)| name == "b") {
+        assert!(closed_by_peer(stream), "every flow of the service was closed");
+    }
+    // The service still takes new flows.
+    assert_eq!(distribution(d.listen, 2).values().sum::<usize>(), 2);
+    let (code, _, stderr) = lbadm(admin, &["kill-flows", "-t", "127.0.0.1:1"]);
+    assert!(code != 0 && stderr.contains("no service"), "{stderr}");
+}
+
+#[test]
+fn on_down_shutdown_closes_a_failed_reals_flows_and_remove_keeps_them() {
+    for (on_down, closed) in [("shutdown", true), ("remove", false)] {
+        let mut a = TcpBackend::start("a");
+        let b = TcpBackend::start("b");
+        let d = checked_director(&[a.address, b.address], on_down);
+        let mut held = loop {
+            let (name, stream) = connect_and_greet(d.listen);
+            if name == "a" {
+                break stream;
+            }
+        };
+        // a stops listening: its check fails, its established flow is still there.
+        a.stop();
+        let down = format!("real server {} of service svc: up -> down", a.address);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !d.lbd.log_text().contains(&down) {
+            assert!(Instant::now() < deadline, "a was not found down");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if closed {
+            assert!(closed_by_peer(&mut held), "on_down: shutdown closes the flow");
+            assert!(d.lbd.log_text().contains("its flows closed (on_down: shutdown)"));
+        } else {
+            assert_eq!(echo(&mut held, b"kept"), "kept", "on_down: remove keeps the flow");
+        }
+        drop(b);
+    }
+}

@@ -276,7 +276,7 @@ fn config_of(mode: &str, family: Family) -> String {
     let (rs1_tcp, rs2_tcp) = (family.at(rs1, 8080), family.at(rs2, 8080));
     let (rs1_udp, rs2_udp) = (family.at(rs1, 5353), family.at(rs2, 5353));
     format!(
-        "workers: 2\ndrain_timeout: 1s\ndataplane: {{ tun: lbtun0, server_interface: br0, setup: auto, max_flows: 10000 }}\nservices:\n  - name: web\n    protocol: tcp\n    listen: '{vip_tcp}'\n    scheduler: rr\n    forward: {mode}\n    health_check: {{ type: tcp, port: 8080, interval: 300ms, timeout: 300ms, rise: 1, fall: 1 }}\n    reals:\n      - address: '{rs1_tcp}'\n      - address: '{rs2_tcp}'\n  - name: dns\n    protocol: udp\n    listen: '{vip_udp}'\n    scheduler: rr\n    forward: {mode}\n    reals:\n      - address: '{rs1_udp}'\n      - address: '{rs2_udp}'\n"
+        "workers: 2\ndrain_timeout: 1s\nadmin: {{ listen: '127.0.0.1:9900' }}\ndataplane: {{ tun: lbtun0, server_interface: br0, setup: auto, max_flows: 10000 }}\nservices:\n  - name: web\n    protocol: tcp\n    listen: '{vip_tcp}'\n    scheduler: rr\n    forward: {mode}\n    health_check: {{ type: tcp, port: 8080, interval: 300ms, timeout: 300ms, rise: 1, fall: 1 }}\n    reals:\n      - address: '{rs1_tcp}'\n      - address: '{rs2_tcp}'\n  - name: dns\n    protocol: udp\n    listen: '{vip_udp}'\n    scheduler: rr\n    forward: {mode}\n    reals:\n      - address: '{rs1_udp}'\n      - address: '{rs2_udp}'\n"
     )
 }
 
@@ -546,6 +546,28 @@ fn forwards(mode: &str, family: Family) {
             format!("rs1 {client}")
         );
     }
+
+    // kill-flows drops the service's entries, a held connection's among them.
+    let held = in_netns(&topology.client, {
+        let vip = vip_tcp.clone();
+        move || TcpStream::connect(&vip).unwrap()
+    });
+    thread::sleep(Duration::from_millis(100));
+    let (code, out, err) = crate::netns::lbadm_in(&topology.director, &["kill-flows", "--service", "web"]);
+    assert_eq!(code, 0, "{err}");
+    let killed: usize = out
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .parse()
+        .unwrap_or(0);
+    assert!(killed >= 1, "{out}");
+    let (_, listing, _) = crate::netns::lbadm_in(&topology.director, &["list", "-c", "-n"]);
+    assert!(
+        !listing.contains(&vip_tcp),
+        "no flow of the service is left: {listing}"
+    );
+    drop(held);
 
     // A clean exit undoes the host setup, this family's included.
     lbd.signal(Signal::SIGTERM);
@@ -980,4 +1002,79 @@ fn an_lbd_that_was_killed_leaves_nothing_the_next_one_trips_on() {
     third.signal(Signal::SIGTERM);
     assert!(third.wait_exit(Duration::from_secs(10)).success());
     assert_eq!(reply_rules(&topology.director), Vec::<String>::new());
+}
+
+/// nat applies `source_limits` and `deny` to a flow's first packet: a client over its cap,
+/// or denied (an edit at run time), gets no answer to its SYN, and the refusals are counted.
+#[test]
+fn nat_refuses_the_first_packet_of_a_client_over_its_cap_or_denied() {
+    if !root() {
+        return;
+    }
+    let topology = topology();
+    let _rs1 = start_servers(&topology.reals[0], "rs1", "0.0.0.0");
+    let _rs2 = start_servers(&topology.reals[1], "rs2", "0.0.0.0");
+    let config = config("nat")
+        .replace(
+            "workers: 2\n",
+            "workers: 2\nmetrics: { listen: '127.0.0.1:9901' }\n",
+        )
+        .replace(
+            "  - name: web\n",
+            "  - name: web\n    source_limits: { max_flows: 2 }\n",
+        );
+    let mut lbd = Lbd::start_in(&topology.director, &config);
+    lbd.wait_for_log("packet data plane started", 1);
+    let vip = format!("{VIP}:80");
+    let try_connect = |client: &str| {
+        let vip: SocketAddr = vip.parse().unwrap();
+        in_netns(client, move || {
+            TcpStream::connect_timeout(&vip, Duration::from_secs(2)).ok()
+        })
+    };
+    let held: Vec<TcpStream> = (0..2)
+        .map(|_| try_connect(&topology.client).expect("within the cap"))
+        .collect();
+    assert!(
+        try_connect(&topology.client).is_none(),
+        "a third flow's SYN is dropped"
+    );
+    let refused = |reason: &str| {
+        metric(
+            &topology.director,
+            format!("lbd_service_refused_total{{service=\"web\",reason=\"{reason}\"}}"),
+        )
+    };
+    assert!(refused("source_flows") >= 1);
+    assert!(
+        metric(
+            &topology.director,
+            "lbd_packets_dropped_total{reason=\"refused\"}".to_owned()
+        ) >= 1
+    );
+    // Entries count until they expire (TIME_WAIT included): lift the cap, deny the client.
+    drop(held);
+    let (code, _, err) = crate::netns::lbadm_in(
+        &topology.director,
+        &[
+            "edit-service",
+            "--service",
+            "web",
+            "--no-source-limits",
+            "--deny",
+            "192.168.77.0/24",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        try_connect(&topology.client).is_none(),
+        "a denied client's SYN is dropped"
+    );
+    assert!(refused("denied") >= 1);
+    let (code, _, err) = crate::netns::lbadm_in(
+        &topology.director,
+        &["edit-service", "--service", "web", "--no-deny"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(try_connect(&topology.client).is_some(), "served again");
 }

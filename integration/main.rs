@@ -4,6 +4,7 @@
 // A test crate: `pub` only shares helpers between its modules.
 #![allow(unreachable_pub, missing_docs)]
 
+mod access;
 mod admin;
 mod chaos;
 mod cluster;

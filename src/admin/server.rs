@@ -229,6 +229,42 @@ fn router(state: AppState) -> Router {
             ),
         )
         .route(
+            routes::MAINT,
+            post(
+                |s: State<AppState>, Path((service, address)): Path<(String, String)>| {
+                    ask(s, change_request(Change::MaintainReals { service, address, on: true }))
+                },
+            ),
+        )
+        .route(
+            routes::READY,
+            post(
+                |s: State<AppState>, Path((service, address)): Path<(String, String)>| {
+                    ask(s, change_request(Change::MaintainReals { service, address, on: false }))
+                },
+            ),
+        )
+        .route(
+            routes::KILL_SERVICE_FLOWS,
+            post(|s: State<AppState>, Path(service): Path<String>| {
+                ask(s, change_request(Change::KillFlows { service, address: None }))
+            }),
+        )
+        .route(
+            routes::KILL_REAL_FLOWS,
+            post(
+                |s: State<AppState>, Path((service, address)): Path<(String, String)>| {
+                    ask(
+                        s,
+                        change_request(Change::KillFlows {
+                            service,
+                            address: Some(address),
+                        }),
+                    )
+                },
+            ),
+        )
+        .route(
             routes::ZERO_SERVICE,
             post(|s: State<AppState>, Path(service): Path<String>| {
                 ask(s, change_request(Change::Zero(Some(service))))

@@ -155,6 +155,13 @@ pub struct HaStatus {
     pub master: Option<String>,
 }
 
+/// What `kill-flows` did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Killed {
+    /// The flows closed (proxied) or dropped (packet plane).
+    pub flows: usize,
+}
+
 /// One virtual service with its reals, counters and rates.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Service {
@@ -183,6 +190,15 @@ pub struct Service {
     /// With `accept_proxy`: the networks allowed to send PROXY headers (empty: none taken).
     #[serde(default)]
     pub accept_proxy_from: Vec<String>,
+    /// Only clients of these networks are served (empty: every client).
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Clients of these networks are refused.
+    #[serde(default)]
+    pub deny: Vec<String>,
+    /// Caps per client, as the config file writes them.
+    #[serde(default)]
+    pub source_limits: Option<crate::config::SourceLimits>,
     /// The sorry server.
     pub sorry_server: Option<String>,
     /// The health check's type, if its reals are checked.
@@ -231,6 +247,9 @@ pub struct Real {
     /// It registered itself in the cluster (`lbd register`) rather than being configured.
     #[serde(default)]
     pub registered: bool,
+    /// In maintenance (`lbadm maint-real`): no new flows, health checks paused.
+    #[serde(default)]
+    pub maintenance: bool,
     /// Health: absent when the service has no health check.
     pub health: Option<Health>,
     /// Totals.

@@ -9,8 +9,8 @@ pub mod routes;
 
 pub use self::{
     documents::{
-        ClusterStatus, Connection, Counters, Director, HaStatus, Health, Persistence, Problem, Rates, Real,
-        Service, Status,
+        ClusterStatus, Connection, Counters, Director, HaStatus, Health, Killed, Persistence, Problem, Rates,
+        Real, Service, Status,
     },
     requests::{Answer, Change, ControlError, Request},
 };

@@ -74,6 +74,23 @@ pub enum Change {
         /// Which: an address or a range.
         address: String,
     },
+    /// Put reals in maintenance (`true`: no new flows, no health checks) or take them out.
+    MaintainReals {
+        /// Whose.
+        service: String,
+        /// Which: an address or a range.
+        address: String,
+        /// In maintenance, or ready.
+        on: bool,
+    },
+    /// Close flows in progress: a service's, or only those of some of its reals. Not a
+    /// change of the table: every director kills its own.
+    KillFlows {
+        /// Whose.
+        service: String,
+        /// Which reals: an address or a range; `None`: every flow of the service.
+        address: Option<String>,
+    },
     /// Remove reals; their flows finish on their own.
     DeleteReals {
         /// Whose.
@@ -176,6 +193,17 @@ impl std::fmt::Display for Change {
             Self::EditReals { service, address, .. } => write!(f, "edit-real {address} of {service}"),
             Self::DrainReals { service, address } => write!(f, "drain-real {address} of {service}"),
             Self::DeleteReals { service, address } => write!(f, "del-real {address} of {service}"),
+            Self::MaintainReals {
+                service,
+                address,
+                on: true,
+            } => write!(f, "maint-real {address} of {service}"),
+            Self::MaintainReals { service, address, .. } => write!(f, "ready-real {address} of {service}"),
+            Self::KillFlows {
+                service,
+                address: Some(address),
+            } => write!(f, "kill-flows of {address} of {service}"),
+            Self::KillFlows { service, .. } => write!(f, "kill-flows of {service}"),
             Self::Zero(Some(service)) => write!(f, "zero {service}"),
             Self::Zero(None) => f.write_str("zero (every service)"),
             Self::Reload => f.write_str("reload"),

@@ -16,6 +16,14 @@ pub const REALS: &str = "/v1/services/{service}/reals";
 pub const REAL: &str = "/v1/services/{service}/reals/{address}";
 /// `POST`: drain reals (weight 0).
 pub const DRAIN: &str = "/v1/services/{service}/reals/{address}/drain";
+/// `POST`: put reals in maintenance (no new flows, no health checks).
+pub const MAINT: &str = "/v1/services/{service}/reals/{address}/maint";
+/// `POST`: take reals out of maintenance.
+pub const READY: &str = "/v1/services/{service}/reals/{address}/ready";
+/// `POST`: close the flows of a service.
+pub const KILL_SERVICE_FLOWS: &str = "/v1/services/{service}/kill-flows";
+/// `POST`: close the flows of reals.
+pub const KILL_REAL_FLOWS: &str = "/v1/services/{service}/reals/{address}/kill-flows";
 /// `POST`: zero a service's counters.
 pub const ZERO_SERVICE: &str = "/v1/services/{service}/zero";
 /// `POST`: zero every counter.

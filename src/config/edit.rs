@@ -9,7 +9,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer, de::IgnoredAny};
 
 use super::{
     ForwardMethod, HealthCheckConfig, Persistence, Prefixes, ProxyProtocol, RealConfig, RealSpec,
-    SchedulerFlag, SchedulerKind, ServiceConfig, ServiceSpec,
+    SchedulerFlag, SchedulerKind, ServiceConfig, ServiceSpec, SourceLimits,
     address::optional_socket_addr,
     duration,
     service::{DEFAULT_MAX_SESSIONS, default_weight, weight},
@@ -127,6 +127,15 @@ pub struct ServiceEdit {
     /// `accept_proxy_from`.
     #[serde(default, skip_serializing_if = "Patch::is_keep")]
     pub accept_proxy_from: Patch<Prefixes>,
+    /// `allow`.
+    #[serde(default, skip_serializing_if = "Patch::is_keep")]
+    pub allow: Patch<Prefixes>,
+    /// `deny`.
+    #[serde(default, skip_serializing_if = "Patch::is_keep")]
+    pub deny: Patch<Prefixes>,
+    /// `source_limits`.
+    #[serde(default, skip_serializing_if = "Patch::is_keep")]
+    pub source_limits: Patch<SourceLimits>,
     /// `sorry_server`.
     #[serde(
         default,
@@ -182,6 +191,9 @@ impl ServiceEdit {
             .edit_value(&mut spec.accept_proxy, bool::default);
         self.accept_proxy_from
             .edit_value(&mut spec.accept_proxy_from, Prefixes::default);
+        self.allow.edit_value(&mut spec.allow, Prefixes::default);
+        self.deny.edit_value(&mut spec.deny, Prefixes::default);
+        self.source_limits.edit_optional(&mut spec.source_limits);
         self.sorry_server.edit_optional(&mut spec.sorry_server);
         self.health_check.edit_optional(&mut spec.health_check);
     }
@@ -219,6 +231,9 @@ pub struct RealEdit {
     /// `proxy_protocol`; removed = the service's.
     #[serde(default, skip_serializing_if = "Patch::is_keep")]
     pub proxy_protocol: Patch<ProxyProtocol>,
+    /// `maintenance`.
+    #[serde(default, skip_serializing_if = "Patch::is_keep")]
+    pub maintenance: Patch<bool>,
     #[serde(default, skip_serializing, deserialize_with = "named")]
     address: bool,
 }
@@ -228,6 +243,14 @@ impl RealEdit {
     pub fn weight(weight: u32) -> Self {
         Self {
             weight: Patch::Set(weight),
+            ..Self::default()
+        }
+    }
+
+    /// An edit that puts reals in maintenance (`true`) or takes them out.
+    pub fn maintenance(on: bool) -> Self {
+        Self {
+            maintenance: Patch::Set(on),
             ..Self::default()
         }
     }
@@ -250,6 +273,9 @@ impl RealEdit {
         self.proxy_protocol
             .clone()
             .edit_optional(&mut spec.proxy_protocol);
+        self.maintenance
+            .clone()
+            .edit_value(&mut spec.maintenance, bool::default);
     }
 
     /// `service` with the edit made on the reals at `targets`, checked by the config file's

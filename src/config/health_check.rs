@@ -105,6 +105,9 @@ pub enum OnDown {
     Remove,
     /// Effective weight 0 (keepalived inhibit_on_failure).
     Quiesce,
+    /// No new flows, and the flows in progress are closed (HAProxy's `on-marked-down
+    /// shutdown-sessions`): clients reconnect to a real that is up.
+    Shutdown,
 }
 
 /// `health_check.start`.

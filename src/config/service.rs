@@ -289,6 +289,60 @@ impl FromStr for ProxyProtocol {
     }
 }
 
+/// `source_limits:`: what one client (or client network) may hold and open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceLimits {
+    /// Flows one source may hold at once; absent: no cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_flows: Option<u32>,
+    /// New flows one source may open per second (a burst of one second's worth is allowed);
+    /// absent: no cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_flows_per_second: Option<u32>,
+    /// What counts as one source for IPv4: clients in one network of this prefix length
+    /// share the caps. Default 32 (each address).
+    #[serde(default = "full_v4", skip_serializing_if = "is_full_v4")]
+    pub ipv4_prefix: u8,
+    /// The same for IPv6. Default 128 (each address; 64 makes a customer's /64 one source).
+    #[serde(default = "full_v6", skip_serializing_if = "is_full_v6")]
+    pub ipv6_prefix: u8,
+}
+
+impl SourceLimits {
+    fn check(&self) -> Result<(), String> {
+        if self.max_flows == Some(0) || self.new_flows_per_second == Some(0) {
+            return Err("source_limits: max_flows and new_flows_per_second must be at least 1 (leave one out for no cap)".to_owned());
+        }
+        if self.max_flows.is_none() && self.new_flows_per_second.is_none() {
+            return Err("source_limits: set max_flows, new_flows_per_second or both".to_owned());
+        }
+        if !(1..=32).contains(&self.ipv4_prefix) || !(1..=128).contains(&self.ipv6_prefix) {
+            return Err(format!(
+                "source_limits: ipv4_prefix {} / ipv6_prefix {} out of range (1..32, 1..128)",
+                self.ipv4_prefix, self.ipv6_prefix
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn full_v4() -> u8 {
+    32
+}
+
+fn full_v6() -> u8 {
+    128
+}
+
+fn is_full_v4(prefix: &u8) -> bool {
+    *prefix == 32
+}
+
+fn is_full_v6(prefix: &u8) -> bool {
+    *prefix == 128
+}
+
 /// `persistence:`, as ipvsadm `-p TIMEOUT -M NETMASK`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -403,6 +457,12 @@ pub struct ServiceConfig {
     pub accept_proxy: bool,
     /// The sources allowed to send those headers (with `accept_proxy`).
     pub accept_proxy_from: Prefixes,
+    /// When not empty, only clients in these networks are served.
+    pub allow: Prefixes,
+    /// Clients in these networks are refused (before `allow` is looked at).
+    pub deny: Prefixes,
+    /// Caps per client (or client network): flows at once and new flows per second.
+    pub source_limits: Option<SourceLimits>,
     /// Used only while no real server is available.
     pub sorry_server: Option<SocketAddr>,
     /// Health checking; absent = reals always up.
@@ -432,6 +492,9 @@ impl PartialEq for ServiceConfig {
             && self.proxy_protocol == other.proxy_protocol
             && self.accept_proxy == other.accept_proxy
             && self.accept_proxy_from == other.accept_proxy_from
+            && self.allow == other.allow
+            && self.deny == other.deny
+            && self.source_limits == other.source_limits
             && self.sorry_server == other.sorry_server
             && self.health_check == other.health_check
             && self.reals == other.reals
@@ -486,6 +549,9 @@ pub struct RealConfig {
     pub forward: Option<ForwardMethod>,
     /// Per-real PROXY protocol override.
     pub proxy_protocol: Option<ProxyProtocol>,
+    /// In maintenance: no new flows and no health checks (HAProxy's MAINT); flows in
+    /// progress go on.
+    pub maintenance: bool,
     /// It registered itself in the cluster's etcd (`lbd register`) rather than being
     /// configured; it goes when its registration does, and `lbadm save` leaves it out.
     pub registered: bool,
@@ -570,6 +636,15 @@ pub struct ServiceSpec {
     /// `accept_proxy_from`.
     #[serde(default, skip_serializing_if = "Prefixes::is_empty")]
     pub accept_proxy_from: Prefixes,
+    /// `allow`.
+    #[serde(default, skip_serializing_if = "Prefixes::is_empty")]
+    pub allow: Prefixes,
+    /// `deny`.
+    #[serde(default, skip_serializing_if = "Prefixes::is_empty")]
+    pub deny: Prefixes,
+    /// `source_limits`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_limits: Option<SourceLimits>,
     /// `sorry_server`.
     #[serde(
         default,
@@ -605,6 +680,9 @@ impl ServiceSpec {
             proxy_protocol: ProxyProtocol::default(),
             accept_proxy: false,
             accept_proxy_from: Prefixes::default(),
+            allow: Prefixes::default(),
+            deny: Prefixes::default(),
+            source_limits: None,
             sorry_server: None,
             health_check: None,
             reals: Vec::new(),
@@ -634,6 +712,9 @@ pub struct RealSpec {
     /// `proxy_protocol`: this real's own PROXY protocol version (`none` to send none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy_protocol: Option<ProxyProtocol>,
+    /// `maintenance`: no new flows, no health checks.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub maintenance: bool,
 }
 
 impl RealSpec {
@@ -646,6 +727,7 @@ impl RealSpec {
             min_conns: 0,
             forward: None,
             proxy_protocol: None,
+            maintenance: false,
         }
     }
 }
@@ -669,6 +751,9 @@ impl From<&ServiceConfig> for ServiceSpec {
             proxy_protocol: service.proxy_protocol,
             accept_proxy: service.accept_proxy,
             accept_proxy_from: service.accept_proxy_from.clone(),
+            allow: service.allow.clone(),
+            deny: service.deny.clone(),
+            source_limits: service.source_limits,
             sorry_server: service.sorry_server,
             health_check: service.health_check.clone(),
             reals: service.reals.iter().map(RealSpec::from).collect(),
@@ -685,6 +770,7 @@ impl From<&RealConfig> for RealSpec {
             min_conns: real.min_conns,
             forward: real.forward,
             proxy_protocol: real.proxy_protocol,
+            maintenance: real.maintenance,
         }
     }
 }
@@ -816,6 +902,9 @@ impl TryFrom<ServiceSpec> for ServiceConfig {
             return Err("udp_responses and max_sessions must be at least 1".to_owned());
         }
         check_proxy_protocol(&raw, packets)?;
+        if let Some(limits) = &raw.source_limits {
+            limits.check()?;
+        }
         let mut reals: Vec<RealConfig> = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for raw_real in raw.reals {
@@ -871,6 +960,7 @@ impl TryFrom<ServiceSpec> for ServiceConfig {
                     min_conns: raw_real.min_conns,
                     forward: raw_real.forward,
                     proxy_protocol: raw_real.proxy_protocol,
+                    maintenance: raw_real.maintenance,
                     registered: false,
                 });
             }
@@ -892,6 +982,9 @@ impl TryFrom<ServiceSpec> for ServiceConfig {
             proxy_protocol: raw.proxy_protocol,
             accept_proxy: raw.accept_proxy,
             accept_proxy_from: raw.accept_proxy_from,
+            allow: raw.allow,
+            deny: raw.deny,
+            source_limits: raw.source_limits,
             sorry_server: raw.sorry_server,
             health_check: raw.health_check,
             reals,

@@ -580,6 +580,7 @@ impl Director {
             Some(&previous),
             self.health.view(),
         ));
+        self.shut_down_failed(&previous, &self.shared.table.snapshot());
         self.refresh_announcements();
     }
 

@@ -72,7 +72,8 @@ impl Monitor {
                 continue;
             };
             let check = Arc::new(check.clone());
-            for real in &service.reals {
+            // A real in maintenance is not checked; it starts afresh when it leaves.
+            for real in service.reals.iter().filter(|real| !real.maintenance) {
                 let id = (service.key(), real.address);
                 let version = real.proxy_protocol_in(service);
                 let target = Target {

@@ -14,7 +14,9 @@ use super::{
 };
 use crate::{
     api::routes,
-    config::{Patch, Persistence, Protocol, RealEdit, RealSpec, ServiceEdit, ServiceList, ServiceSpec},
+    config::{
+        Patch, Persistence, Protocol, RealEdit, RealSpec, ServiceEdit, ServiceList, ServiceSpec, SourceLimits,
+    },
 };
 
 /// The real's `route` (with `{service}` and `{address}`).
@@ -65,6 +67,26 @@ fn service_edit(args: &ServiceArgs) -> ServiceEdit {
     } else if args.no_accept_proxy {
         edit.accept_proxy = Patch::Remove;
         edit.accept_proxy_from = Patch::Remove;
+    }
+    if let Some(allow) = &args.allow {
+        edit.allow = Patch::Set(allow.clone());
+    } else if args.no_allow {
+        edit.allow = Patch::Remove;
+    }
+    if let Some(deny) = &args.deny {
+        edit.deny = Patch::Set(deny.clone());
+    } else if args.no_deny {
+        edit.deny = Patch::Remove;
+    }
+    if args.source_max_flows.is_some() || args.source_rate.is_some() {
+        edit.source_limits = Patch::Set(SourceLimits {
+            max_flows: args.source_max_flows,
+            new_flows_per_second: args.source_rate,
+            ipv4_prefix: 32,
+            ipv6_prefix: 128,
+        });
+    } else if args.no_source_limits {
+        edit.source_limits = Patch::Remove;
     }
     edit
 }

@@ -60,6 +60,14 @@ pub(super) enum Command {
     DelReal(RealTarget),
     /// Set real servers' weight to 0: no new flows, existing flows finish.
     DrainReal(RealTarget),
+    /// Put real servers in maintenance (HAProxy's MAINT): no new flows, health checks paused;
+    /// flows in progress go on. Shown as MAINT.
+    MaintReal(RealTarget),
+    /// Take real servers out of maintenance: checked again, and back in scheduling once up.
+    ReadyReal(RealTarget),
+    /// Close the flows of a service, or with -r of some of its reals: proxied flows are reset
+    /// both ways, packet-mode entries dropped.
+    KillFlows(KillArgs),
     /// Zero the counters of a service, or of all (ipvsadm -Z).
     Zero(Target),
     /// Remove every service (ipvsadm -C).
@@ -238,11 +246,43 @@ pub(super) struct ServiceArgs {
     /// Edit: take no PROXY headers any more.
     #[arg(long, conflicts_with = "accept_proxy_from")]
     pub(super) no_accept_proxy: bool,
+    /// Serve only clients in these networks (comma-separated CIDRs).
+    #[arg(long, value_name = "CIDR,...", value_parser = Prefixes::from_str)]
+    pub(super) allow: Option<Prefixes>,
+    /// Edit: serve clients of every network again.
+    #[arg(long, conflicts_with = "allow")]
+    pub(super) no_allow: bool,
+    /// Refuse clients in these networks (comma-separated CIDRs; checked before --allow).
+    #[arg(long, value_name = "CIDR,...", value_parser = Prefixes::from_str)]
+    pub(super) deny: Option<Prefixes>,
+    /// Edit: refuse no network any more.
+    #[arg(long, conflicts_with = "deny")]
+    pub(super) no_deny: bool,
+    /// Flows one client may hold at once (sets source_limits with --source-rate).
+    #[arg(long = "source-max-flows", value_name = "N")]
+    pub(super) source_max_flows: Option<u32>,
+    /// New flows one client may open per second (sets source_limits with
+    /// --source-max-flows).
+    #[arg(long = "source-rate", value_name = "N")]
+    pub(super) source_rate: Option<u32>,
+    /// Edit: no caps per client.
+    #[arg(long, conflicts_with_all = ["source_max_flows", "source_rate"])]
+    pub(super) no_source_limits: bool,
     /// A name for the service (with -t / -u).
     #[arg(long = "name")]
     pub(super) new_name: Option<String>,
     #[command(flatten)]
     pub(super) forward: Forward,
+}
+
+/// Names a service and, optionally, some of its reals.
+#[derive(Debug, Clone, Args)]
+pub(super) struct KillArgs {
+    #[command(flatten)]
+    pub(super) target: Target,
+    /// Only the flows of these reals: RIP[:PORT], or a range like 10.0.0.[1-4]:80.
+    #[arg(short = 'r', long = "real-server", value_name = "RIP[:PORT]")]
+    pub(super) real: Option<String>,
 }
 
 /// Names real servers of a service.

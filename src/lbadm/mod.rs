@@ -19,7 +19,7 @@ use self::{
         new_real, new_service, no_services, parse, pretty, read_input, real_changes, real_path,
         service_changes,
     },
-    cli::{Command, ListArgs},
+    cli::{Command, ListArgs, RealTarget},
 };
 pub use self::{
     cli::Cli,
@@ -163,6 +163,35 @@ async fn execute(cli: Cli) -> Result<String, Failure> {
         Command::DrainReal(real) => {
             let path = real_path(&real, routes::DRAIN)?;
             Ok(changed(client.call(Method::POST, &path, None).await?))
+        }
+        Command::MaintReal(real) => {
+            let path = real_path(&real, routes::MAINT)?;
+            Ok(changed(client.call(Method::POST, &path, None).await?))
+        }
+        Command::ReadyReal(real) => {
+            let path = real_path(&real, routes::READY)?;
+            Ok(changed(client.call(Method::POST, &path, None).await?))
+        }
+        Command::KillFlows(args) => {
+            let path = match &args.real {
+                Some(real) => real_path(
+                    &RealTarget {
+                        target: args.target.clone(),
+                        real: real.clone(),
+                    },
+                    routes::KILL_REAL_FLOWS,
+                )?,
+                None => args.target.required(routes::KILL_SERVICE_FLOWS)?,
+            };
+            let answer = client.call(Method::POST, &path, None).await?;
+            if json_out {
+                return Ok(pretty(&answer));
+            }
+            let killed: api::Killed = serde_json::from_slice(&answer).map_err(|error| Failure {
+                status: 3,
+                message: format!("the director's answer is not a kill-flows result: {error}"),
+            })?;
+            Ok(format!("{} flow(s) closed\n", killed.flows))
         }
         Command::Zero(target) => {
             let path = match target.path(routes::ZERO_SERVICE) {

@@ -129,7 +129,11 @@ pub fn services(version: &str, flows: usize, services: &[Service], options: Opti
                         real.weight,
                         real.active,
                         real.inactive,
-                        if real.registered { " REG" } else { "" }
+                        match (real.registered, real.maintenance) {
+                            (_, true) => " MAINT",
+                            (true, false) => " REG",
+                            (false, false) => "",
+                        }
                     ),
                 ),
                 Columns::Stats | Columns::Rate => {
@@ -302,6 +306,7 @@ mod tests {
             inactive,
             overloaded: false,
             registered: false,
+            maintenance: false,
             health: None,
             stats: Counters::default(),
             rate: Rates::default(),
@@ -321,6 +326,9 @@ mod tests {
             slow_start: None,
             proxy_protocol: "none".to_owned(),
             accept_proxy_from: Vec::new(),
+            allow: Vec::new(),
+            deny: Vec::new(),
+            source_limits: None,
             sorry_server: None,
             health_check: None,
             stats: Counters::default(),

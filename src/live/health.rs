@@ -72,7 +72,7 @@ impl CheckStatus {
         match (record.up, on_down) {
             (true, _) => (true, weight),
             (false, OnDown::Quiesce) => (true, 0),
-            (false, OnDown::Remove) => (false, weight),
+            (false, OnDown::Remove | OnDown::Shutdown) => (false, weight),
         }
     }
 

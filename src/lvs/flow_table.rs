@@ -116,6 +116,8 @@ pub enum Refusal {
     /// The packet may not start a flow: a TCP packet without SYN (with `sloppy_tcp`: a
     /// reset).
     NotNew,
+    /// The service refuses the client (`allow`, `deny`, `source_limits`).
+    Refused,
 }
 
 #[derive(Debug, Default)]
@@ -375,6 +377,7 @@ impl FlowTable {
                 proxy_protocol: real.proxy_protocol,
                 binding,
                 template: None,
+                admitted: None,
             },
             state,
             expires,
@@ -398,6 +401,58 @@ impl FlowTable {
     }
 
     /// Ends the flow at `key` at `now`.
+    /// Drops the flows of service `service` whose real `chosen` picks (`lbadm kill-flows`,
+    /// `on_down: shutdown`): their packets find no flow any more. Returns how many.
+    pub fn kill(&self, service: ServiceKey, chosen: impl Fn(&SocketAddr) -> bool, now: Millis) -> usize {
+        self.shards
+            .iter()
+            .map(|shard| {
+                let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+                self.drop_where(
+                    &mut shard,
+                    |key, entry| {
+                        key.protocol == service.protocol
+                            && key.vip == service.listen
+                            && chosen(&entry.scheduled.address)
+                    },
+                    |_| now,
+                )
+            })
+            .sum()
+    }
+
+    /// Removes the flows of `shard` that `doomed` picks, each ended at the time `ended`
+    /// gives; returns how many.
+    fn drop_where(
+        &self,
+        shard: &mut Shard,
+        mut doomed: impl FnMut(&FlowKey, &Entry) -> bool,
+        ended: impl Fn(&Entry) -> Millis,
+    ) -> usize {
+        let Shard {
+            flows,
+            replies,
+            embryonic,
+            per_source,
+        } = shard;
+        let before = flows.len();
+        flows.retain(|key, entry| {
+            if !doomed(key, entry) {
+                return true;
+            }
+            entry.scheduled.end(ended(entry));
+            if entry.mark.received {
+                self.synced.fetch_sub(1, Relaxed);
+            }
+            forget(replies, per_source, key, entry);
+            false
+        });
+        let dropped = before - flows.len();
+        self.count.fetch_sub(dropped, Relaxed);
+        embryonic.retain(|key| flows.get(key).is_some_and(|entry| entry.state.is_embryonic()));
+        dropped
+    }
+
     fn remove(&self, shard: &mut Shard, key: &FlowKey, now: Millis) {
         let Some(entry) = shard.flows.remove(key) else {
             return;
@@ -441,7 +496,7 @@ impl Partition<'_> {
         flags: Option<TcpFlags>,
         now: Millis,
         timeouts: &Timeouts,
-        schedule: impl FnOnce() -> Option<Scheduled>,
+        schedule: impl FnOnce() -> Result<Scheduled, Refusal>,
     ) -> Result<(SocketAddr, ForwardMethod), Refusal> {
         let table = self.table;
         let mut shard = table
@@ -480,9 +535,12 @@ impl Partition<'_> {
             table.count.fetch_sub(1, Relaxed);
             return Err(Refusal::Full);
         }
-        let Some(scheduled) = schedule() else {
-            table.count.fetch_sub(1, Relaxed);
-            return Err(Refusal::NoReal);
+        let scheduled = match schedule() {
+            Ok(scheduled) => scheduled,
+            Err(refusal) => {
+                table.count.fetch_sub(1, Relaxed);
+                return Err(refusal);
+            }
         };
         let (real, forward) = (scheduled.address, scheduled.forward);
         let direction = input_direction(forward);
@@ -579,29 +637,8 @@ impl Partition<'_> {
         let mut shard = table.shards[self.index * SHARDS + next]
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let Shard {
-            flows,
-            replies,
-            embryonic,
-            per_source,
-        } = &mut *shard;
-        let before = flows.len();
-        flows.retain(|key, entry| {
-            if entry.expires > now {
-                return true;
-            }
-            // It ended when it expired, whenever the sweep came by.
-            entry.scheduled.end(entry.expires);
-            if entry.mark.received {
-                table.synced.fetch_sub(1, Relaxed);
-            }
-            forget(replies, per_source, key, entry);
-            false
-        });
-        let expired = before - flows.len();
-        table.count.fetch_sub(expired, Relaxed);
-        embryonic.retain(|key| flows.get(key).is_some_and(|entry| entry.state.is_embryonic()));
-        expired
+        // It ended when it expired, whenever the sweep came by.
+        table.drop_where(&mut shard, |_, entry| entry.expires <= now, |entry| entry.expires)
     }
 }
 
@@ -699,14 +736,15 @@ mod tests {
         }
     }
 
-    fn real(state: &Arc<RealState>) -> impl FnOnce() -> Option<Scheduled> + '_ {
+    fn real(state: &Arc<RealState>) -> impl FnOnce() -> Result<Scheduled, Refusal> + '_ {
         move || {
-            Some(Scheduled {
+            Ok(Scheduled {
                 address: "10.77.0.11:80".parse().unwrap(),
                 forward: ForwardMethod::Nat,
                 proxy_protocol: crate::config::ProxyProtocol::None,
                 binding: state.bind(),
                 template: None,
+                admitted: None,
             })
         }
     }
@@ -735,7 +773,9 @@ mod tests {
         );
         table
             .partition(0)
-            .inbound(k, flags(false, true), Millis(2), &timeouts, || None)
+            .inbound(k, flags(false, true), Millis(2), &timeouts, || {
+                Err(Refusal::NoReal)
+            })
             .unwrap();
         assert_eq!((state.active(), state.inactive()), (1, 0));
         assert_eq!(table.list()[0].state, State::Tcp(TcpState::Established));
@@ -800,7 +840,9 @@ mod tests {
                 .unwrap();
             table
                 .partition(0)
-                .inbound(*k, flags(false, true), Millis(0), &timeouts, || None)
+                .inbound(*k, flags(false, true), Millis(0), &timeouts, || {
+                    Err(Refusal::NoReal)
+                })
                 .unwrap();
         }
         // 100k SYNs from many sources.
@@ -914,7 +956,9 @@ mod tests {
             };
             let got = table
                 .partition(0)
-                .inbound(k, flags, Millis(i as u64), &timeouts, || service.schedule(&flow));
+                .inbound(k, flags, Millis(i as u64), &timeouts, || {
+                    service.schedule(&flow).ok_or(Refusal::NoReal)
+                });
             real = Some(got.unwrap().0);
         }
         real.unwrap()

@@ -52,16 +52,19 @@ pub enum DropReason {
     TableFull = 3,
     /// dr: the real's MAC is not known yet, or sending failed; tun: sending failed.
     NoNeighbour = 4,
+    /// The service refused the client (`allow`, `deny`, `source_limits`).
+    Refused = 5,
 }
 
 impl DropReason {
     /// Every reason, in the order of their counters.
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::Malformed,
         Self::Fragment,
         Self::NoFlow,
         Self::TableFull,
         Self::NoNeighbour,
+        Self::Refused,
     ];
 
     /// The `reason` label of `lbd_packets_dropped_total`.
@@ -72,6 +75,7 @@ impl DropReason {
             Self::NoFlow => "no_flow",
             Self::TableFull => "table_full",
             Self::NoNeighbour => "no_neighbour",
+            Self::Refused => "refused",
         }
     }
 }
@@ -246,17 +250,27 @@ fn forward<P: Forwardable>(
             vip: destination,
         };
         let schedule = || {
+            // allow, deny and source_limits: a refused first packet is dropped and counted.
+            let admitted = service.admit(source.ip(), now).map_err(|why| {
+                service.stats.refuse(why);
+                super::flow_table::Refusal::Refused
+            })?;
             service.stats.conns.fetch_add(1, Relaxed);
-            service.schedule(&Flow {
-                client: source,
-                destination,
-                now,
-            })
+            let mut scheduled = service
+                .schedule(&Flow {
+                    client: source,
+                    destination,
+                    now,
+                })
+                .ok_or(super::flow_table::Refusal::NoReal)?;
+            scheduled.admitted = admitted;
+            Ok(scheduled)
         };
         let (real, forward) = match flows.inbound(key, flags, now, &table.timeouts, schedule) {
             Ok(found) => found,
             Err(super::flow_table::Refusal::NoReal) => return Verdict::Unreachable(destination.ip()),
             Err(super::flow_table::Refusal::NotNew) => return Verdict::Drop(DropReason::NoFlow),
+            Err(super::flow_table::Refusal::Refused) => return Verdict::Drop(DropReason::Refused),
             Err(_) => return Verdict::Drop(DropReason::TableFull),
         };
         // As IPVS with expire_nodest_conn=0: packets of a flow whose real was deleted (or

@@ -12,9 +12,15 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc, Mutex, PoisonError,
-        atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering::Relaxed},
+        atomic::{
+            AtomicBool, AtomicU8, AtomicU64, AtomicUsize,
+            Ordering::{Acquire, Relaxed, Release},
+        },
     },
+    task::{Context, Poll},
 };
+
+use atomic_waker::AtomicWaker;
 
 use crate::{clock::Millis, config::Protocol};
 
@@ -104,6 +110,20 @@ impl FlowTracker {
         counts
     }
 
+    /// Closes every listed flow that `doomed` picks (both sides reset, a UDP session ended);
+    /// returns how many.
+    pub fn kill(&self, doomed: impl Fn(&FlowRecord) -> bool) -> usize {
+        let mut killed = 0;
+        for shard in &self.0.shards {
+            let guard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            for record in guard.records.values().filter(|record| doomed(record)) {
+                record.kill();
+                killed += 1;
+            }
+        }
+        killed
+    }
+
     /// Every listed flow now.
     pub fn list(&self) -> Vec<Arc<FlowRecord>> {
         self.0
@@ -188,6 +208,9 @@ pub struct FlowRecord {
     pub real: SocketAddr,
     state: AtomicU8,
     last_activity: AtomicU64,
+    /// Set by [`kill`](Self::kill); the flow's task wakes through `waker` and ends it.
+    killed: AtomicBool,
+    waker: AtomicWaker,
 }
 
 impl FlowRecord {
@@ -204,6 +227,8 @@ impl FlowRecord {
             real,
             state: AtomicU8::new(state as u8),
             last_activity: AtomicU64::new(Millis::now().0),
+            killed: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
         }
     }
 
@@ -223,6 +248,25 @@ impl FlowRecord {
     /// Notes traffic now.
     pub(super) fn touch(&self) {
         self.last_activity.store(Millis::now().0, Relaxed);
+    }
+
+    /// Ends the flow (`lbadm kill-flows`, `on_down: shutdown`): its task closes both sides.
+    pub fn kill(&self) {
+        self.killed.store(true, Release);
+        self.waker.wake();
+    }
+
+    /// Ready once the flow has been killed; registers the task to wake then.
+    pub(super) fn poll_killed(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.killed.load(Acquire) {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        if self.killed.load(Acquire) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
     }
 
     /// When traffic last moved.
@@ -245,6 +289,13 @@ mod tests {
         first.record().set_state(FlowState::FinWait);
         assert_eq!(tracker.count(), 1);
         assert_eq!(tracker.list().len(), 2);
+        // A kill reaches the flow's task: its poll is ready.
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        assert!(second.record().poll_killed(&mut cx).is_pending());
+        assert_eq!(tracker.kill(|record| record.protocol == Protocol::Udp), 1);
+        assert!(second.record().poll_killed(&mut cx).is_ready());
+        assert!(first.record().poll_killed(&mut cx).is_pending());
         drop(first);
         let left = tracker.list();
         assert_eq!((left.len(), left[0].state()), (1, FlowState::Udp));

@@ -33,6 +33,8 @@ pub(crate) enum RelayEnd {
     IdleTimeout,
     /// A side failed or was reset; both were reset.
     Error(io::Error),
+    /// Killed (`lbadm kill-flows`, `on_down: shutdown`); both sides were reset.
+    Killed,
 }
 
 /// Idle timeouts of a relayed connection.
@@ -60,6 +62,9 @@ pub(crate) async fn relay(
     let mut idle = pin!(tokio::time::sleep(timeouts.established));
     let mut armed_for = timeouts.established;
     let end = poll_fn(|cx| {
+        if record.poll_killed(cx).is_ready() {
+            return Poll::Ready(RelayEnd::Killed);
+        }
         let mut moved = false;
         for (direction, from, to, counter) in [
             (&mut upstream, client, server, &real.bytes_in),
@@ -110,7 +115,7 @@ pub(crate) async fn relay(
     for mut direction in [upstream, downstream] {
         direction.release();
     }
-    if let RelayEnd::Error(_) = end {
+    if let RelayEnd::Error(_) | RelayEnd::Killed = end {
         for stream in [client, server] {
             // Closing with a zero linger sends RST, passing the reset on.
             let _ = stream.set_zero_linger();

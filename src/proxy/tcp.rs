@@ -19,7 +19,7 @@ use crate::{
     log::Throttle,
     proxy_header::{self, Header, ParseError, Transport},
     sched::Flow,
-    table::{Refusal, Scheduled},
+    table::{Refusal, Scheduled, admission::SourceHold},
 };
 
 /// Reals tried for one client connection: the first choice and up to two more.
@@ -92,13 +92,16 @@ async fn handle(
     _descriptors: DescriptorHold,
 ) {
     let _flow = shared.flows.enter();
-    let origin = match Origin::of(&client, peer, &key, &shared).await {
-        Ok(origin) => origin,
+    // One warning per reason and interval: one kind of refusal hides no other.
+    const EVERY: Duration = Duration::from_secs(10);
+    static REFUSED: [Throttle; Refusal::ALL.len()] = [const { Throttle::new(EVERY) }; Refusal::ALL.len()];
+    let admitted = match Origin::of(&client, peer, &key, &shared).await {
+        Ok(origin) => admit(&shared, &key, origin.client).map(|hold| (origin, hold)),
+        Err(why) => Err(why),
+    };
+    let (origin, _admitted) = match admitted {
+        Ok(admitted) => admitted,
         Err(why) => {
-            // One warning per reason and interval: one kind of refusal hides no other.
-            const EVERY: Duration = Duration::from_secs(10);
-            static REFUSED: [Throttle; Refusal::ALL.len()] =
-                [const { Throttle::new(EVERY) }; Refusal::ALL.len()];
             refuse(&client, &key, &shared, why, &REFUSED[why as usize]);
             return;
         }
@@ -150,11 +153,23 @@ async fn handle(
             tracing::debug!(service = %key, client = %peer, %error, "connection reset");
             Some(Closed::Reset)
         }
+        RelayEnd::Killed => {
+            tracing::debug!(service = %key, client = %peer, "flow killed");
+            Some(Closed::Reset)
+        }
     };
     let now = Millis::now();
     scheduled.end(now);
     if let Some(closed) = closed {
         linger::hold(scheduled.binding, closed, now);
+    }
+}
+
+/// The service's verdict on a new flow from `client`: its allow and deny lists, its caps.
+fn admit(shared: &Shared, key: &ServiceKey, client: SocketAddr) -> Result<Option<SourceHold>, Refusal> {
+    match shared.table.load().service(key) {
+        Some(service) => service.admit(client.ip(), Millis::now()),
+        None => Ok(None),
     }
 }
 

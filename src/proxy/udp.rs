@@ -33,7 +33,7 @@ use crate::{
     log::Throttle,
     proxy_header::{Header, Transport, Version},
     sched::Flow,
-    table::{Refusal, Scheduled, ServiceStats, TableHandle},
+    table::{Refusal, Scheduled, ServiceStats, TableHandle, admission::SourceHold},
 };
 
 /// Sessions of one service on one worker. Only that worker's thread touches the map, so the
@@ -63,6 +63,7 @@ struct Session {
     /// Its listing, with the time of the last datagram either way.
     registration: Registration,
     _flow: FlowGuard,
+    _admitted: Option<SourceHold>,
     _counted: Counted,
     _descriptor: DescriptorHold,
 }
@@ -184,6 +185,16 @@ fn session_for(
     if draining {
         return None;
     }
+    let admitted = match service.admit(client.ip(), Millis::now()) {
+        Ok(admitted) => admitted,
+        Err(why) => {
+            service.stats.refuse(why);
+            if let Some(suppressed) = warned.ready() {
+                tracing::warn!(service = %key, reason = why.label(), suppressed, "new udp session refused: {}", why.describe());
+            }
+            return None;
+        }
+    };
     let flow = Flow {
         // A dual-stack socket's IPv4 client (::ffff:a.b.c.d) is scheduled as the IPv4 address
         // it is; replies still go to the address the socket knows.
@@ -211,7 +222,8 @@ fn session_for(
                 reason = why.label(),
                 sessions = service.stats.udp_sessions.load(Relaxed),
                 suppressed,
-                "new udp session refused: the director is at a bound (see lbd_service_refused_total)"
+                "new udp session refused: {} (see lbd_service_refused_total)",
+                why.describe()
             );
         }
         None
@@ -246,6 +258,7 @@ fn session_for(
             .register(FlowRecord::new(Protocol::Udp, client, key.listen, address)),
         scheduled,
         _flow: shared.flows.enter(),
+        _admitted: admitted,
         _counted: counted,
         _descriptor: descriptor,
     });
@@ -299,6 +312,7 @@ async fn replies(
         let remaining = idle.saturating_sub(session.idle_for());
         let ready = tokio::select! {
             ready = session.upstream.readable() => ready,
+            () = std::future::poll_fn(|cx| session.registration.record().poll_killed(cx)) => break,
             () = tokio::time::sleep(remaining) => {
                 if session.idle_for() >= idle {
                     break;

@@ -4,7 +4,9 @@
 //! it. Live per-real state ([`RealState`]) is shared between successive snapshots, keyed by
 //! (service, real) identity, so counters and open flows carry across reloads.
 //!
-//! This module does no I/O.
+//! This module does no I/O. [`admission`] decides who may open a flow to a service.
+
+pub mod admission;
 
 use std::{
     collections::HashMap,
@@ -17,6 +19,7 @@ use std::{
 
 use arc_swap::ArcSwap;
 
+use self::admission::{SourceCounts, SourceHold};
 pub use crate::live::{
     CheckRecord, CheckResult, CheckStatus, DynamicWeight, FlowBinding, HealthView, Real, RealState,
 };
@@ -191,15 +194,25 @@ pub enum Refusal {
     UntrustedProxy = 2,
     /// `accept_proxy`: no valid PROXY protocol header in time.
     ProxyHeader = 3,
+    /// The client is in `deny`, or not in a non-empty `allow`.
+    Denied = 4,
+    /// `source_limits.max_flows`: the client holds its most flows.
+    SourceFlows = 5,
+    /// `source_limits.new_flows_per_second`: the client opens flows too fast (or the
+    /// service tracks its most sources).
+    SourceRate = 6,
 }
 
 impl Refusal {
     /// Every reason, in label order.
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; 7] = [
         Self::Descriptors,
         Self::Sessions,
         Self::UntrustedProxy,
         Self::ProxyHeader,
+        Self::Denied,
+        Self::SourceFlows,
+        Self::SourceRate,
     ];
 
     /// The `reason` label of `lbd_service_refused_total`.
@@ -209,6 +222,9 @@ impl Refusal {
             Self::Sessions => "sessions",
             Self::UntrustedProxy => "untrusted_proxy",
             Self::ProxyHeader => "proxy_header",
+            Self::Denied => "denied",
+            Self::SourceFlows => "source_flows",
+            Self::SourceRate => "source_rate",
         }
     }
 
@@ -219,6 +235,9 @@ impl Refusal {
             Self::Sessions => "the service holds its most UDP sessions",
             Self::UntrustedProxy => "a source outside accept_proxy_from connected",
             Self::ProxyHeader => "a connection sent no valid PROXY header in time",
+            Self::Denied => "a client outside the service's allow list, or in its deny list",
+            Self::SourceFlows => "a client holds its most flows (source_limits.max_flows)",
+            Self::SourceRate => "a client opens flows too fast (source_limits.new_flows_per_second)",
         }
     }
 }
@@ -244,6 +263,8 @@ pub struct Service {
     pub stats: Arc<ServiceStats>,
     /// A real is in its slow start.
     ramping: bool,
+    /// The counts behind `source_limits`, shared by every snapshot with the same caps.
+    sources: Option<Arc<SourceCounts>>,
 }
 
 impl Service {
@@ -274,6 +295,7 @@ impl Service {
                 let (up, weight) = check.as_ref().map_or((true, real.weight), |status| {
                     status.published(real.weight, on_down)
                 });
+                let up = up && !real.maintenance;
                 let came_up = up && old.is_some_and(|old| !old.up);
                 if came_up {
                     // Back up after a check passed: passive back-off from before is over.
@@ -352,6 +374,12 @@ impl Service {
                 ..Real::new(address, 1, state)
             }
         });
+        let sources = config.source_limits.map(|limits| {
+            previous
+                .and_then(|service| service.sources.as_ref())
+                .filter(|counts| *counts.limits() == limits)
+                .map_or_else(|| Arc::new(SourceCounts::new(limits)), Arc::clone)
+        });
         let positions = reals
             .iter()
             .enumerate()
@@ -367,6 +395,7 @@ impl Service {
             sorry,
             stats: previous.map_or_else(Arc::default, |service| Arc::clone(&service.stats)),
             ramping,
+            sources,
         })
     }
 
@@ -374,6 +403,20 @@ impl Service {
     /// so that its weight grows.
     pub fn ramping(&self) -> bool {
         self.ramping
+    }
+
+    /// Whether `client` may open a new flow at `now`: not denied, allowed, within its caps.
+    /// The hold counts the flow in its source's caps until dropped (with the flow). The
+    /// caller counts a refusal (`stats.refuse`), which it also answers.
+    pub fn admit(&self, client: IpAddr, now: Millis) -> Result<Option<SourceHold>, Refusal> {
+        let config = &self.config;
+        if config.deny.contains(client) || (!config.allow.is_empty() && !config.allow.contains(client)) {
+            return Err(Refusal::Denied);
+        }
+        match &self.sources {
+            Some(counts) => counts.take(client, now).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// The service's name.
@@ -409,6 +452,7 @@ impl Service {
                     proxy_protocol: sorry.proxy_protocol,
                     binding: sorry.state.bind(),
                     template: None,
+                    admitted: None,
                 });
             }
             self.stats.unavailable.fetch_add(1, Relaxed);
@@ -422,6 +466,7 @@ impl Service {
             proxy_protocol: real.proxy_protocol,
             binding: real.state.bind(),
             template,
+            admitted: None,
         })
     }
 
@@ -444,6 +489,8 @@ pub struct Scheduled {
     pub binding: FlowBinding,
     /// Its hold on the client's persistence template, if the service is persistent.
     pub template: Option<TemplateHold>,
+    /// Its place in its client's `source_limits` counts, if the service has them.
+    pub admitted: Option<SourceHold>,
 }
 
 impl Scheduled {

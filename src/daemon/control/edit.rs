@@ -79,6 +79,16 @@ pub fn edited(
                 },
             );
         }
+        Change::MaintainReals { service, address, on } => {
+            return edited(
+                running,
+                Change::EditReals {
+                    service,
+                    address,
+                    edit: RealEdit::maintenance(on),
+                },
+            );
+        }
         Change::DeleteReals { service, address } => {
             let index = find(&services, &service)?;
             let targets = reals_named(&services[index], &address)?;
@@ -87,9 +97,9 @@ pub fn edited(
                 .retain(|real| !targets.contains(&real.address));
             Some(index)
         }
-        Change::Zero(_) | Change::Reload => {
+        Change::Zero(_) | Change::Reload | Change::KillFlows { .. } => {
             return Err(ControlError::Invalid(
-                "zero and reload do not edit the services table".to_owned(),
+                "zero, reload and kill-flows do not edit the services table".to_owned(),
             ));
         }
     };
@@ -114,7 +124,10 @@ pub(super) fn find(services: &[ServiceConfig], id: &str) -> Result<usize, Contro
 }
 
 /// The addresses a real address or range names in `service`; every one must exist.
-fn reals_named(service: &ServiceConfig, address: &str) -> Result<HashSet<SocketAddr>, ControlError> {
+pub(super) fn reals_named(
+    service: &ServiceConfig,
+    address: &str,
+) -> Result<HashSet<SocketAddr>, ControlError> {
     let known: HashSet<SocketAddr> = service.reals.iter().map(|real| real.address).collect();
     let texts = nodeset::expand(address).map_err(|error| ControlError::Invalid(error.to_string()))?;
     texts

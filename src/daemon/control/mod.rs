@@ -10,7 +10,7 @@ mod edit;
 mod views;
 
 pub use self::edit::edited;
-use self::edit::find;
+use self::edit::{find, reals_named};
 use super::{ApplyError, Director, ReloadError};
 pub use crate::api::{Answer, Change, ControlError, Request};
 use crate::config::{self, ServiceConfig};
@@ -54,12 +54,13 @@ impl Director {
             }
             Request::Connections => Ok(json(&self.connections())),
             Request::Directors => self.directors().map(|directors| json(&directors)),
-            // Zeroing counters changes no configuration: a backup does it too.
+            // Zeroing counters and killing flows change no configuration: a backup does
+            // them too.
             Request::Change {
                 change,
                 client,
                 force,
-            } => match self.refusal(force || matches!(change, Change::Zero(_))) {
+            } => match self.refusal(force || matches!(change, Change::Zero(_) | Change::KillFlows { .. })) {
                 Some(refused) => Err(refused),
                 None => self.change(change, &client),
             },
@@ -76,6 +77,11 @@ impl Director {
             Change::Reload => {
                 let reloaded = self.reload().map(drop).map_err(ControlError::from);
                 return self.reloaded(reloaded, client);
+            }
+            Change::KillFlows { service, address } => {
+                let killed = self.kill_flows(&service, address.as_deref())?;
+                tracing::info!(client, killed = killed.flows, "admin change applied: {what}");
+                return Ok(json(&killed));
             }
             edit => {
                 let (config, key) = edited(&self.config, edit)?;
@@ -113,7 +119,11 @@ impl Director {
     pub(crate) fn answer(&mut self, request: Request, reply: Reply) {
         match request {
             Request::Change { change, client, .. }
-                if self.cluster.is_some() && !matches!(change, Change::Zero(_) | Change::Reload) =>
+                if self.cluster.is_some()
+                    && !matches!(
+                        change,
+                        Change::Zero(_) | Change::Reload | Change::KillFlows { .. }
+                    ) =>
             {
                 self.commit_change(change, client, reply);
             }
@@ -132,6 +142,66 @@ impl Director {
         outcome?;
         tracing::info!(client, "admin change applied: reload");
         Ok(json(&self.service_views()))
+    }
+
+    /// Closes the flows of service `id`, or of the reals `address` names in it: proxied
+    /// flows are reset on both sides (a UDP session ends), packet-plane entries dropped.
+    fn kill_flows(&self, id: &str, address: Option<&str>) -> Result<crate::api::Killed, ControlError> {
+        let service = &self.config.services[find(&self.config.services, id)?];
+        let reals = match address {
+            Some(address) => Some(reals_named(service, address)?),
+            None => None,
+        };
+        let flows = self.kill_flows_of(service.key(), |real| {
+            reals.as_ref().is_none_or(|reals| reals.contains(real))
+        });
+        Ok(crate::api::Killed { flows })
+    }
+
+    /// Closes the flows of service `key` to the reals `chosen` picks; returns how many.
+    fn kill_flows_of(
+        &self,
+        key: config::ServiceKey,
+        chosen: impl Fn(&std::net::SocketAddr) -> bool,
+    ) -> usize {
+        let proxied = self
+            .shared
+            .flows
+            .kill(|flow| flow.protocol == key.protocol && flow.service == key.listen && chosen(&flow.real));
+        proxied + self.packet.flows.kill(key, chosen, crate::clock::Millis::now())
+    }
+
+    /// `on_down: shutdown`: closes the flows of every real that its health check found down
+    /// between `before` and `after`.
+    pub(crate) fn shut_down_failed(
+        &self,
+        before: &crate::table::ServiceTable,
+        after: &crate::table::ServiceTable,
+    ) {
+        for service in after.services() {
+            let shutdown = service
+                .config
+                .health_check
+                .as_ref()
+                .is_some_and(|check| check.on_down == config::OnDown::Shutdown);
+            if !shutdown {
+                continue;
+            }
+            let Some(old) = before.service(&service.key) else {
+                continue;
+            };
+            for real in service
+                .reals
+                .iter()
+                .filter(|real| !real.up && real.check.is_some())
+            {
+                if !old.real(real.address).is_some_and(|old| old.up) {
+                    continue;
+                }
+                let flows = self.kill_flows_of(service.key, |address| *address == real.address);
+                tracing::info!(service = service.name(), real = %real.address, flows, "real down: its flows closed (on_down: shutdown)");
+            }
+        }
     }
 
     fn zero(&mut self, service: Option<&str>) -> Result<(), ControlError> {

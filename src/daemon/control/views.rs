@@ -141,7 +141,17 @@ fn service_view(config: &ServiceConfig, table: &ServiceTable, rates: &rates::Est
                 inactive: current.map_or(0, |current| current.state.inactive()),
                 overloaded: current.is_some_and(|current| current.state.is_overloaded()),
                 registered: real.registered,
-                health: current.and_then(health_view),
+                maintenance: real.maintenance,
+                health: if real.maintenance {
+                    Some(api::Health {
+                        state: "maint".to_owned(),
+                        since_seconds: 0,
+                        last_passed: None,
+                        last_reason: Some("in maintenance: checks paused".to_owned()),
+                    })
+                } else {
+                    current.and_then(health_view)
+                },
                 stats: current.map_or_else(Counters::default, |current| real_counters(&current.state)),
                 rate: rates.rates(&key, Some(real.address)),
             }
@@ -166,12 +176,10 @@ fn service_view(config: &ServiceConfig, table: &ServiceTable, rates: &rates::Est
         one_packet: config.one_packet,
         slow_start: config.slow_start.map(config::format_duration),
         proxy_protocol: config.proxy_protocol.name().to_owned(),
-        accept_proxy_from: config
-            .accept_proxy_from
-            .written()
-            .iter()
-            .map(ToString::to_string)
-            .collect(),
+        accept_proxy_from: written(&config.accept_proxy_from),
+        allow: written(&config.allow),
+        deny: written(&config.deny),
+        source_limits: config.source_limits,
         sorry_server: config.sorry_server.map(|address| address.to_string()),
         health_check: config
             .health_check
@@ -182,6 +190,11 @@ fn service_view(config: &ServiceConfig, table: &ServiceTable, rates: &rates::Est
         rate: rates.rates(&key, None),
         reals,
     }
+}
+
+/// A list of networks as the config file writes them.
+fn written(networks: &config::Prefixes) -> Vec<String> {
+    networks.written().iter().map(ToString::to_string).collect()
 }
 
 fn health_view(real: &table::Real) -> Option<api::Health> {
