@@ -5,6 +5,7 @@
 #![allow(unreachable_pub, missing_docs)]
 
 mod access;
+mod access_log;
 mod admin;
 mod chaos;
 mod cluster;

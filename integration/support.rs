@@ -98,7 +98,18 @@ impl Lbd {
         Self::spawn_with(netns, None, config)
     }
 
+    /// Starts `lbd ARGS… --config FILE`, waiting until it logs that it started.
+    pub fn start_with_args(args: &[&str], config: &str) -> Self {
+        let mut lbd = Self::spawn_full(None, None, args, config);
+        lbd.wait_for_log("lbd started", 1);
+        lbd
+    }
+
     fn spawn_with(netns: Option<&str>, nofile: Option<(u32, u32)>, config: &str) -> Self {
+        Self::spawn_full(netns, nofile, &[], config)
+    }
+
+    fn spawn_full(netns: Option<&str>, nofile: Option<(u32, u32)>, args: &[&str], config: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("lbd.yaml");
         std::fs::write(&config_path, config).unwrap();
@@ -124,6 +135,7 @@ impl Lbd {
             (None, None) => Command::new(lbd_binary()),
         };
         let mut child = command
+            .args(args)
             .arg("--config")
             .arg(&config_path)
             .env("RUST_LOG", "info")

@@ -12,6 +12,7 @@
 //! - [`packet`]: IPv4 parsing and in-place rewrites with incremental checksums (pure).
 //! - [`proxy_header`]: the PROXY protocol header, v1 and v2: written to reals, read from a
 //!   balancer in front (pure).
+//! - `access_log`: one line per finished proxied flow, written off the data path.
 //! - `health`: health checks (control plane).
 //! - [`daemon`]: the director's lifecycle and control loop: start, reload, admin requests.
 //! - [`ha`]: active/backup: the role keepalived gives, the flow sync sockets.
@@ -34,6 +35,7 @@
 //! Data and control flow one way: config → live → sched → table → data planes; the control
 //! plane (daemon, health, admin) builds new snapshots and never the other way round.
 //! `.ci/module-cycles` checks in CI that no module uses one that uses it back.
+mod access_log;
 mod admin;
 pub mod api;
 pub mod clock;

@@ -25,6 +25,9 @@ pub struct Config {
     /// Where runtime changes are persisted; absent = not persisted.
     #[serde(default)]
     pub state_file: Option<PathBuf>,
+    /// One line per finished proxied flow; absent = none.
+    #[serde(default)]
+    pub access_log: Option<AccessLogConfig>,
     /// On SIGTERM, how long existing flows may finish. Default 30s.
     #[serde(default = "default_drain_timeout", with = "duration::drain")]
     pub drain_timeout: Duration,
@@ -55,6 +58,7 @@ impl Default for Config {
             admin: None,
             metrics: None,
             state_file: None,
+            access_log: None,
             drain_timeout: default_drain_timeout(),
             timeouts: Timeouts::default(),
             workers: 0,
@@ -73,6 +77,7 @@ impl Config {
             admin: self.admin.clone(),
             metrics: self.metrics.clone(),
             state_file: self.state_file.clone(),
+            access_log: self.access_log.clone(),
             drain_timeout: self.drain_timeout,
             timeouts: self.timeouts,
             workers: self.workers,
@@ -123,6 +128,52 @@ impl Default for Timeouts {
             connect: Duration::from_secs(3),
         }
     }
+}
+
+/// `access_log:`: where and how finished flows are logged.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogConfig {
+    /// `path`: a file (appended to; reopened at every reload, for logrotate) or `stderr`.
+    #[serde(rename = "path")]
+    pub target: AccessLogTarget,
+    /// `format`: `json` (default) or `logfmt`.
+    #[serde(default)]
+    pub format: AccessLogFormat,
+}
+
+/// Where access log lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    /// Standard error, with lbd's own log.
+    Stderr,
+    /// A file, appended to.
+    File(PathBuf),
+}
+
+impl<'de> Deserialize<'de> for AccessLogTarget {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        match text.as_str() {
+            "stderr" => Ok(Self::Stderr),
+            "" => Err(de::Error::custom("path: empty; name a file, or `stderr`")),
+            path if !path.starts_with('/') => Err(de::Error::custom(format!(
+                "path: `{path}` is relative; write an absolute path (lbd may run from any directory), or `stderr`"
+            ))),
+            path => Ok(Self::File(PathBuf::from(path))),
+        }
+    }
+}
+
+/// How access log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLogFormat {
+    /// One JSON object per line.
+    #[default]
+    Json,
+    /// `key=value` pairs.
+    Logfmt,
 }
 
 /// `admin:`: where the admin API listens.

@@ -70,6 +70,9 @@ pub enum StartError {
     /// A worker thread or runtime could not be created.
     #[error("cannot start the data-plane workers: {0}")]
     Workers(std::io::Error),
+    /// The access log's writer thread could not be started.
+    #[error("cannot start the access log's writer: {0}")]
+    AccessLog(std::io::Error),
     /// The signal handlers (SIGHUP, SIGTERM, SIGINT) could not be installed.
     #[error("cannot install the signal handlers: {0}")]
     Signals(std::io::Error),
@@ -204,14 +207,19 @@ impl Director {
             proxy_descriptors = budget,
             "descriptor budget of the proxy's flows (two per TCP flow, one per UDP session)"
         );
+        let table = Arc::new(TableHandle::new(ServiceTable::build(
+            &config,
+            None,
+            health.view(),
+        )));
+        let access_log =
+            crate::access_log::AccessLog::start(Arc::clone(&table)).map_err(StartError::AccessLog)?;
+        access_log.configure(config.access_log.as_ref());
         let shared = Shared {
-            table: Arc::new(TableHandle::new(ServiceTable::build(
-                &config,
-                None,
-                health.view(),
-            ))),
+            table,
             flows: FlowTracker::default(),
             descriptors: crate::host::Descriptors::new(budget),
+            access_log,
         };
         let bound: Vec<_> = config
             .services
@@ -348,7 +356,10 @@ impl Director {
                 "a change of `workers` takes effect at the next start"
             );
         }
-        Ok(self.apply(config)?)
+        let summary = self.apply(config)?;
+        // Reopened at every reload, so that logrotate's `postrotate lbadm reload` works.
+        self.shared.access_log.configure(self.config.access_log.as_ref());
+        Ok(summary)
     }
 
     /// Applies a whole new configuration (already validated): binds the new services, writes

@@ -36,6 +36,8 @@ pub(crate) struct Shared {
     pub flows: FlowTracker,
     /// The descriptors flows may hold; a flow takes its share before it opens a socket.
     pub descriptors: Arc<crate::host::Descriptors>,
+    /// Where finished flows are logged (`access_log:`).
+    pub access_log: crate::access_log::AccessLog,
 }
 
 /// Passive failure reporting for a flow's real.

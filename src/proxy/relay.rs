@@ -46,6 +46,17 @@ pub(crate) struct IdleTimeouts {
     pub(crate) half_closed: Duration,
 }
 
+/// What a relay did: how it ended, and the bytes it carried each way.
+#[derive(Debug)]
+pub(crate) struct Relayed {
+    /// How it ended.
+    pub(crate) end: RelayEnd,
+    /// Bytes from the client to the real.
+    pub(crate) bytes_in: u64,
+    /// Bytes from the real to the client.
+    pub(crate) bytes_out: u64,
+}
+
 /// Relays until both directions have closed, an error, or the idle timeout. `binding` is moved
 /// to InActConn when the first direction closes.
 pub(crate) async fn relay(
@@ -54,7 +65,7 @@ pub(crate) async fn relay(
     binding: &mut FlowBinding,
     record: &FlowRecord,
     timeouts: IdleTimeouts,
-) -> RelayEnd {
+) -> Relayed {
     let real = binding.real().clone();
     let mut upstream = Direction::default();
     let mut downstream = Direction::default();
@@ -112,6 +123,7 @@ pub(crate) async fn relay(
         Poll::Pending
     })
     .await;
+    let (bytes_in, bytes_out) = (upstream.bytes, downstream.bytes);
     for mut direction in [upstream, downstream] {
         direction.release();
     }
@@ -121,7 +133,11 @@ pub(crate) async fn relay(
             let _ = stream.set_zero_linger();
         }
     }
-    end
+    Relayed {
+        end,
+        bytes_in,
+        bytes_out,
+    }
 }
 
 /// One direction of the relay.
@@ -135,6 +151,8 @@ struct Direction {
     eof: bool,
     /// EOF was passed on; this direction is done.
     finished: bool,
+    /// Bytes read this way so far.
+    bytes: u64,
 }
 
 impl Direction {
@@ -168,6 +186,7 @@ impl Direction {
                 }
                 Poll::Ready(Ok(n)) => {
                     counter.fetch_add(n as u64, Relaxed);
+                    self.bytes += n as u64;
                     *moved = true;
                     (self.start, self.end) = (0, n);
                     self.buffer = Some(buffer);

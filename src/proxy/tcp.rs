@@ -9,10 +9,11 @@ use super::{
     flows::FlowRecord,
     linger::{self, Closed},
     relay,
-    relay::{IdleTimeouts, RelayEnd},
+    relay::{IdleTimeouts, RelayEnd, Relayed},
     stream::{Listener, Stream},
 };
 use crate::{
+    access_log::{FlowEnd, FlowRecord as AccessRecord},
     clock::Millis,
     config::{Protocol, ServiceKey},
     host::DescriptorHold,
@@ -49,7 +50,7 @@ pub(super) async fn accept_loop(
                 error_pause = Duration::from_millis(5);
                 // The client's socket and the one to the real: both before anything opens.
                 let Some(descriptors) = shared.descriptors.take(2) else {
-                    refuse(&client, &key, &shared, Refusal::Descriptors, &warned);
+                    refuse(&client, peer, &key, &shared, Refusal::Descriptors, &warned);
                     continue;
                 };
                 tokio::spawn(handle(client, peer, key, shared.clone(), descriptors));
@@ -68,8 +69,24 @@ pub(super) async fn accept_loop(
 
 /// Resets a client the director cannot serve for `why`, counting it (and warning at most once
 /// per interval).
-fn refuse(client: &Stream, key: &ServiceKey, shared: &Shared, why: Refusal, warned: &Throttle) {
+fn refuse(
+    client: &Stream,
+    peer: SocketAddr,
+    key: &ServiceKey,
+    shared: &Shared,
+    why: Refusal,
+    warned: &Throttle,
+) {
     let _ = client.set_zero_linger();
+    shared.access_log.record(AccessRecord {
+        service: *key,
+        client: canonical(peer),
+        real: None,
+        bytes_in: 0,
+        bytes_out: 0,
+        duration: Duration::ZERO,
+        end: FlowEnd::Refused(why.label()),
+    });
     if let Some(service) = shared.table.load().service(key) {
         service.stats.refuse(why);
     }
@@ -96,19 +113,34 @@ async fn handle(
     const EVERY: Duration = Duration::from_secs(10);
     static REFUSED: [Throttle; Refusal::ALL.len()] = [const { Throttle::new(EVERY) }; Refusal::ALL.len()];
     let admitted = match Origin::of(&client, peer, &key, &shared).await {
-        Ok(origin) => admit(&shared, &key, origin.client).map(|hold| (origin, hold)),
-        Err(why) => Err(why),
+        Ok(origin) => admit(&shared, &key, origin.client)
+            .map(|hold| (origin, hold))
+            .map_err(|why| (why, origin.client)),
+        Err(why) => Err((why, peer)),
+    };
+    let started = std::time::Instant::now();
+    let finished = |client: SocketAddr, real: Option<SocketAddr>, relayed: Option<&Relayed>, end: FlowEnd| {
+        shared.access_log.record(AccessRecord {
+            service: key,
+            client,
+            real,
+            bytes_in: relayed.map_or(0, |relayed| relayed.bytes_in),
+            bytes_out: relayed.map_or(0, |relayed| relayed.bytes_out),
+            duration: started.elapsed(),
+            end,
+        });
     };
     let (origin, _admitted) = match admitted {
         Ok(admitted) => admitted,
-        Err(why) => {
-            refuse(&client, &key, &shared, why, &REFUSED[why as usize]);
+        Err((why, from)) => {
+            refuse(&client, from, &key, &shared, why, &REFUSED[why as usize]);
             return;
         }
     };
     let Some((server, mut scheduled, timeouts)) = connect(origin.client, key, &shared).await else {
         // Refuse with a reset, as a closed port would.
         let _ = client.set_zero_linger();
+        finished(origin.client, None, None, FlowEnd::Refused("unavailable"));
         return;
     };
     if let Some(version) = scheduled.proxy_protocol.version() {
@@ -133,7 +165,7 @@ async fn handle(
         key.listen,
         scheduled.address,
     ));
-    let end = relay::relay(
+    let relayed = relay::relay(
         &client,
         &server,
         &mut scheduled.binding,
@@ -141,9 +173,16 @@ async fn handle(
         timeouts,
     )
     .await;
+    let end = match relayed.end {
+        RelayEnd::Closed => FlowEnd::Closed,
+        RelayEnd::IdleTimeout => FlowEnd::Timeout,
+        RelayEnd::Error(_) => FlowEnd::Reset,
+        RelayEnd::Killed => FlowEnd::Killed,
+    };
+    finished(origin.client, Some(scheduled.address), Some(&relayed), end);
     // As in IPVS, the closed flow keeps counting in its real's InActConn (TIME_WAIT after a
     // clean close, CLOSE after a reset); an idle timeout ends it at once.
-    let closed = match end {
+    let closed = match relayed.end {
         RelayEnd::Closed => Some(Closed::Cleanly),
         RelayEnd::IdleTimeout => {
             tracing::debug!(service = %key, client = %peer, "idle timeout");
@@ -165,6 +204,12 @@ async fn handle(
     }
 }
 
+/// A dual-stack listener's IPv4 client (::ffff:a.b.c.d) is scheduled, persisted and reported
+/// as the IPv4 address it is.
+fn canonical(peer: SocketAddr) -> SocketAddr {
+    SocketAddr::new(peer.ip().to_canonical(), peer.port())
+}
+
 /// The service's verdict on a new flow from `client`: its allow and deny lists, its caps.
 fn admit(shared: &Shared, key: &ServiceKey, client: SocketAddr) -> Result<Option<SourceHold>, Refusal> {
     match shared.table.load().service(key) {
@@ -175,6 +220,7 @@ fn admit(shared: &Shared, key: &ServiceKey, client: SocketAddr) -> Result<Option
 
 /// Whom a connection stands for: its peer, or with `accept_proxy` the client and address a
 /// balancer in front names in its PROXY header.
+#[derive(Clone, Copy)]
 struct Origin {
     /// The client, scheduled, persisted, logged and announced to the real as such.
     client: SocketAddr,
@@ -191,9 +237,7 @@ impl Origin {
         key: &ServiceKey,
         shared: &Shared,
     ) -> Result<Self, Refusal> {
-        // A dual-stack listener's IPv4 client (::ffff:a.b.c.d) is scheduled, persisted and
-        // reported as the IPv4 address it is.
-        let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+        let peer = canonical(peer);
         let trusted = {
             let table = shared.table.load();
             match table.service(key) {

@@ -13,7 +13,10 @@ use std::{
     collections::HashMap,
     io,
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
-    sync::{Arc, Mutex, PoisonError, atomic::Ordering::Relaxed},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
     time::Duration,
 };
 
@@ -27,6 +30,7 @@ use super::{
     pool,
 };
 use crate::{
+    access_log::{AccessLog, FlowEnd, FlowRecord as AccessRecord},
     clock::Millis,
     config::{Protocol, ProxyProtocol, ServiceKey},
     host::DescriptorHold,
@@ -59,6 +63,10 @@ struct Session {
     upstream: UdpSocket,
     /// The PROXY v2 header each datagram to the real starts with, if the real takes one.
     header: Option<Header>,
+    /// When it started, and the payload bytes it carried each way (for the access log).
+    started: std::time::Instant,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
     scheduled: Scheduled,
     /// Its listing, with the time of the last datagram either way.
     registration: Registration,
@@ -145,6 +153,7 @@ pub(super) async fn serve(
                 Ok(_) => {
                     stats.packets_in.fetch_add(1, Relaxed);
                     stats.bytes_in.fetch_add(len as u64, Relaxed);
+                    session.bytes_in.fetch_add(len as u64, Relaxed);
                     session.touch();
                     break;
                 }
@@ -185,9 +194,21 @@ fn session_for(
     if draining {
         return None;
     }
+    let refused_record = |why: Refusal| {
+        shared.access_log.record(AccessRecord {
+            service: key,
+            client: SocketAddr::new(client.ip().to_canonical(), client.port()),
+            real: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            duration: Duration::ZERO,
+            end: FlowEnd::Refused(why.label()),
+        });
+    };
     let admitted = match service.admit(client.ip(), Millis::now()) {
         Ok(admitted) => admitted,
         Err(why) => {
+            refused_record(why);
             service.stats.refuse(why);
             if let Some(suppressed) = warned.ready() {
                 tracing::warn!(service = %key, reason = why.label(), suppressed, "new udp session refused: {}", why.describe());
@@ -215,6 +236,7 @@ fn session_for(
     }
     service.stats.conns.fetch_add(1, Relaxed);
     let refused = |why: Refusal, warned: &Throttle| {
+        refused_record(why);
         service.stats.refuse(why);
         if let Some(suppressed) = warned.ready() {
             tracing::warn!(
@@ -253,6 +275,9 @@ fn session_for(
         key: session_key,
         upstream,
         header,
+        started: std::time::Instant::now(),
+        bytes_in: AtomicU64::new(0),
+        bytes_out: AtomicU64::new(0),
         registration: shared
             .flows
             .register(FlowRecord::new(Protocol::Udp, client, key.listen, address)),
@@ -278,6 +303,7 @@ fn session_for(
         Arc::clone(socket),
         Arc::clone(sessions),
         ends,
+        shared.access_log.clone(),
     ));
     Some(session)
 }
@@ -303,25 +329,26 @@ async fn replies(
     socket: Arc<UdpSocket>,
     sessions: Arc<Sessions>,
     ends: SessionEnd,
+    access_log: AccessLog,
 ) {
     let stats = session.scheduled.binding.real();
     let client = session.key.client;
     let idle = ends.idle;
     let mut replies_left = ends.replies;
-    loop {
+    let end = loop {
         let remaining = idle.saturating_sub(session.idle_for());
         let ready = tokio::select! {
             ready = session.upstream.readable() => ready,
-            () = std::future::poll_fn(|cx| session.registration.record().poll_killed(cx)) => break,
+            () = std::future::poll_fn(|cx| session.registration.record().poll_killed(cx)) => break FlowEnd::Killed,
             () = tokio::time::sleep(remaining) => {
                 if session.idle_for() >= idle {
-                    break;
+                    break FlowEnd::Timeout;
                 }
                 continue;
             }
         };
         if ready.is_err() {
-            break;
+            break FlowEnd::Reset;
         }
         let mut buffer = pool::take();
         let received = session.upstream.try_recv(&mut buffer);
@@ -330,6 +357,7 @@ async fn replies(
                 stats.record_success();
                 stats.packets_out.fetch_add(1, Relaxed);
                 stats.bytes_out.fetch_add(len as u64, Relaxed);
+                session.bytes_out.fetch_add(len as u64, Relaxed);
                 session.touch();
                 if let Err(error) = socket.send_to(&buffer[..len], client).await {
                     tracing::debug!(client = %client, %error, "udp reply to client failed");
@@ -338,7 +366,7 @@ async fn replies(
                 if let Some(left) = replies_left.as_mut() {
                     *left -= 1;
                     if *left == 0 {
-                        break;
+                        break FlowEnd::Closed;
                     }
                 }
             }
@@ -349,10 +377,19 @@ async fn replies(
                     session.scheduled.failed(&table, &key, Millis::now());
                 }
                 tracing::debug!(client = %client, %error, "udp session ended");
-                break;
+                break FlowEnd::Reset;
             }
         }
-    }
+    };
+    access_log.record(AccessRecord {
+        service: key,
+        client: SocketAddr::new(client.ip().to_canonical(), client.port()),
+        real: Some(session.scheduled.address),
+        bytes_in: session.bytes_in.load(Relaxed),
+        bytes_out: session.bytes_out.load(Relaxed),
+        duration: session.started.elapsed(),
+        end,
+    });
     session.scheduled.end(Millis::now());
     end_session(&sessions, &session);
 }

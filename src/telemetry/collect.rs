@@ -48,7 +48,7 @@ pub(super) fn table(out: &mut String, table: &ServiceTable, flows: (usize, usize
         out,
         "lbd_service_refused_total",
         "counter",
-        "Flows refused at a bound of this director although a real could take them: the proxy's descriptor budget, or the service's UDP session limit.",
+        "Flows refused although a real could take them, by reason: a bound of this director (descriptors, sessions) or the service's rules (untrusted_proxy, proxy_header, denied, source_flows, source_rate).",
         |out| {
             for service in services {
                 for why in Refusal::ALL {
@@ -311,6 +311,24 @@ pub(super) fn bounds(out: &mut String, descriptors: &crate::host::Descriptors) {
         "gauge",
         "Descriptors the proxy's flows hold now (each TCP flow two, each UDP session one).",
         |out| sample(out, "lbd_proxy_descriptors", &[], descriptors.used() as u64),
+    );
+}
+
+/// Writes the access log's counters.
+pub(super) fn access_log(out: &mut String, log: &crate::access_log::AccessLog) {
+    family(
+        out,
+        "lbd_access_log_lines_total",
+        "counter",
+        "Lines written to the access log.",
+        |out| sample(out, "lbd_access_log_lines_total", &[], log.written()),
+    );
+    family(
+        out,
+        "lbd_access_log_dropped_total",
+        "counter",
+        "Finished flows not logged because the access log's queue was full (the disk was slower than the flows).",
+        |out| sample(out, "lbd_access_log_dropped_total", &[], log.dropped()),
     );
 }
 

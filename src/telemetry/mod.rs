@@ -141,5 +141,6 @@ pub(crate) fn render(proxy: &Shared, packet: &PacketShared) -> String {
     );
     collect::packets(&mut page, packet);
     collect::bounds(&mut page, &proxy.descriptors);
+    collect::access_log(&mut page, &proxy.access_log);
     page
 }
