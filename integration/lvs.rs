@@ -1078,3 +1078,77 @@ fn nat_refuses_the_first_packet_of_a_client_over_its_cap_or_denied() {
     assert_eq!(code, 0, "{err}");
     assert!(try_connect(&topology.client).is_some(), "served again");
 }
+
+/// `via_vip` checks each dr or tun real through the VIP's own path: a real that loses the VIP
+/// from its loopback still answers on its own address (a plain check would pass) but is found
+/// down, and comes back once the VIP is back; new flows follow.
+fn via_vip_finds_a_real_without_the_vip_down(mode: &str) {
+    if !root() {
+        return;
+    }
+    let topology = topology();
+    let _helpers = prepare_reals(&topology, mode, IPV4);
+    let _rs1 = start_servers(&topology.reals[0], "rs1", IPV4.vip);
+    let _rs2 = start_servers(&topology.reals[1], "rs2", IPV4.vip);
+    let config = config(mode).replace(
+        "health_check: { type: tcp, port: 8080, interval: 300ms, timeout: 300ms, rise: 1, fall: 1 }",
+        "health_check: { type: tcp, via_vip: true, interval: 200ms, timeout: 500ms, rise: 1, fall: 1 }",
+    );
+    assert!(config.contains("via_vip"));
+    let mut lbd = Lbd::start_in(&topology.director, &config);
+    lbd.wait_for_log("packet data plane started", 1);
+    let vip = format!("{VIP}:8080");
+    // dr learns a real's MAC once it is asked for (within ~50 ms): a first check may miss it.
+    thread::sleep(Duration::from_secs(1));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while lbd.log_count("of service web: up -> down") > lbd.log_count("of service web: down -> up") {
+        assert!(std::time::Instant::now() < deadline, "{}", lbd.log_text());
+        thread::sleep(Duration::from_millis(50));
+    }
+    thread::sleep(Duration::from_millis(300));
+    let names = || {
+        let mut names: Vec<String> = (0..4)
+            .map(|_| {
+                greet_at(&topology.client, vip.clone())
+                    .0
+                    .split(' ')
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    };
+    assert_eq!(
+        names(),
+        ["rs1", "rs2"],
+        "both reals pass their checks through the VIP: {}",
+        lbd.log_text()
+    );
+    let rs2 = &topology.reals[1];
+    let (down, up) = (
+        "real server 10.77.0.12:8080 of service web: up -> down",
+        "real server 10.77.0.12:8080 of service web: down -> up",
+    );
+    let downs = lbd.log_count(down);
+    ip(&format!("-n {rs2} addr del {VIP}/32 dev lo"));
+    lbd.wait_for_log(down, downs + 1);
+    assert_eq!(names(), ["rs1"]);
+    let ups = lbd.log_count(up);
+    ip(&format!("-n {rs2} addr add {VIP}/32 dev lo"));
+    lbd.wait_for_log(up, ups + 1);
+    thread::sleep(Duration::from_millis(200));
+    assert_eq!(names(), ["rs1", "rs2"]);
+}
+
+#[test]
+fn dr_checks_through_the_vip_find_a_real_without_the_vip_down() {
+    via_vip_finds_a_real_without_the_vip_down("dr");
+}
+
+#[test]
+fn tun_checks_through_the_vip_find_a_real_without_the_vip_down() {
+    via_vip_finds_a_real_without_the_vip_down("tun");
+}

@@ -1,7 +1,8 @@
 //! The per-flow access log (`access_log:`): one line per finished proxied flow, in JSON or
 //! logfmt, to a file or standard error. The data plane only hands a small fixed-size record
-//! to a bounded queue (`try_send`: it never waits); a thread of its own names the service,
-//! formats the line and writes it, buffered. When the queue is full the record is dropped and
+//! to a bounded queue (`try_send`: it never waits, and never wakes anyone); a thread of its
+//! own takes the queue's records ten times a second, names the service, formats the lines and
+//! writes them, buffered. When the queue is full the record is dropped and
 //! counted (`lbd_access_log_dropped_total`), so a slow disk never slows the flows.
 
 use std::{
@@ -11,7 +12,7 @@ use std::{
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
-        mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError},
+        mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError},
     },
     time::{Duration, SystemTime},
 };
@@ -25,8 +26,9 @@ use crate::{
 
 /// Records queued for the writer at most.
 const QUEUE: usize = 65_536;
-/// How long written lines may sit in the buffer.
-const FLUSH_EVERY: Duration = Duration::from_millis(200);
+/// How often the writer takes the queued records, writes them and flushes: lines appear
+/// within this long of their flow's end.
+const FLUSH_EVERY: Duration = Duration::from_millis(100);
 
 /// How a flow ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,51 +156,53 @@ impl AccessLog {
     }
 }
 
-/// The writer thread: formats and writes records, flushing at least every `FLUSH_EVERY`.
+/// The writer thread: every `FLUSH_EVERY` it takes what the queue holds, formats and writes
+/// it, and flushes. It never waits on the queue itself, so handing over a record never has
+/// to wake it (a wake-up per flow would cost the data plane a syscall and a context switch).
 fn write_loop(receiver: &Receiver<Message>, table: &TableHandle, shared: &Shared) {
     let mut out: Option<(Box<dyn Write + Send>, AccessLogFormat)> = None;
     let mut line = Vec::with_capacity(512);
-    let mut unflushed = false;
     loop {
-        let message = match receiver.recv_timeout(FLUSH_EVERY) {
-            Ok(message) => message,
-            Err(RecvTimeoutError::Timeout) => {
-                if unflushed && let Some((writer, _)) = out.as_mut() {
-                    let _ = writer.flush();
-                    unflushed = false;
-                }
-                continue;
-            }
-            Err(RecvTimeoutError::Disconnected) => return,
-        };
-        match message {
-            Message::Configure(config) => {
-                if let Some((mut writer, _)) = out.take() {
-                    let _ = writer.flush();
-                }
-                out = config.and_then(|config| match open(&config.target) {
-                    Ok(writer) => Some((writer, config.format)),
-                    Err(error) => {
-                        tracing::error!(%error, "cannot open the access log; flows are not logged");
-                        None
+        std::thread::sleep(FLUSH_EVERY);
+        let mut wrote = false;
+        loop {
+            let message = match receiver.try_recv() {
+                Ok(message) => message,
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => return,
+            };
+            match message {
+                Message::Configure(config) => {
+                    if let Some((mut writer, _)) = out.take() {
+                        let _ = writer.flush();
                     }
-                });
-            }
-            Message::Flow(record, ended) => {
-                let Some((writer, format)) = out.as_mut() else {
-                    continue;
-                };
-                let table = table.load();
-                let name = table
-                    .service(&record.service)
-                    .map_or("", |service| service.name());
-                line.clear();
-                format_line(&mut line, *format, &record, name, ended);
-                if writer.write_all(&line).is_ok() {
-                    shared.written.fetch_add(1, Relaxed);
-                    unflushed = true;
+                    out = config.and_then(|config| match open(&config.target) {
+                        Ok(writer) => Some((writer, config.format)),
+                        Err(error) => {
+                            tracing::error!(%error, "cannot open the access log; flows are not logged");
+                            None
+                        }
+                    });
+                }
+                Message::Flow(record, ended) => {
+                    let Some((writer, format)) = out.as_mut() else {
+                        continue;
+                    };
+                    let table = table.load();
+                    let name = table
+                        .service(&record.service)
+                        .map_or("", |service| service.name());
+                    line.clear();
+                    format_line(&mut line, *format, &record, name, ended);
+                    if writer.write_all(&line).is_ok() {
+                        shared.written.fetch_add(1, Relaxed);
+                        wrote = true;
+                    }
                 }
             }
+        }
+        if wrote && let Some((writer, _)) = out.as_mut() {
+            let _ = writer.flush();
         }
     }
 }

@@ -252,6 +252,14 @@ pub struct DataplaneConfig {
 /// not use it).
 pub const REPLY_TABLE: u32 = 100;
 
+/// The socket mark of health checks through a VIP's path (`health_check.via_vip`): a policy
+/// rule sends packets with it to [`CHECK_TABLE`], which routes the VIPs into the TUN device
+/// on a backup too.
+pub const CHECK_MARK: u32 = 0x4c42_0001;
+
+/// The routing table of [`CHECK_MARK`]ed packets.
+pub const CHECK_TABLE: u32 = 101;
+
 /// `dataplane.announce`: route health injection for a BGP speaker.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]

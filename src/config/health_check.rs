@@ -30,6 +30,10 @@ pub struct HealthCheckConfig {
     /// they do when the real takes the header and the check goes to the real's own port (no
     /// `port`), as HAProxy's checks of a `send-proxy` server.
     pub send_proxy: Option<bool>,
+    /// dr and tun: check each real through the VIP's own path (the check's packets go to the
+    /// VIP, forwarded to that real as a client's flow), so that a real without the VIP on its
+    /// loopback (or without its tunnel) is found down.
+    pub via_vip: bool,
 }
 
 impl HealthCheckConfig {
@@ -143,6 +147,8 @@ struct RawHealthCheck {
     #[serde(default)]
     send_proxy: Option<bool>,
     #[serde(default)]
+    via_vip: bool,
+    #[serde(default)]
     path: Option<String>,
     #[serde(default)]
     host: Option<String>,
@@ -197,6 +203,17 @@ impl HealthCheckConfig {
                 raw.kind
             ));
         }
+        if raw.via_vip && !matches!(raw.kind.as_str(), "tcp" | "http") {
+            return Err(format!(
+                "via_vip: applies to tcp and http checks, not `{}`",
+                raw.kind
+            ));
+        }
+        if raw.via_vip && raw.port.is_some() {
+            return Err(
+                "via_vip: checks the service's own port through the VIP; leave `port` out".to_owned(),
+            );
+        }
         if raw.send_proxy.is_some() && !matches!(raw.kind.as_str(), "tcp" | "http" | "udp") {
             return Err(format!(
                 "send_proxy: applies to tcp, http and udp checks, not `{}`",
@@ -248,6 +265,7 @@ impl HealthCheckConfig {
             on_down: raw.on_down,
             start: raw.start,
             send_proxy: raw.send_proxy,
+            via_vip: raw.via_vip,
         };
         if check.rise == 0 || check.fall == 0 {
             return Err("rise and fall must be at least 1".to_owned());

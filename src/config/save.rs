@@ -58,6 +58,8 @@ impl Serialize for HealthCheckConfig {
             start: StartState,
             #[serde(skip_serializing_if = "Option::is_none")]
             send_proxy: Option<bool>,
+            #[serde(skip_serializing_if = "is_default")]
+            via_vip: bool,
             #[serde(skip_serializing_if = "Option::is_none")]
             path: Option<&'a str>,
             #[serde(skip_serializing_if = "Option::is_none")]
@@ -85,6 +87,7 @@ impl Serialize for HealthCheckConfig {
             on_down: self.on_down,
             start: self.start,
             send_proxy: self.send_proxy,
+            via_vip: self.via_vip,
             path: None,
             host: None,
             expect_status: None,

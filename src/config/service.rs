@@ -902,6 +902,21 @@ impl TryFrom<ServiceSpec> for ServiceConfig {
             return Err("udp_responses and max_sessions must be at least 1".to_owned());
         }
         check_proxy_protocol(&raw, packets)?;
+        if raw.health_check.as_ref().is_some_and(|check| check.via_vip) {
+            let direct = |forward: Option<ForwardMethod>| {
+                matches!(
+                    forward.unwrap_or(raw.forward),
+                    ForwardMethod::Dr | ForwardMethod::Tun
+                )
+            };
+            if !direct(None) && !raw.reals.iter().any(|real| direct(real.forward)) {
+                return Err(
+                    "health_check: via_vip checks dr and tun reals through the VIP's path; this \
+                     service has none (nat and proxy reach the real's own address anyway)"
+                        .to_owned(),
+                );
+            }
+        }
         if let Some(limits) = &raw.source_limits {
             limits.check()?;
         }

@@ -610,3 +610,26 @@ fn ipv6_only_is_for_ipv6_listen_addresses_and_is_saved_when_off() {
         "{message}"
     );
 }
+
+#[test]
+fn via_vip_checks_need_dr_or_tun_reals_and_the_services_port() {
+    let service = |forward: &str, check: &str| {
+        format!(
+            "dataplane: {{ server_interface: br0 }}\nservices:\n  - {{ protocol: tcp, listen: '192.0.2.1:80', forward: {forward}, health_check: {check}, reals: [{{address: '10.0.0.1'}}] }}\n"
+        )
+    };
+    assert!(parse(&service("dr", "{type: http, via_vip: true}"), "t").is_ok());
+    assert!(parse(&service("tun", "{type: tcp, via_vip: true}"), "t").is_ok());
+    for (forward, check, needle) in [
+        ("nat", "{type: tcp, via_vip: true}", "this service has none"),
+        ("dr", "{type: tcp, via_vip: true, port: 81}", "leave `port` out"),
+        (
+            "dr",
+            "{type: agent, agent_port: 9, via_vip: true}",
+            "applies to tcp and http checks",
+        ),
+    ] {
+        let message = error_of(&service(forward, check));
+        assert!(message.contains(needle), "{check}: {message}");
+    }
+}

@@ -231,6 +231,13 @@ impl Director {
             })
             .collect::<Result<_, _>>()?;
         let packet = Arc::new(crate::lvs::plane::shared(&config, count));
+        health.set_vip_paths(
+            crate::health::VipPaths {
+                table: Arc::clone(&shared.table),
+                packet: Arc::clone(&packet),
+            },
+            &config,
+        );
         // A director of an HA pair starts as a backup, until keepalived says otherwise.
         let master = config.ha.is_none();
         let packets = crate::lvs::plane::PacketPlane::start(

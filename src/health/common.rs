@@ -23,6 +23,8 @@ pub(crate) struct Target {
     pub real: SocketAddr,
     /// The PROXY protocol version its checks start with, if they send the header.
     pub send_proxy: Option<Version>,
+    /// `via_vip`: the VIP (and port) its checks connect to, through the real's VIP path.
+    pub via_vip: Option<SocketAddr>,
 }
 
 impl Target {

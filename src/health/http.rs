@@ -33,10 +33,16 @@ pub(super) struct Request<'a> {
 /// Sends the GET and judges the response. The caller bounds the whole exchange by the
 /// check's timeout; `timeout` bounds the connect.
 pub(super) async fn check(address: SocketAddr, request: &Request<'_>, timeout: Duration) -> Outcome {
-    let mut stream = match common::connect(address, timeout).await {
+    let stream = match common::connect(address, timeout).await {
         Ok(stream) => stream,
         Err(failed) => return failed,
     };
+    exchange_on(stream, request).await
+}
+
+/// Sends the GET on a connected `stream` (after the PROXY header, if any) and judges the
+/// response.
+pub(super) async fn exchange_on(mut stream: tokio::net::TcpStream, request: &Request<'_>) -> Outcome {
     if let Err(failed) = common::send_proxy(&mut stream, request.send_proxy).await {
         return failed;
     }

@@ -16,6 +16,7 @@ mod http;
 pub(crate) mod machine;
 mod probe;
 mod udp;
+mod vip_path;
 
 use std::{
     collections::HashMap,
@@ -27,10 +28,10 @@ use std::{
 use tokio::{sync::Notify, time::Instant};
 use tokio_util::task::AbortOnDropHandle;
 
-pub(crate) use self::common::Target;
 use self::machine::Outcome;
+pub(crate) use self::{common::Target, vip_path::VipPaths};
 use crate::{
-    config::{Config, HealthCheckConfig, HealthCheckKind, ServiceKey, StartState},
+    config::{Config, ForwardMethod, HealthCheckConfig, HealthCheckKind, ServiceKey, StartState},
     table::{CheckStatus, HealthView},
 };
 
@@ -40,6 +41,8 @@ pub(crate) struct Monitor {
     checkers: HashMap<(ServiceKey, SocketAddr), Checker>,
     view: HealthView,
     changed: Arc<Notify>,
+    /// For checks through a VIP's path (`via_vip`), once the director has a packet plane.
+    vip_paths: Option<VipPaths>,
 }
 
 /// One real's checker: its settings and its task (aborted when dropped).
@@ -55,6 +58,15 @@ impl Monitor {
     /// A monitor with no checkers.
     pub(crate) fn new() -> Self {
         Self::default()
+    }
+
+    /// Lets checks through a VIP's path (`via_vip`) pin their connections in the packet
+    /// plane; those that started before are started again with it.
+    pub(crate) fn set_vip_paths(&mut self, paths: VipPaths, config: &Config) {
+        self.vip_paths = Some(paths);
+        self.checkers
+            .retain(|_, checker| checker.target.via_vip.is_none());
+        self.sync(config);
     }
 
     /// Starts, keeps or stops checkers to match `config`. A real whose service, address and
@@ -80,10 +92,18 @@ impl Monitor {
                     service: service.name.clone(),
                     real: real.address,
                     send_proxy: version.version().filter(|_| check.sends_proxy(version)),
+                    via_vip: (check.via_vip
+                        && matches!(real.forward_in(service), ForwardMethod::Dr | ForwardMethod::Tun))
+                    .then_some(service.listen),
                 };
                 let checker = match self.checkers.remove(&id) {
                     Some(old) if *old.check == *check && old.target == target => old,
-                    _ => Checker::start(Arc::clone(&check), target, Arc::clone(&self.changed)),
+                    _ => Checker::start(
+                        Arc::clone(&check),
+                        target,
+                        Arc::clone(&self.changed),
+                        self.vip_paths.clone(),
+                    ),
                 };
                 checkers.insert(id, checker);
             }
@@ -110,13 +130,19 @@ impl Monitor {
 }
 
 impl Checker {
-    fn start(check: Arc<HealthCheckConfig>, target: Target, changed: Arc<Notify>) -> Self {
+    fn start(
+        check: Arc<HealthCheckConfig>,
+        target: Target,
+        changed: Arc<Notify>,
+        vip_paths: Option<VipPaths>,
+    ) -> Self {
         let status = Arc::new(CheckStatus::new(check.start == StartState::Up));
         let task = tokio::spawn(watch(
             Arc::clone(&check),
             target.clone(),
             Arc::clone(&status),
             changed,
+            vip_paths,
         ));
         Self {
             check,
@@ -134,6 +160,7 @@ async fn watch(
     target: Target,
     status: Arc<CheckStatus>,
     changed: Arc<Notify>,
+    vip_paths: Option<VipPaths>,
 ) {
     let duration = metrics::histogram!(crate::telemetry::CHECK_DURATION, "service" => target.service.clone());
     let mut next = on_slot(crate::clock::deadline(
@@ -145,7 +172,7 @@ async fn watch(
         let outcome = tokio::select! {
             () = tokio::time::sleep_until(next) => {
                 let started = Instant::now();
-                let outcome = probe::run(&check, &target).await;
+                let outcome = probe::run(&check, &target, vip_paths.as_ref()).await;
                 duration.record(started.elapsed().as_secs_f64());
                 status.count_check(outcome.passed);
                 next = on_slot(crate::clock::deadline(started, check.interval).max(Instant::now()));

@@ -10,13 +10,20 @@ use super::{
     exec, http,
     machine::Outcome,
     udp,
+    vip_path::{self, VipPaths},
 };
 use crate::config::{HealthCheckConfig, HealthCheckKind};
 
-/// Runs one check of `target`.
-pub(super) async fn run(check: &HealthCheckConfig, target: &Target) -> Outcome {
+/// Runs one check of `target`; `vip_paths` carries the checks through a VIP's path.
+pub(super) async fn run(check: &HealthCheckConfig, target: &Target, vip_paths: Option<&VipPaths>) -> Outcome {
     let address = target.checked(check);
     let timeout = check.timeout;
+    if let Some(vip) = target.via_vip {
+        let Some(paths) = vip_paths else {
+            return Outcome::fail("via_vip: the packet plane is not running");
+        };
+        return through_vip(check, target, paths, vip).await;
+    }
     match &check.kind {
         HealthCheckKind::None => Outcome::pass("not checked"),
         HealthCheckKind::Tcp if target.send_proxy.is_some() => {
@@ -67,4 +74,44 @@ pub(super) async fn run(check: &HealthCheckConfig, target: &Target) -> Outcome {
             within(timeout, "no agent reply", agent::check(agent, timeout)).await
         }
     }
+}
+
+/// A `tcp` or `http` check of `target`'s real through the VIP's path: connected to `vip`, the
+/// connection pinned to the real.
+async fn through_vip(
+    check: &HealthCheckConfig,
+    target: &Target,
+    paths: &VipPaths,
+    vip: SocketAddr,
+) -> Outcome {
+    let timeout = check.timeout;
+    within(timeout, "no answer through the VIP", async {
+        let (mut stream, _pinned) = match vip_path::connect(paths, target, vip, timeout).await {
+            Ok(connected) => connected,
+            Err(failed) => return failed,
+        };
+        match &check.kind {
+            HealthCheckKind::Http {
+                path,
+                host,
+                expect_status,
+                expect_body,
+            } => {
+                let request = http::Request {
+                    path,
+                    host: host.clone().unwrap_or_else(|| vip.to_string()),
+                    expect_status,
+                    expect_body: expect_body.as_deref(),
+                    send_proxy: target.send_proxy,
+                };
+                http::exchange_on(stream, &request).await
+            }
+            _ => {
+                let sent = send_proxy(&mut stream, target.send_proxy).await;
+                close_with_reset(&stream);
+                sent.map_or_else(|failed| failed, |()| Outcome::pass("connected through the VIP"))
+            }
+        }
+    })
+    .await
 }

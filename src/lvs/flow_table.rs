@@ -72,6 +72,9 @@ struct Entry {
     expires: Millis,
     /// Its flow-sync bookkeeping.
     mark: SyncMark,
+    /// A health check's own connection through the VIP's path ([`FlowTable::pin`]): it
+    /// reaches its real whatever the real's verdict.
+    pinned: bool,
 }
 
 /// What a flow looks like from outside the table.
@@ -382,6 +385,7 @@ impl FlowTable {
             state,
             expires,
             mark: SyncMark::received(state),
+            pinned: false,
         };
         if entry.state.is_embryonic() {
             shard.embryonic.push_back(key);
@@ -401,6 +405,69 @@ impl FlowTable {
     }
 
     /// Ends the flow at `key` at `now`.
+    /// Opens a flow at `key` to `real` for `hold`, before its first packet: a health check
+    /// that proves a real's VIP path (`via_vip`) opens one for its own connection, so that
+    /// lbd forwards the check's packets to that real exactly as a client's (dr: to its MAC,
+    /// tun: inside IPIP), rather than scheduling them. A flow already at `key` is replaced.
+    pub fn pin(
+        &self,
+        key: FlowKey,
+        real: &crate::table::Real,
+        hold: Millis,
+        now: Millis,
+    ) -> Result<(), Unsynced> {
+        let owner = super::steering::owner(key.client.ip(), self.partitions);
+        let mut shard = self
+            .shard(&key.client, owner)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.remove(&mut shard, &key, now);
+        let reserved = self.count.fetch_add(1, Relaxed) + 1;
+        if shard.flows.len() >= self.per_shard || reserved > self.max_flows {
+            self.count.fetch_sub(1, Relaxed);
+            return Err(Unsynced::Full);
+        }
+        let state = match key.protocol {
+            Protocol::Tcp => State::Tcp(TcpState::None),
+            Protocol::Udp => State::Udp,
+        };
+        let entry = Entry {
+            scheduled: Scheduled {
+                address: real.address,
+                forward: real.forward,
+                proxy_protocol: real.proxy_protocol,
+                binding: real.state.bind(),
+                template: None,
+                admitted: None,
+            },
+            state,
+            expires: now.plus(hold.0),
+            mark: SyncMark::default(),
+            pinned: true,
+        };
+        shard.replies.insert(
+            ReplyKey {
+                protocol: key.protocol,
+                real: real.address,
+                client: key.client,
+            },
+            key,
+        );
+        *shard.per_source.entry(key.client.ip()).or_insert(0) += 1;
+        shard.flows.insert(key, entry);
+        Ok(())
+    }
+
+    /// Removes the flow at `key`, if there is one (a finished check's).
+    pub fn unpin(&self, key: FlowKey, now: Millis) {
+        let owner = super::steering::owner(key.client.ip(), self.partitions);
+        let mut shard = self
+            .shard(&key.client, owner)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.remove(&mut shard, &key, now);
+    }
+
     /// Drops the flows of service `service` whose real `chosen` picks (`lbadm kill-flows`,
     /// `on_down: shutdown`): their packets find no flow any more. Returns how many.
     pub fn kill(&self, service: ServiceKey, chosen: impl Fn(&SocketAddr) -> bool, now: Millis) -> usize {
@@ -488,8 +555,9 @@ fn forget(
 }
 
 impl Partition<'_> {
-    /// A packet from a client to a VIP: the flow's real, its state advanced by `flags`. With no
-    /// flow yet, `schedule` is asked for a real (TCP: only for a SYN).
+    /// A packet from a client to a VIP: the flow's real and method, and whether it is a pinned
+    /// check's flow, its state advanced by `flags`. With no flow yet, `schedule` is asked for
+    /// a real (TCP: only for a SYN).
     pub fn inbound(
         &self,
         key: FlowKey,
@@ -497,7 +565,7 @@ impl Partition<'_> {
         now: Millis,
         timeouts: &Timeouts,
         schedule: impl FnOnce() -> Result<Scheduled, Refusal>,
-    ) -> Result<(SocketAddr, ForwardMethod), Refusal> {
+    ) -> Result<(SocketAddr, ForwardMethod, bool), Refusal> {
         let table = self.table;
         let mut shard = table
             .shard(&key.client, self.index)
@@ -512,7 +580,7 @@ impl Partition<'_> {
                 let direction = input_direction(entry.scheduled.forward);
                 advance(entry, flags, direction, now, timeouts);
                 table.sync_if_due(&key, entry, timeouts);
-                return Ok((entry.scheduled.address, entry.scheduled.forward));
+                return Ok((entry.scheduled.address, entry.scheduled.forward, entry.pinned));
             }
             table.remove(&mut shard, &key, now);
         }
@@ -553,6 +621,7 @@ impl Partition<'_> {
             state,
             expires: now,
             mark: SyncMark::default(),
+            pinned: false,
         };
         advance(&mut entry, flags, direction, now, timeouts);
         table.sync_if_due(&key, &mut entry, timeouts);
@@ -576,7 +645,7 @@ impl Partition<'_> {
         );
         *shard.per_source.entry(key.client.ip()).or_insert(0) += 1;
         shard.flows.insert(key, entry);
-        Ok((real, forward))
+        Ok((real, forward, false))
     }
 
     /// A NAT reply from a real to a client: the flow it belongs to, its state advanced;

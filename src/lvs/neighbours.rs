@@ -30,6 +30,8 @@ pub type Mac = [u8; 6];
 pub struct Neighbours {
     table: ArcSwap<HashMap<IpAddr, Mac>>,
     asked: Mutex<HashMap<IpAddr, Instant>>,
+    /// A real was asked for: read the table again soon, not a second later.
+    missed: AtomicBool,
 }
 
 impl Neighbours {
@@ -38,14 +40,22 @@ impl Neighbours {
         let neighbours = Arc::new(Self {
             table: ArcSwap::from_pointee(read().unwrap_or_default()),
             asked: Mutex::new(HashMap::new()),
+            missed: AtomicBool::new(false),
         });
         let refreshed = Arc::clone(&neighbours);
         let _ = thread::Builder::new()
             .name("lbd-neighbours".to_owned())
             .spawn(move || {
                 let mut failing = false;
+                let mut last = Instant::now();
                 while !stop.load(Relaxed) {
-                    thread::sleep(Duration::from_secs(1));
+                    // Every second, or 50 ms after a miss (the kernel has resolved it by then,
+                    // usually), so that a real's first packets wait less.
+                    thread::sleep(Duration::from_millis(50));
+                    if last.elapsed() < Duration::from_secs(1) && !refreshed.missed.swap(false, Relaxed) {
+                        continue;
+                    }
+                    last = Instant::now();
                     match read() {
                         Ok(table) => {
                             refreshed.table.store(Arc::new(table));
@@ -75,6 +85,7 @@ impl Neighbours {
             .is_none_or(|at| now.duration_since(*at) > Duration::from_secs(1))
         {
             asked.insert(ip, now);
+            self.missed.store(true, Relaxed);
             let any = if ip.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
             if let Ok(socket) = UdpSocket::bind(any) {
                 let _ = socket.send_to(&[0], (ip, 9));

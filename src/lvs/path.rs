@@ -266,7 +266,7 @@ fn forward<P: Forwardable>(
             scheduled.admitted = admitted;
             Ok(scheduled)
         };
-        let (real, forward) = match flows.inbound(key, flags, now, &table.timeouts, schedule) {
+        let (real, forward, pinned) = match flows.inbound(key, flags, now, &table.timeouts, schedule) {
             Ok(found) => found,
             Err(super::flow_table::Refusal::NoReal) => return Verdict::Unreachable(destination.ip()),
             Err(super::flow_table::Refusal::NotNew) => return Verdict::Drop(DropReason::NoFlow),
@@ -279,8 +279,9 @@ fn forward<P: Forwardable>(
             .real(real)
             .or(service.sorry.as_ref().filter(|sorry| sorry.address == real));
         // Only tun carries a flow to a real of the other family.
+        // A health check through the VIP's path reaches its real whatever its verdict.
         let Some(live) = live.filter(|live| {
-            live.up && (real.is_ipv4() == destination.is_ipv4() || forward == ForwardMethod::Tun)
+            (live.up || pinned) && (real.is_ipv4() == destination.is_ipv4() || forward == ForwardMethod::Tun)
         }) else {
             return Verdict::Drop(DropReason::NoFlow);
         };

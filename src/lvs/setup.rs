@@ -12,7 +12,7 @@ use std::{
     process::Command,
 };
 
-use crate::config::{Config, ForwardMethod, Protocol};
+use crate::config::{CHECK_MARK, CHECK_TABLE, Config, ForwardMethod, Protocol};
 
 pub use crate::config::REPLY_TABLE;
 /// Preference of the first reply-steering rule.
@@ -166,6 +166,38 @@ pub fn plan(config: &Config, links: &Links, master: bool) -> Vec<Step> {
             // Proxy NDP entries are answered only where proxy_ndp is on.
             steps.push(sysctl(&format!("net.ipv6.conf.{interface}.proxy_ndp"), "1"));
             steps.push(sysctl(&format!("net.ipv6.neigh.{interface}.proxy_delay"), "0"));
+        }
+    }
+    // Health checks through the VIP's path (`via_vip`): their marked packets go into the TUN
+    // device, on a backup too, where lbd forwards them to the real checked.
+    let checked_vips: BTreeSet<IpAddr> = config
+        .services
+        .iter()
+        .filter(|service| service.on_packet_plane())
+        .filter(|service| service.health_check.as_ref().is_some_and(|check| check.via_vip))
+        .map(|service| service.listen.ip())
+        .collect();
+    for vip in &checked_vips {
+        let family = family(vip);
+        let vip = host(vip);
+        steps.push(ip(
+            &format!("{family}route replace {vip} dev {tun} table {CHECK_TABLE}"),
+            &format!("{family}route del {vip} dev {tun} table {CHECK_TABLE}"),
+        ));
+    }
+    for (family, present) in [
+        ("", checked_vips.iter().any(IpAddr::is_ipv4)),
+        ("-6 ", checked_vips.iter().any(IpAddr::is_ipv6)),
+    ] {
+        if present {
+            let rule = format!(
+                "pref {} fwmark {CHECK_MARK:#x} lookup {CHECK_TABLE}",
+                RULE_PREF - 2
+            );
+            steps.push(ip(
+                &format!("{family}rule add {rule}"),
+                &format!("{family}rule del {rule}"),
+            ));
         }
     }
     if !nat_reals.is_empty() {
@@ -700,6 +732,37 @@ mod tests {
         let (list, fragments) = listing_of(&route.args_of()).unwrap();
         assert_eq!(list, ["route", "show"]);
         assert_eq!(fragments, ["192.168.77.100 dev lbtun0"]);
+    }
+
+    #[test]
+    fn checks_through_the_vip_route_their_marked_packets_into_the_tun_device() {
+        let config = config::parse(
+            "dataplane: { tun: lbtun0, server_interface: br0 }\nservices:\n  - { protocol: tcp, listen: '192.168.77.100:80', forward: dr, health_check: { type: tcp, via_vip: true }, reals: [{address: '10.77.0.11'}] }\n",
+            "t",
+        )
+        .unwrap();
+        let links = Links {
+            clients: vec!["dcl0".to_owned()],
+            server_mtu: Some(1500),
+        };
+        let steps = commands(&config, &links);
+        for step in [
+            "ip route replace 192.168.77.100/32 dev lbtun0 table 101",
+            "ip rule add pref 998 fwmark 0x4c420001 lookup 101",
+        ] {
+            assert!(steps.iter().any(|s| s == step), "{step} in {steps:#?}");
+        }
+        // Without via_vip, neither.
+        let plain = config::parse(
+            "dataplane: { tun: lbtun0, server_interface: br0 }\nservices:\n  - { protocol: tcp, listen: '192.168.77.100:80', forward: dr, health_check: { type: tcp }, reals: [{address: '10.77.0.11'}] }\n",
+            "t",
+        )
+        .unwrap();
+        assert!(
+            !commands(&plain, &links)
+                .iter()
+                .any(|step| step.contains("table 101"))
+        );
     }
 
     #[test]
