@@ -32,17 +32,8 @@ fn greet_from(client: IpAddr, service: SocketAddr) -> Option<(String, TcpStream)
     Some((String::from_utf8_lossy(&greeting).trim().to_owned(), stream))
 }
 
-fn sample(metrics: SocketAddr, series: &str) -> u64 {
-    let (_, page) = http_fetch(metrics, "GET", "/metrics", b"").unwrap();
-    let needle = format!("{series} ");
-    page.lines()
-        .find_map(|line| line.strip_prefix(&needle))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in /metrics"))
-}
-
 fn refused(metrics: SocketAddr, service: &str, reason: &str) -> u64 {
-    sample(
+    metric_sample(
         metrics,
         &format!("lbd_service_refused_total{{service=\"{service}\",reason=\"{reason}\"}}"),
     )

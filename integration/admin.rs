@@ -730,6 +730,17 @@ fn checked_director(reals: &[SocketAddr], on_down: &str) -> Director {
     Director { lbd, admin, listen }
 }
 
+/// A connection through `listen` that reached the backend named `name` (rr: within a few).
+fn held_on(listen: SocketAddr, name: &str) -> std::net::TcpStream {
+    for _ in 0..10 {
+        let (reached, stream) = connect_and_greet(listen);
+        if reached == name {
+            return stream;
+        }
+    }
+    panic!("no connection reached {name}");
+}
+
 /// Whether the peer has closed `stream` (EOF or a reset) within five seconds.
 fn closed_by_peer(stream: &mut std::net::TcpStream) -> bool {
     use std::io::Read;
@@ -753,13 +764,7 @@ fn maint_real_stops_new_flows_and_checks_and_ready_real_brings_it_back() {
     let (admin, svc) = (d.admin.as_str(), d.listen.to_string());
     let a_text = a.address.to_string();
     // A flow to a, held across the maintenance.
-    let (mut held, greeting) = loop {
-        let (name, stream) = connect_and_greet(d.listen);
-        if name == "a" {
-            break (stream, name);
-        }
-    };
-    assert_eq!(greeting, "a");
+    let mut held = held_on(d.listen, "a");
     ok(admin, &["maint-real", "-t", &svc, "-r", &a_text]);
     let listing = ok(admin, &["list", "-n"]);
     assert!(
@@ -852,12 +857,7 @@ fn on_down_shutdown_closes_a_failed_reals_flows_and_remove_keeps_them() {
         let mut a = TcpBackend::start("a");
         let b = TcpBackend::start("b");
         let d = checked_director(&[a.address, b.address], on_down);
-        let mut held = loop {
-            let (name, stream) = connect_and_greet(d.listen);
-            if name == "a" {
-                break stream;
-            }
-        };
+        let mut held = held_on(d.listen, "a");
         // a stops listening: its check fails, its established flow is still there.
         a.stop();
         let down = format!("real server {} of service svc: up -> down", a.address);

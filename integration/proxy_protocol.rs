@@ -206,16 +206,6 @@ fn get_from(client: IpAddr, service: SocketAddr) -> (SocketAddr, String) {
     )
 }
 
-/// Reads one sample (`name{labels}`) from lbd's /metrics.
-fn sample(metrics: SocketAddr, series: &str) -> u64 {
-    let (_, page) = http_fetch(metrics, "GET", "/metrics", b"").unwrap();
-    let needle = format!("{series} ");
-    page.lines()
-        .find_map(|line| line.strip_prefix(&needle))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in /metrics"))
-}
-
 /// Through lbd to nginx (v1, the real's own setting) and HAProxy (v2, the service's), rr:
 /// each answers with the client's own address and port and logs the address; the health
 /// checks (http, sending the header) keep both up.
@@ -353,14 +343,14 @@ fn behind_haproxy_lbd_takes_the_client_from_the_header_and_refuses_the_rest() {
     let _ = stream.read_to_end(&mut response);
     assert!(response.is_empty(), "{}", String::from_utf8_lossy(&response));
     assert_eq!(
-        sample(
+        metric_sample(
             metrics,
             "lbd_service_refused_total{service=\"behind\",reason=\"proxy_header\"}"
         ),
         1
     );
     assert_eq!(
-        sample(
+        metric_sample(
             metrics,
             "lbd_service_refused_total{service=\"untrusting\",reason=\"untrusted_proxy\"}"
         ),
@@ -412,7 +402,7 @@ fn udp_datagrams_each_carry_a_version_2_header_and_checks_send_local() {
     let _lbd = Lbd::start(&config);
     thread::sleep(Duration::from_millis(600));
     assert_eq!(
-        sample(
+        metric_sample(
             metrics,
             &format!("lbd_real_up{{service=\"dns\",real=\"{real_at}\"}}")
         ),

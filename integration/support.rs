@@ -600,3 +600,13 @@ pub fn heavy_turn() -> std::sync::MutexGuard<'static, ()> {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
+
+/// One sample (`name{labels}`) of lbd's `/metrics` at `metrics`.
+pub fn metric_sample(metrics: SocketAddr, series: &str) -> u64 {
+    let (_, page) = http_fetch(metrics, "GET", "/metrics", b"").unwrap();
+    let needle = format!("{series} ");
+    page.lines()
+        .find_map(|line| line.strip_prefix(&needle))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in /metrics"))
+}

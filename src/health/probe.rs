@@ -45,18 +45,9 @@ pub(super) async fn run(check: &HealthCheckConfig, target: &Target, vip_paths: O
             Ok(()) => Outcome::pass("connected"),
             Err(failed) => failed,
         },
-        HealthCheckKind::Http {
-            path,
-            host,
-            expect_status,
-            expect_body,
-        } => {
-            let request = http::Request {
-                path,
-                host: host.clone().unwrap_or_else(|| address.to_string()),
-                expect_status,
-                expect_body: expect_body.as_deref(),
-                send_proxy: target.send_proxy,
+        HealthCheckKind::Http { .. } => {
+            let Some(request) = http_request(&check.kind, address, target) else {
+                return Outcome::fail("not an http check");
             };
             within(
                 timeout,
@@ -90,23 +81,9 @@ async fn through_vip(
             Ok(connected) => connected,
             Err(failed) => return failed,
         };
-        match &check.kind {
-            HealthCheckKind::Http {
-                path,
-                host,
-                expect_status,
-                expect_body,
-            } => {
-                let request = http::Request {
-                    path,
-                    host: host.clone().unwrap_or_else(|| vip.to_string()),
-                    expect_status,
-                    expect_body: expect_body.as_deref(),
-                    send_proxy: target.send_proxy,
-                };
-                http::exchange_on(stream, &request).await
-            }
-            _ => {
+        match http_request(&check.kind, vip, target) {
+            Some(request) => http::exchange_on(stream, &request).await,
+            None => {
                 let sent = send_proxy(&mut stream, target.send_proxy).await;
                 close_with_reset(&stream);
                 sent.map_or_else(|failed| failed, |()| Outcome::pass("connected through the VIP"))
@@ -114,4 +91,28 @@ async fn through_vip(
         }
     })
     .await
+}
+
+/// The GET an `http` check sends, its Host header by default `address` (what it connects to).
+fn http_request<'a>(
+    kind: &'a HealthCheckKind,
+    address: SocketAddr,
+    target: &Target,
+) -> Option<http::Request<'a>> {
+    let HealthCheckKind::Http {
+        path,
+        host,
+        expect_status,
+        expect_body,
+    } = kind
+    else {
+        return None;
+    };
+    Some(http::Request {
+        path,
+        host: host.clone().unwrap_or_else(|| address.to_string()),
+        expect_status,
+        expect_body: expect_body.as_deref(),
+        send_proxy: target.send_proxy,
+    })
 }

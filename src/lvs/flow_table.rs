@@ -347,11 +347,7 @@ impl FlowTable {
             client: conn.client,
             vip: conn.vip,
         };
-        let owner = super::steering::owner(key.client.ip(), self.partitions);
-        let mut shard = self
-            .shard(&key.client, owner)
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut shard = self.owner_shard(&key.client);
         if let Some(entry) = shard.flows.get_mut(&key) {
             if entry.scheduled.address == conn.real {
                 entry.state = state;
@@ -416,11 +412,7 @@ impl FlowTable {
         hold: Millis,
         now: Millis,
     ) -> Result<(), Unsynced> {
-        let owner = super::steering::owner(key.client.ip(), self.partitions);
-        let mut shard = self
-            .shard(&key.client, owner)
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut shard = self.owner_shard(&key.client);
         self.remove(&mut shard, &key, now);
         let reserved = self.count.fetch_add(1, Relaxed) + 1;
         if shard.flows.len() >= self.per_shard || reserved > self.max_flows {
@@ -460,12 +452,17 @@ impl FlowTable {
 
     /// Removes the flow at `key`, if there is one (a finished check's).
     pub fn unpin(&self, key: FlowKey, now: Millis) {
-        let owner = super::steering::owner(key.client.ip(), self.partitions);
-        let mut shard = self
-            .shard(&key.client, owner)
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut shard = self.owner_shard(&key.client);
         self.remove(&mut shard, &key, now);
+    }
+
+    /// The shard of `client` in its owner's partition (the worker its packets are steered
+    /// to), locked: where flows made outside the packet path (synced, pinned) go.
+    fn owner_shard(&self, client: &SocketAddr) -> std::sync::MutexGuard<'_, Shard> {
+        let owner = super::steering::owner(client.ip(), self.partitions);
+        self.shard(client, owner)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Drops the flows of service `service` whose real `chosen` picks (`lbadm kill-flows`,
